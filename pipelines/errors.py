@@ -1,0 +1,39 @@
+"""Typed errors. Each message is written for the person who can fix the problem."""
+
+from __future__ import annotations
+
+
+class ImagePromptError(Exception):
+    """Base class: the message is shown to the user as is."""
+
+
+class PresetError(ImagePromptError):
+    """A preset file is invalid; the message names the file, key, value and what is allowed."""
+
+
+class InvalidRequestError(ImagePromptError):
+    """A request parameter is invalid; `field` names the parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ReferenceImageError(InvalidRequestError):
+    """A reference image cannot be used (unreadable, too large, ...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("reference", message)
+
+
+class ModelNotAvailableError(ImagePromptError):
+    """A checkpoint is neither reachable on the Hub nor in the local cache."""
+
+    def __init__(self, repo: str, family: str, cause: str) -> None:
+        super().__init__(
+            f"Cannot load '{repo}' (model family '{family}'): it is not in the local Hugging Face cache and the "
+            f"Hub could not be reached ({cause}). Connect to the internet once to download it, or run offline "
+            "with `python app.py --models tiny`."
+        )
+        self.repo = repo
+        self.family = family

@@ -1,0 +1,73 @@
+"""Reference images: open anything a person may upload and turn it into a plain RGB image with a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ReferenceImageError
+
+MAX_REFERENCE_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
+MAX_REFERENCE_SIDE = 2048  # legal but huge images are downscaled to this before encoding
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceImage:
+    """An RGB reference and the SHA-256 of its RGB pixels (so the same picture hashes alike in any format)."""
+
+    image: Image.Image
+    sha256: str
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB: transparency composited on white, 16-bit scaled down, CMYK converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = max(float(arr.max()), 1.0)
+        scale = 255.0 / (65535.0 if top > 255 else 255.0)
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P" or img.mode == "LA" or img.mode == "PA":
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    return img.convert("RGB")
+
+
+def load_reference(source: str | Path | bytes | Image.Image, index: int = 1) -> ReferenceImage:
+    """Open a reference (path, bytes or PIL image); errors name the reference by its 1-based `index`."""
+    label = f"reference {index}"
+    try:
+        if isinstance(source, Image.Image):
+            img = source
+        else:
+            data = source if isinstance(source, bytes) else Path(source).read_bytes()
+            if not data:
+                raise ReferenceImageError(f"The file for {label} is empty. Upload an image file.")
+            img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_REFERENCE_PIXELS:
+            raise ReferenceImageError(
+                f"{label.capitalize()} is too large ({w}x{h} pixels; at most {MAX_REFERENCE_PIXELS:,} pixels)."
+            )
+        img.seek(0)  # animated images: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _flatten(img)
+    except ReferenceImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ReferenceImageError(f"{label.capitalize()} is too large to open safely ({e}).") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ReferenceImageError(
+            f"{label.capitalize()} is not a readable image ({type(e).__name__}). Upload a PNG, JPEG or WebP file."
+        ) from e
+    if max(img.size) > MAX_REFERENCE_SIDE:
+        img.thumbnail((MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE), Image.Resampling.LANCZOS)
+    digest = hashlib.sha256(f"{img.width}x{img.height}:".encode() + img.tobytes()).hexdigest()
+    return ReferenceImage(image=img, sha256=digest)

@@ -1,0 +1,43 @@
+"""Reproducibility metadata, stored as a PNG tEXt chunk `image_prompt` holding JSON."""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+PNG_KEY = "image_prompt"
+SCHEMA_VERSION = 1
+_PACKAGES = ("torch", "diffusers", "transformers", "gradio", "insightface", "onnxruntime-gpu", "pillow")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that decide the pixels (absent ones are left out)."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def save_png(image: Image.Image, meta: dict[str, Any], path: str | Path) -> Path:
+    """Write `image` as PNG with `meta` as JSON in the `image_prompt` text chunk."""
+    info = PngInfo()
+    info.add_text(PNG_KEY, json.dumps(meta, sort_keys=True))
+    path = Path(path)
+    image.save(path, format="PNG", pnginfo=info)
+    return path
+
+
+def read_png_metadata(path_or_image: str | Path | Image.Image) -> dict[str, Any] | None:
+    """The `image_prompt` metadata of a PNG, or None when it has none."""
+    img = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
+    text = getattr(img, "text", None) or img.info
+    raw = text.get(PNG_KEY)
+    return json.loads(raw) if raw else None

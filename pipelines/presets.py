@@ -1,0 +1,250 @@
+"""Presets: TOML files in `presets/`, read once at start-up into frozen, validated dataclasses.
+
+An invalid value stops the app with the file, the key, the value and what is allowed, e.g.
+`presets/general.toml: [sdxl].strength.default = 3.0 is outside [0.0, 1.5]`. Nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InvalidRequestError, PresetError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+MODES = ("general",)  # one TOML file per mode; later modes add their names here
+PIPELINE_KINDS = ("sdxl", "sd15")
+SOURCES = ("hub", "tiny")
+EMBED_KINDS = ("pooled", "hidden")
+
+# Hard limits that no preset may widen: they protect the server, whatever a preset says.
+HARD_LIMITS = {
+    "strength": (0.0, 2.0),
+    "steps": (1, 150),
+    "guidance": (0.0, 30.0),
+    "width": (32, 2048),
+    "height": (32, 2048),
+}
+
+
+@dataclass(frozen=True)
+class ImageEncoderSpec:
+    """A CLIP vision tower: `CLIPVisionModelWithProjection.from_pretrained(repo, subfolder=...)`."""
+
+    repo: str
+    subfolder: str
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One IP-Adapter checkpoint: `load_ip_adapter(repo, subfolder=..., weight_name=...)`."""
+
+    name: str
+    repo: str
+    subfolder: str
+    weight_name: str
+    image_encoder: ImageEncoderSpec
+    embeds: str  # "pooled" (plain) or "hidden" (Plus: penultimate hidden states)
+
+    @property
+    def id(self) -> str:
+        """The stable identifier written into PNG metadata."""
+        return f"{self.repo}/{self.subfolder}/{self.weight_name}"
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """A model family: one base pipeline and the adapters that fit it."""
+
+    name: str
+    pipeline: str  # "sdxl" or "sd15"
+    source: str  # "hub" or "tiny"
+    base: str
+    adapters: dict[str, AdapterSpec]
+
+
+@dataclass(frozen=True)
+class Range:
+    """A slider: default value and inclusive bounds."""
+
+    default: float
+    min: float
+    max: float
+    step: float
+
+    def check(self, value: float, name: str) -> float:
+        """Return `value` if inside the bounds, else raise with the allowed range."""
+        if value != value:  # NaN: comparisons below would all be false
+            raise InvalidRequestError(name, f"{name} must be a number, got NaN")
+        if not self.min <= value <= self.max:
+            raise InvalidRequestError(name, f"{name} = {value} is outside [{self.min}, {self.max}]")
+        return value
+
+
+@dataclass(frozen=True)
+class ModePreset:
+    """A mode's defaults for one family."""
+
+    mode: str
+    family: str
+    variant: str
+    variants: tuple[str, ...]
+    negative_prompt: str
+    strength: Range
+    steps: Range
+    guidance: Range
+    width: Range
+    height: Range
+    examples: tuple[str, ...]
+
+
+class _Table:
+    """Strict reader of one TOML table that reports errors with their file and key path."""
+
+    def __init__(self, data: Any, where: str, path: str) -> None:
+        if not isinstance(data, dict):
+            raise PresetError(f"{where}: {path} must be a table, got {data!r}")
+        self.data, self.where, self.path = data, where, path
+        self.used: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.path}.{key}"
+
+    def get(self, key: str) -> Any:
+        if key not in self.data:
+            raise PresetError(f"{self.where}: {self._key(key)} is missing")
+        self.used.add(key)
+        return self.data[key]
+
+    def text(self, key: str, choices: tuple[str, ...] | None = None) -> str:
+        value = self.get(key)
+        if not isinstance(value, str):
+            raise PresetError(f"{self.where}: {self._key(key)} = {value!r} must be a string")
+        if choices is not None and value not in choices:
+            raise PresetError(f"{self.where}: {self._key(key)} = {value!r} is not one of {list(choices)}")
+        return value
+
+    def texts(self, key: str) -> tuple[str, ...]:
+        value = self.get(key)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PresetError(f"{self.where}: {self._key(key)} = {value!r} must be a list of strings")
+        return tuple(value)
+
+    def table(self, key: str) -> _Table:
+        return _Table(self.get(key), self.where, self._key(key))
+
+    def range(self, key: str, integer: bool = False) -> Range:
+        t = self.table(key)
+        lo_hard, hi_hard = HARD_LIMITS[key]
+        values = {}
+        for part in ("default", "min", "max", "step"):
+            v = t.get(part)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+                kind = "an integer" if integer else "a number"
+                raise PresetError(f"{self.where}: {t._key(part)} = {v!r} must be {kind}")
+            values[part] = v
+        t.done()
+        if not lo_hard <= values["min"] <= values["max"] <= hi_hard:
+            raise PresetError(
+                f"{self.where}: {t.path} bounds [{values['min']}, {values['max']}] must lie inside "
+                f"[{lo_hard}, {hi_hard}] with min <= max"
+            )
+        if not values["min"] <= values["default"] <= values["max"]:
+            raise PresetError(
+                f"{self.where}: {t._key('default')} = {values['default']} is outside [{values['min']}, {values['max']}]"
+            )
+        if values["step"] <= 0:
+            raise PresetError(f"{self.where}: {t._key('step')} = {values['step']} must be positive")
+        return Range(**values)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise PresetError(f"{self.where}: {self.path} has unknown keys {unknown}")
+
+
+def _read(path: Path) -> tuple[dict, str]:
+    where = f"presets/{path.name}"
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), where
+    except FileNotFoundError as e:
+        raise PresetError(f"{where}: file not found") from e
+    except tomllib.TOMLDecodeError as e:
+        raise PresetError(f"{where}: invalid TOML: {e}") from e
+
+
+def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
+    """Read and validate `models.toml`."""
+    data, where = _read(preset_dir / "models.toml")
+    families = {}
+    for name, raw in data.items():
+        t = _Table(raw, where, f"[{name}]")
+        encoders = {}
+        enc_table = t.table("image_encoders")
+        for enc_name in list(enc_table.data):
+            e = enc_table.table(enc_name)
+            encoders[enc_name] = ImageEncoderSpec(repo=e.text("repo"), subfolder=e.text("subfolder"))
+            e.done()
+        enc_table.done()
+        adapters = {}
+        ad_table = t.table("adapters")
+        for ad_name in list(ad_table.data):
+            a = ad_table.table(ad_name)
+            adapters[ad_name] = AdapterSpec(
+                name=ad_name,
+                repo=a.text("repo"),
+                subfolder=a.text("subfolder"),
+                weight_name=a.text("weight_name"),
+                image_encoder=encoders[a.text("image_encoder", tuple(encoders))],
+                embeds=a.text("embeds", EMBED_KINDS),
+            )
+            a.done()
+        ad_table.done()
+        families[name] = FamilySpec(
+            name=name,
+            pipeline=t.text("pipeline", PIPELINE_KINDS),
+            source=t.text("source", SOURCES),
+            base=t.text("base"),
+            adapters=adapters,
+        )
+        t.done()
+    return families
+
+
+def load_mode_presets(
+    families: dict[str, FamilySpec], preset_dir: Path = PRESET_DIR
+) -> dict[str, dict[str, ModePreset]]:
+    """Read and validate one TOML file per mode: `{mode: {family: ModePreset}}`."""
+    presets: dict[str, dict[str, ModePreset]] = {}
+    for mode in MODES:
+        data, where = _read(preset_dir / f"{mode}.toml")
+        missing = sorted(set(families) - set(data))
+        if missing:
+            raise PresetError(f"{where}: no section for families {missing}")
+        presets[mode] = {}
+        for family, raw in data.items():
+            if family not in families:
+                raise PresetError(f"{where}: [{family}] is not a family of presets/models.toml")
+            t = _Table(raw, where, f"[{family}]")
+            known = tuple(families[family].adapters)
+            variants = t.texts("variants")
+            for v in variants:
+                if v not in known:
+                    raise PresetError(f"{where}: [{family}].variants names {v!r}, not one of {list(known)}")
+            presets[mode][family] = ModePreset(
+                mode=mode,
+                family=family,
+                variant=t.text("variant", variants),
+                variants=variants,
+                negative_prompt=t.text("negative_prompt"),
+                strength=t.range("strength"),
+                steps=t.range("steps", integer=True),
+                guidance=t.range("guidance"),
+                width=t.range("width", integer=True),
+                height=t.range("height", integer=True),
+                examples=t.texts("examples"),
+            )
+            t.done()
+    return presets

@@ -1,0 +1,306 @@
+"""The offline `tiny` model family: real checkpoint formats, random weights, fixed seeds.
+
+Everything here is written to disk in the layout the real Hub repositories use (a diffusers pipeline folder,
+IP-Adapter safetensors with `image_proj.*` / `ip_adapter.*` keys, a CLIP image encoder folder) and is then
+loaded by the engine through exactly the code path real checkpoints take. Nothing is committed: the folders
+are generated on first use, in about a second, into a cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from safetensors.torch import save_file
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+# Bump when the layout or any config below changes, so stale caches are never reused.
+TINY_VERSION = "v1"
+
+# Repository names inside the tiny root; presets/models.toml refers to these.
+SDXL_BASE = "tiny-sdxl"
+SD15_BASE = "tiny-sd15"
+IP_ADAPTER_REPO = "tiny-ip-adapter"
+
+TEXT_HIDDEN = 32  # width of each tiny CLIP text encoder
+VISION_HIDDEN = 32  # width of the tiny CLIP vision tower (ViT-H has 1280)
+VISION_PROJECTION = 32  # image embedding size the plain adapter projects (ViT-H: 1024)
+VISION_IMAGE_SIZE = 32  # encoder input size (ViT-H: 224)
+PLUS_TOKENS = 4  # Resampler queries (real Plus checkpoints: 16)
+PLUS_DIM = 64  # Resampler width; diffusers derives heads as dim // 64, so it must be a multiple of 64
+
+
+def default_root() -> Path:
+    """Where the tiny family is generated: $IMAGE_PROMPT_TINY_DIR, else the user's cache folder."""
+    env = os.environ.get("IMAGE_PROMPT_TINY_DIR")
+    base = Path(env) if env else Path.home() / ".cache" / "image-prompt-studio" / "tiny"
+    return base / TINY_VERSION
+
+
+def ensure_tiny_models(root: Path | None = None) -> Path:
+    """Generate the tiny family under `root` unless it is already there; return the root."""
+    root = Path(root) if root is not None else default_root()
+    if (root / "COMPLETE").exists():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a private folder and rename, so a concurrent process never sees a half-written tree.
+    staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
+    try:
+        _write_tokenizer(staging / "tokenizer-files")
+        _build_sdxl(staging / SDXL_BASE, staging / "tokenizer-files")
+        _build_sd15(staging / SD15_BASE, staging / "tokenizer-files")
+        _build_ip_adapters(staging / IP_ADAPTER_REPO)
+        shutil.rmtree(staging / "tokenizer-files")
+        (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
+        try:
+            staging.rename(root)
+        except OSError:
+            if not (root / "COMPLETE").exists():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return root
+
+
+def _write_tokenizer(folder: Path) -> None:
+    """A byte-level BPE vocabulary with no merges: every byte is a token (see shared/OFFLINE.md)."""
+    folder.mkdir(parents=True)
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    vocab = {}
+    for ch in chars:
+        vocab[ch] = len(vocab)
+    for ch in chars:
+        vocab[ch + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+def _tokenizer(folder: Path) -> CLIPTokenizer:
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+
+
+def _text_config(projection_dim: int) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=514,  # 2 x 256 byte tokens + 2 specials
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+    )
+
+
+def _vae() -> AutoencoderKL:
+    # Four levels give the real downsampling factor of 8, so width/height behave as on real models.
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=16,
+    )
+
+
+def _scheduler() -> EulerDiscreteScheduler:
+    # The SDXL base scheduler settings.
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        timestep_spacing="leading",
+        steps_offset=1,
+    )
+
+
+def _build_sdxl(folder: Path, tokenizer_files: Path) -> None:
+    """SDXL-shaped: three UNet levels (no attention at the top level), two text encoders, text_time."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64),
+        layers_per_block=2,  # as SDXL: up blocks hold 3 attentions, so `up.block_0: [0, 1, 0]` is real
+        transformer_layers_per_block=(1, 1, 1),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4, 4),
+        use_linear_projection=True,
+        cross_attention_dim=2 * TEXT_HIDDEN,  # the two text encoders' hidden states concatenated
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=TEXT_HIDDEN + 6 * 8,  # pooled text + 6 time ids x 8
+        norm_num_groups=16,
+        sample_size=8,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(TEXT_HIDDEN)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(TEXT_HIDDEN)),
+        tokenizer=_tokenizer(tokenizer_files),
+        tokenizer_2=_tokenizer(tokenizer_files),
+        unet=unet,
+        scheduler=_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+
+
+def _build_sd15(folder: Path, tokenizer_files: Path) -> None:
+    """SD1.5-shaped: two UNet levels, one text encoder, no safety checker."""
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=4,
+        cross_attention_dim=TEXT_HIDDEN,
+        norm_num_groups=16,
+        sample_size=8,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config(TEXT_HIDDEN)),
+        tokenizer=_tokenizer(tokenizer_files),
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+
+
+def _cross_attention_hidden_sizes(unet_config: dict) -> list[int]:
+    """Hidden size of every cross-attention processor, in `unet.attn_processors` order."""
+    unet = UNet2DConditionModel.from_config(unet_config)
+    sizes = []
+    channels = list(unet.config.block_out_channels)
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            sizes.append(channels[-1])
+        elif name.startswith("up_blocks"):
+            sizes.append(list(reversed(channels))[int(name[len("up_blocks.")])])
+        else:
+            sizes.append(channels[int(name[len("down_blocks.")])])
+    return sizes
+
+
+def _ip_adapter_layers(hidden_sizes: list[int], cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """`ip_adapter.<id>.to_k_ip/to_v_ip.weight` with ids 1, 3, 5, ... as in the published files."""
+    out = {}
+    for i, hidden in enumerate(hidden_sizes):
+        key_id = 2 * i + 1
+        for kind in ("to_k_ip", "to_v_ip"):
+            out[f"ip_adapter.{key_id}.{kind}.weight"] = torch.randn(hidden, cross_dim, generator=gen) * 0.1
+    return out
+
+
+def _plain_image_proj(cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """ImageProjection in the original key names: 4 tokens from the pooled image embedding."""
+    return {
+        "image_proj.proj.weight": torch.randn(4 * cross_dim, VISION_PROJECTION, generator=gen) * 0.2,
+        "image_proj.proj.bias": torch.randn(4 * cross_dim, generator=gen) * 0.1,
+        "image_proj.norm.weight": torch.ones(cross_dim),
+        "image_proj.norm.bias": torch.zeros(cross_dim),
+    }
+
+
+def _plus_image_proj(cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The Plus Resampler (depth 4) in the original key names, fed the penultimate vision hidden states."""
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * 0.1
+
+    inner = PLUS_DIM  # heads (dim // 64) x dim_head 64
+    sd = {
+        "image_proj.latents": rand(1, PLUS_TOKENS, PLUS_DIM) * 5,
+        "image_proj.proj_in.weight": rand(PLUS_DIM, VISION_HIDDEN),
+        "image_proj.proj_in.bias": rand(PLUS_DIM),
+        "image_proj.proj_out.weight": rand(cross_dim, PLUS_DIM),
+        "image_proj.proj_out.bias": rand(cross_dim),
+        "image_proj.norm_out.weight": torch.ones(cross_dim),
+        "image_proj.norm_out.bias": torch.zeros(cross_dim),
+    }
+    for i in range(4):
+        p = f"image_proj.layers.{i}"
+        for norm in ("norm1", "norm2"):
+            sd[f"{p}.0.{norm}.weight"] = torch.ones(PLUS_DIM)
+            sd[f"{p}.0.{norm}.bias"] = torch.zeros(PLUS_DIM)
+        sd[f"{p}.0.to_q.weight"] = rand(inner, PLUS_DIM)
+        sd[f"{p}.0.to_kv.weight"] = rand(2 * inner, PLUS_DIM)
+        sd[f"{p}.0.to_out.weight"] = rand(PLUS_DIM, inner)
+        sd[f"{p}.1.0.weight"] = torch.ones(PLUS_DIM)
+        sd[f"{p}.1.0.bias"] = torch.zeros(PLUS_DIM)
+        sd[f"{p}.1.1.weight"] = rand(4 * PLUS_DIM, PLUS_DIM)
+        sd[f"{p}.1.3.weight"] = rand(PLUS_DIM, 4 * PLUS_DIM)
+    return sd
+
+
+def _build_ip_adapters(repo: Path) -> None:
+    """Mirror `h94/IP-Adapter`: `models/` (SD1.5), `sdxl_models/` (SDXL), `models/image_encoder`."""
+    torch.manual_seed(2)
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=VISION_HIDDEN,
+            intermediate_size=37,
+            projection_dim=VISION_PROJECTION,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=VISION_IMAGE_SIZE,
+            patch_size=4,
+        )
+    )
+    encoder.save_pretrained(str(repo / "models" / "image_encoder"), safe_serialization=True)
+
+    gen = torch.Generator().manual_seed(3)
+    families = {
+        "sdxl_models": ("sdxl", repo.parent / SDXL_BASE / "unet" / "config.json"),
+        "models": ("sd15", repo.parent / SD15_BASE / "unet" / "config.json"),
+    }
+    for subfolder, (suffix, unet_config_path) in families.items():
+        unet_config = json.loads(unet_config_path.read_text())
+        cross_dim = unet_config["cross_attention_dim"]
+        sizes = _cross_attention_hidden_sizes(unet_config)
+        plain = {**_plain_image_proj(cross_dim, gen), **_ip_adapter_layers(sizes, cross_dim, gen)}
+        plus = {**_plus_image_proj(cross_dim, gen), **_ip_adapter_layers(sizes, cross_dim, gen)}
+        (repo / subfolder).mkdir(parents=True, exist_ok=True)
+        save_file(plain, str(repo / subfolder / f"ip-adapter_{suffix}.safetensors"))
+        save_file(plus, str(repo / subfolder / f"ip-adapter-plus_{suffix}.safetensors"))
