@@ -34,9 +34,7 @@ _SCALES: ContextVar[SampleScales | None] = ContextVar("ip_adapter_sample_scales"
 def sample_scales(strengths: Sequence[float], guided: bool, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
     """Within this block, IP-Adapter attention uses `strengths[i]` for sample i (both guidance halves)."""
     rows = list(strengths) * (2 if guided else 1)
-    token = _SCALES.set(
-        SampleScales(torch.tensor(rows, device=device, dtype=dtype), any(s != 0 for s in strengths))
-    )
+    token = _SCALES.set(SampleScales(torch.tensor(rows, device=device, dtype=dtype), any(s != 0 for s in strengths)))
     try:
         yield
     finally:
@@ -103,7 +101,9 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         hidden_states = hidden_states.to(query.dtype)
 
         per_sample = _SCALES.get()
-        for ip_states, layer_weight, to_k_ip, to_v_ip in zip(ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip):
+        for ip_states, layer_weight, to_k_ip, to_v_ip in zip(
+            ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip, strict=True
+        ):
             if layer_weight == 0 or (per_sample is not None and not per_sample.any_nonzero):
                 continue  # exactly the text-only result: nothing is added
             # ip_states: (B, num_images, tokens, dim) -> keys over all images' tokens together

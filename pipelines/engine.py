@@ -161,7 +161,9 @@ class Engine:
                 local_files_only=self.family.source == "tiny",
             )
         except OSError as e:
-            raise ModelNotAvailableError(f"{spec.repo}/{spec.subfolder}/{spec.weight_name}", self.family.name, str(e)[:200]) from e
+            raise ModelNotAvailableError(
+                f"{spec.repo}/{spec.subfolder}/{spec.weight_name}", self.family.name, str(e)[:200]
+            ) from e
         processors = {
             k: ScaledIPAdapterAttnProcessor.from_processor(p) if isinstance(p, IPAdapterAttnProcessor2_0) else p
             for k, p in pipe.unet.attn_processors.items()

@@ -6,10 +6,11 @@ An invalid value stops the app with the file, the key, the value and what is all
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from .errors import InvalidRequestError, PresetError
 

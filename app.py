@@ -1,0 +1,96 @@
+"""Image-prompt studio: a text prompt plus a reference image, with a strength for how much carries over.
+
+Composition root only: parse flags, build one engine, compose the tabs, launch. Importing this module builds
+`demo` (for `gradio app.py` and tests) without loading weights or launching.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import gradio as gr
+import torch
+
+from pipelines import Engine, ImagePromptError, load_families, load_mode_presets
+from pipelines.presets import FamilySpec, ModePreset
+from ui import general
+
+FAMILY_ENV = "IMAGE_PROMPT_MODELS"  # default family for Spaces, where flags cannot be passed
+QUEUE_SIZE = 64  # requests waiting beyond this are refused with "queue is full"
+
+FAMILIES = load_families()
+PRESETS = load_mode_presets(FAMILIES)
+
+
+def default_family() -> str:
+    """$IMAGE_PROMPT_MODELS, else SDXL on a CUDA GPU and SD1.5 without one."""
+    return os.environ.get(FAMILY_ENV) or ("sdxl" if torch.cuda.is_available() else "sd15")
+
+
+def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESETS) -> gr.Blocks:
+    """All tabs on one engine."""
+    family = engine.family.name
+    with gr.Blocks(title="Image-prompt studio") as demo:
+        gr.Markdown(
+            f"# Image-prompt studio\nA text prompt plus a reference image. Strength decides how much of the "
+            f"reference carries over. Models: **{family}** (`{engine.family.base}`) on {engine.device}."
+        )
+        with gr.Tabs(), gr.Tab("General"):
+            general.create_demo(engine, presets["general"][family])
+    demo.queue(max_size=QUEUE_SIZE)
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models",
+        choices=sorted(FAMILIES),
+        default=None,
+        help=f"model family (default: ${FAMILY_ENV}, else sdxl with a CUDA GPU, sd15 without); "
+        "'tiny' runs offline on generated random weights",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
+    return parser.parse_args(argv)
+
+
+def _validate_family(name: str) -> FamilySpec:
+    if name not in FAMILIES:
+        raise SystemExit(f"Unknown model family {name!r} (from ${FAMILY_ENV}); choose one of {sorted(FAMILIES)}.")
+    return FAMILIES[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    family = _validate_family(args.models or default_family())
+    engine = Engine(family)
+    try:
+        engine.load()
+        engine.use_variant(PRESETS["general"][family.name].variant)  # warm: the first click draws at once
+    except ImagePromptError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app = create_app(engine)
+    if args.share:
+        print("Sharing: the gradio.live link is public; anyone with it can use this app and your GPU.")
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    return 0
+
+
+_demo_engine = Engine(_validate_family(default_family()))  # weights load on the first request, not at import
+demo = create_app(_demo_engine)
+
+
+def demo_engine_loaded() -> bool:
+    """Whether the import-time `demo` has loaded weights yet (it should not have, until a request)."""
+    return _demo_engine.loaded
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Requests are validated in one place, with messages that name the parameter."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from pipelines import InvalidRequestError, build_request
+
+
+@pytest.fixture
+def preset(presets):
+    return presets["general"]["tiny"]
+
+
+def test_defaults_come_from_the_preset(preset):
+    r = build_request(preset, prompt="a cat")
+    assert (r.strength, r.steps, r.guidance, r.width, r.height) == (0.5, 4, 5.0, 64, 64)
+    assert r.variant == "plain" and r.negative_prompt == preset.negative_prompt and r.references == ()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("strength", math.nan, "strength must be a finite number"),
+        ("strength", 1.6, "strength = 1.6 is outside [0.0, 1.5]"),
+        ("steps", 0, "steps = 0 is outside [1, 50]"),
+        ("steps", 2.5, "steps must be a whole number"),
+        ("guidance", "lots", "guidance must be a number, got 'lots'"),
+        ("width", 4000, "width = 4000 is outside [32, 256]"),
+        ("seed", -5, "seed = -5 is outside [0, 4294967295]"),
+        ("seed", 2**40, "is outside [0, 4294967295]"),
+        ("variant", "mega", "variant 'mega' is not one of ['plain', 'plus']"),
+        ("prompt", 42, "prompt must be text"),
+    ],
+)
+def test_bad_values_are_named(preset, field, value, message):
+    kwargs = {"prompt": "a cat", field: value}
+    with pytest.raises(InvalidRequestError, match=re.escape(message)) as err:
+        build_request(preset, **kwargs)
+    assert err.value.field == field
+
+
+def test_sizes_snap_to_multiples_of_8(preset):
+    r = build_request(preset, prompt="x", width=101, height=70)
+    assert (r.width, r.height) == (96, 64)
+
+
+def test_control_characters_are_dropped(preset):
+    r = build_request(preset, prompt="  a\x00 cat\x1b 🐱\nin snow  ")
+    assert r.prompt == "a cat 🐱\nin snow"
+
+
+def test_too_many_references(preset, gold):
+    with pytest.raises(InvalidRequestError, match="at most 8 reference images"):
+        build_request(preset, prompt="x", references=[gold] * 9)

@@ -1,0 +1,1 @@
+"""Gradio tabs. Each module exposes `create_demo(...)` returning a Blocks that also runs alone."""

@@ -1,0 +1,86 @@
+"""What every tab shares: seeds, the GPU concurrency group, turning results into files and errors into messages."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from pipelines.errors import ImagePromptError
+from pipelines.metadata import save_png
+from pipelines.request import MAX_SEED
+
+log = logging.getLogger("image_prompt_studio")
+
+GPU_CONCURRENCY_ID = "gpu"  # every event that runs the pipeline shares one queue slot
+RANDOM_SEED = -1  # the seed box value that asks for a fresh random seed
+_OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="image-prompt-studio-"))
+
+
+def resolve_seed(seed: Any) -> Any:
+    """-1 (or an empty box) becomes a random seed; anything else is passed on for validation."""
+    if seed is None or (isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed == RANDOM_SEED):
+        return secrets.randbelow(MAX_SEED + 1)
+    return seed
+
+
+def reference_paths(value: Any) -> list[Any]:
+    """Gallery or File input (list of paths, (path, caption) pairs or FileData dicts) to a list of paths."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else [value]
+    paths = []
+    for item in items:
+        if isinstance(item, (list, tuple)):
+            item = item[0]
+        if isinstance(item, dict):
+            item = item.get("path") or (item.get("image") or {}).get("path")
+        if item is not None:
+            paths.append(item)
+    return paths
+
+
+def write_png(image: Any, metadata: dict[str, Any]) -> str:
+    """Save a result as PNG with its metadata, in this app's own temp folder; return the path."""
+    return str(save_png(image, metadata, _OUTPUT_DIR / f"{uuid.uuid4().hex}.png"))
+
+
+def format_diagnostics(diagnostics: dict[str, Any]) -> str:
+    """One line under each result: time, speed, memory, encoder and UNet calls, batch."""
+    parts = [f"{diagnostics['seconds']:.2f} s", f"{diagnostics['steps_per_second']} steps/s"]
+    if "peak_memory_gb" in diagnostics:
+        parts.append(f"peak {diagnostics['peak_memory_gb']} GB")
+    parts += [
+        f"UNet calls {diagnostics['unet_calls']}",
+        f"encoder calls {diagnostics['encoder_calls']}",
+        f"batch {diagnostics['batch_size']}",
+        diagnostics["device"],
+    ]
+    return " · ".join(parts)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Library errors become messages for the person; anything unexpected is logged, reported briefly, survived."""
+
+    @functools.wraps(fn)  # keeps the signature: Gradio names API parameters from it
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ImagePromptError as e:
+            raise gr.Error(str(e)) from e
+        except gr.Error:
+            raise
+        except Exception as e:
+            log.exception("generation failed")
+            raise gr.Error(
+                f"Generation failed ({type(e).__name__}). Please try again; the app is still running."
+            ) from e
+
+    return wrapper
