@@ -9,34 +9,52 @@ and one batch can hold several strengths (a strength sweep in one denoising pass
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
 
-@dataclass(frozen=True)
 class SampleScales:
-    """Strength per row of the UNet batch: (B,), or (2B,) as [uncond x B, cond x B] under guidance."""
+    """The image-prompt strengths of one pipeline call; never shared between calls.
 
-    values: torch.Tensor
-    any_nonzero: bool  # precomputed on the host, so the hot path never synchronises with the GPU
+    `values`: strength per row of the UNet batch, (B,) or (2B,) as [uncond x B, cond x B] under guidance.
+    `block_weights`: processor name -> layer weight (InstantStyle); None means 1.0 on every layer.
+    `active` is switched off by the engine after the "stop at" step, so later steps are text-only.
+    """
+
+    def __init__(self, values: torch.Tensor, any_nonzero: bool, block_weights: Mapping[str, float] | None) -> None:
+        self.values = values
+        self.any_nonzero = any_nonzero  # precomputed on the host: the hot path never syncs with the GPU
+        self.block_weights = block_weights
+        self.active = True
+
+    def weight(self, layer_name: str, default: float) -> float:
+        if self.block_weights is None:
+            return default
+        return self.block_weights.get(layer_name, 0.0)
 
 
 _SCALES: ContextVar[SampleScales | None] = ContextVar("ip_adapter_sample_scales", default=None)
 
 
 @contextmanager
-def sample_scales(strengths: Sequence[float], guided: bool, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+def sample_scales(
+    strengths: Sequence[float],
+    guided: bool,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    block_weights: Mapping[str, float] | None = None,
+) -> Iterator[SampleScales]:
     """Within this block, IP-Adapter attention uses `strengths[i]` for sample i (both guidance halves)."""
     rows = list(strengths) * (2 if guided else 1)
-    token = _SCALES.set(SampleScales(torch.tensor(rows, device=device, dtype=dtype), any(s != 0 for s in strengths)))
+    scales = SampleScales(torch.tensor(rows, device=device, dtype=dtype), any(s != 0 for s in strengths), block_weights)
+    token = _SCALES.set(scales)
     try:
-        yield
+        yield scales
     finally:
         _SCALES.reset(token)
 
@@ -45,10 +63,11 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
     """IPAdapterAttnProcessor2_0 with `self.scale` as a layer weight times the call's per-sample strengths."""
 
     @classmethod
-    def from_processor(cls, proc: IPAdapterAttnProcessor2_0) -> ScaledIPAdapterAttnProcessor:
+    def from_processor(cls, proc: IPAdapterAttnProcessor2_0, layer_name: str) -> ScaledIPAdapterAttnProcessor:
         """Wrap a loaded diffusers processor, sharing (not copying) its `to_k_ip` / `to_v_ip` weights."""
         new = cls.__new__(cls)
         torch.nn.Module.__init__(new)
+        new.layer_name = layer_name  # the key in unet.attn_processors, which block maps address
         new.hidden_size = proc.hidden_size
         new.cross_attention_dim = proc.cross_attention_dim
         new.num_tokens = list(proc.num_tokens)
@@ -104,8 +123,12 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         for ip_states, layer_weight, to_k_ip, to_v_ip in zip(
             ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip, strict=True
         ):
-            if layer_weight == 0 or (per_sample is not None and not per_sample.any_nonzero):
-                continue  # exactly the text-only result: nothing is added
+            if per_sample is not None:
+                if not (per_sample.active and per_sample.any_nonzero):
+                    break  # exactly the text-only result: nothing is added
+                layer_weight = per_sample.weight(self.layer_name, layer_weight)
+            if layer_weight == 0:
+                continue
             # ip_states: (B, num_images, tokens, dim) -> keys over all images' tokens together
             ip_key = to_k_ip(ip_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_value = to_v_ip(ip_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)

@@ -8,10 +8,12 @@ strengths never touch the model (see `attention.py`), and every use of the pipel
 
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +21,15 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import ScaledIPAdapterAttnProcessor, sample_scales
-from .errors import ModelNotAvailableError
+from .errors import BlockMapError, ModelNotAvailableError
+from .images import square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import AdapterSpec, FamilySpec, ImageEncoderSpec
 from .request import GenerationRequest
@@ -54,7 +58,41 @@ class _Adapter:
     image_proj: torch.nn.Module  # unet.encoder_hid_proj (MultiIPAdapterImageProjection)
     encoder: CLIPVisionModelWithProjection
     image_processor: CLIPImageProcessor
-    uncond_hidden: torch.Tensor | None  # (1, tokens, dim) features of a black image, for "hidden" embeds
+    uncond_hidden: torch.Tensor | None  # (1, tokens, dim) features of an all-zero input, for "hidden" embeds
+
+
+@dataclass
+class SweepResult:
+    """A strength comparison: one image per strength, all from the same seed and noise."""
+
+    images: list[Image.Image]
+    strengths: list[float]
+    cell_metadata: list[dict[str, Any]]  # what reproduces each cell as a single render
+    metadata: dict[str, Any]  # the whole sweep (for the grid PNG)
+    diagnostics: dict[str, Any]
+
+
+class _LRU:
+    """A small bounded least-recently-used map."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        if key not in self._data:
+            return None
+        self._data.move_to_end(key)
+        return self._data[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        self._data[key] = value
+        self._data.move_to_end(key)
+        while len(self._data) > self.size:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 @dataclass
@@ -76,11 +114,17 @@ class Engine:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         tiny_root: Path | None = None,
+        max_batch: int | None = None,
+        embed_cache_size: int = 64,
     ) -> None:
         self.family = family
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.tiny_root = tiny_root
+        # Samples per denoising pass in a comparison; larger sweeps are split (each batch doubles under guidance).
+        self.max_batch = max_batch or (8 if self.device.startswith("cuda") else 4)
+        self._embed_cache = _LRU(embed_cache_size)  # image-prompt embeddings by image content
+        self._block_weights: dict[str, dict[str, float]] = {}
         self.pipe: StableDiffusionPipeline | StableDiffusionXLPipeline | None = None
         self.counters: Counter[str] = Counter()  # base_loads, adapter_loads, encoder_calls, unet_calls
         self._lock = threading.Lock()
@@ -165,7 +209,7 @@ class Engine:
                 f"{spec.repo}/{spec.subfolder}/{spec.weight_name}", self.family.name, str(e)[:200]
             ) from e
         processors = {
-            k: ScaledIPAdapterAttnProcessor.from_processor(p) if isinstance(p, IPAdapterAttnProcessor2_0) else p
+            k: ScaledIPAdapterAttnProcessor.from_processor(p, k) if isinstance(p, IPAdapterAttnProcessor2_0) else p
             for k, p in pipe.unet.attn_processors.items()
         }
         uncond = None
@@ -209,20 +253,52 @@ class Engine:
     # ------------------------------------------------------------------------------------------- generation
 
     def _embed(self, adapter: _Adapter, request: GenerationRequest, guided: bool) -> torch.Tensor:
-        """Image-prompt embeddings for all references as one prompt: (2 or 1, n_refs, ...) [uncond, cond]."""
-        pixels = adapter.image_processor(images=[r.image for r in request.references], return_tensors="pt")
-        pixels = pixels.pixel_values.to(self.device, self.dtype)  # (n, 3, S, S)
-        self.counters["encoder_calls"] += 1
-        with torch.inference_mode():
-            if adapter.spec.embeds == "pooled":
-                cond = adapter.encoder(pixels).image_embeds  # (n, D)
-                uncond = torch.zeros_like(cond)
-            else:
-                cond = adapter.encoder(pixels, output_hidden_states=True).hidden_states[-2]  # (n, tokens, dim)
-                uncond = adapter.uncond_hidden.expand_as(cond)
-        # One sample holding n images: the adapter attends to all their tokens together.
-        cond, uncond = cond[None], uncond[None]
+        """Image-prompt embeddings for all references as one prompt: (2 or 1, n_refs, ...) [uncond, cond].
+
+        Cached by image content, encoder, embedding kind, crop and dtype: a repeated reference costs no encoder call.
+        """
+        spec = adapter.spec
+        key = (
+            spec.image_encoder,
+            spec.embeds,
+            request.crop,
+            str(self.dtype),
+            tuple(r.sha256 for r in request.references),
+        )
+        cond = self._embed_cache.get(key)
+        if cond is None:
+            self.counters["embed_cache_misses"] += 1
+            pixels = self.encoder_pixels(adapter, request)  # (n, 3, S, S)
+            self.counters["encoder_calls"] += 1
+            with torch.inference_mode():
+                if spec.embeds == "pooled":
+                    cond = adapter.encoder(pixels).image_embeds  # (n, D)
+                else:
+                    cond = adapter.encoder(pixels, output_hidden_states=True).hidden_states[-2]  # (n, tokens, dim)
+            cond = cond[None]  # one sample holding n images: the adapter attends to all their tokens together
+            self._embed_cache.put(key, cond)
+        else:
+            self.counters["embed_cache_hits"] += 1
+        uncond = torch.zeros_like(cond) if spec.embeds == "pooled" else adapter.uncond_hidden[None].expand_as(cond)
         return torch.cat([uncond, cond]) if guided else cond
+
+    def encoder_pixels(self, adapter: _Adapter, request: GenerationRequest) -> torch.Tensor:
+        """The encoder's input for the request's references after the crop mode: (n, 3, S, S)."""
+        squares = [square_for_encoder(r.image, request.crop) for r in request.references]
+        pixels = adapter.image_processor(images=squares, return_tensors="pt").pixel_values
+        return pixels.to(self.device, self.dtype)
+
+    def encoder_preview(self, request: GenerationRequest, variant: str) -> list[Image.Image]:
+        """What the image encoder sees for each reference (after crop mode, resize and centre crop)."""
+        with self._lock:
+            self._ensure_base()
+            adapter = self._adapter(variant)
+            pixels = self.encoder_pixels(adapter, request).float().cpu()
+        proc = adapter.image_processor
+        mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
+        arr = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        return [Image.fromarray(a) for a in arr]
 
     def initial_latents(self, request: GenerationRequest, batch: int = 1) -> torch.Tensor:
         """Seeded noise drawn on the CPU (identical on every device), repeated for each sample of a batch."""
@@ -232,8 +308,61 @@ class Engine:
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         return noise.repeat(batch, 1, 1, 1).to(self.device, self.dtype)
 
+    def block_weights(self, block_map: dict | None) -> dict[str, float] | None:
+        """An InstantStyle block map as a weight per attention processor; unknown blocks are an error.
+
+        diffusers' `set_ip_adapter_scale` silently ignores a block the UNet does not have; here it raises.
+        """
+        if block_map is None:
+            return None
+        key = json.dumps(block_map, sort_keys=True)
+        if key not in self._block_weights:
+            unet = self.pipe.unet
+            with_attention = {
+                "down": [i for i, b in enumerate(unet.down_blocks) if hasattr(b, "attentions")],
+                "up": [i for i, b in enumerate(unet.up_blocks) if hasattr(b, "attentions")],
+            }
+            per_block = {"down": unet.config.layers_per_block, "up": unet.config.layers_per_block + 1}
+            for part, blocks in block_map.items():
+                if part == "mid":
+                    continue
+                if part not in with_attention or not isinstance(blocks, dict):
+                    raise BlockMapError(f"block map part {part!r} must be 'down', 'mid' or 'up' with a table of blocks")
+                for block, weights in blocks.items():
+                    index = int(block.removeprefix("block_")) if block.removeprefix("block_").isdigit() else -1
+                    if index not in with_attention[part]:
+                        valid = [f"block_{i}" for i in with_attention[part]]
+                        raise BlockMapError(
+                            f"block map names {part}.{block}, which this UNet does not have (it has {valid})"
+                        )
+                    if isinstance(weights, list) and len(weights) not in (1, per_block[part]):
+                        raise BlockMapError(
+                            f"block map {part}.{block} has {len(weights)} weights; "
+                            f"this UNet has {per_block[part]} layers there"
+                        )
+            expanded = _maybe_expand_lora_scales(unet, [block_map], default_scale=0.0)[0]
+            weights = {}
+            for name in unet.attn_processors:
+                if name.endswith("attn2.processor"):
+                    weights[name] = next((float(w) for prefix, w in expanded.items() if name.startswith(prefix)), 0.0)
+            self._block_weights[key] = weights
+        return self._block_weights[key]
+
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
         """Render one image for `request`."""
+        sweep = self.generate_sweep(request, [request.strength], on_step)
+        return GenerationResult(sweep.images[0], sweep.cell_metadata[0], sweep.diagnostics)
+
+    def generate_sweep(
+        self, request: GenerationRequest, strengths: Sequence[float], on_step: StepCallback | None = None
+    ) -> SweepResult:
+        """The same seed and noise at several strengths, in batched denoising passes (at most `max_batch` each).
+
+        The reference is encoded once; the UNet runs `steps` times per batch, not per strength.
+        """
+        strengths = [float(s) for s in strengths]
+        if not strengths:
+            raise ValueError("no strengths given")
         with self._lock:
             self._ensure_base()
             start = time.perf_counter()
@@ -242,46 +371,83 @@ class Engine:
                 torch.cuda.reset_peak_memory_stats()
             guided = request.guidance > 1
             adapter = None
-            kwargs: dict[str, Any] = {}
+            embeds = None
             if request.references:
                 adapter = self._adapter(request.variant)
                 self._activate(request.variant)
-                kwargs["ip_adapter_image_embeds"] = [self._embed(adapter, request, guided)]
+                embeds = self._embed(adapter, request, guided)
+                weights = self.block_weights(request.block_map)
             else:
                 self._activate(None)
-            if on_step is not None:
-
-                def step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
-                    on_step(i + 1, request.steps)
-                    return callback_kwargs
-
-                kwargs["callback_on_step_end"] = step_end
-            scales = sample_scales([request.strength], guided, self.device, self.dtype) if adapter else nullcontext()
-            with scales:
-                image = self.pipe(
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt or None,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.guidance,
-                    width=request.width,
-                    height=request.height,
-                    latents=self.initial_latents(request),
-                    output_type="pil",
-                    **kwargs,
-                ).images[0]
+            chunks = [strengths[i : i + self.max_batch] for i in range(0, len(strengths), self.max_batch)]
+            total_steps = request.steps * len(chunks)
+            images: list[Image.Image] = []
+            for n, chunk in enumerate(chunks):
+                offset = n * request.steps
+                if adapter is None:
+                    images += self._denoise(request, len(chunk), None, None, offset, total_steps, on_step)
+                else:
+                    scales = sample_scales(chunk, guided, self.device, self.dtype, weights)
+                    images += self._denoise(request, len(chunk), embeds, scales, offset, total_steps, on_step)
             seconds = time.perf_counter() - start
             used = self.counters - before
             diagnostics = {
                 "seconds": round(seconds, 4),
-                "steps_per_second": round(request.steps / seconds, 2) if seconds > 0 else None,
+                "steps_per_second": round(total_steps / seconds, 2) if seconds > 0 else None,
                 "unet_calls": used["unet_calls"],
                 "encoder_calls": used["encoder_calls"],
-                "batch_size": 1,
+                "cache_hits": used["embed_cache_hits"],
+                "batch_size": max(len(c) for c in chunks),
+                "batches": len(chunks),
+                "images": len(strengths),
                 "device": self.device,
             }
             if self.device.startswith("cuda"):
                 diagnostics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            return GenerationResult(image, self._metadata(request, adapter), diagnostics)
+            base = self._metadata(request, adapter)
+            cells = [{**base, "strength": s} for s in strengths]
+            sweep_meta = {**base, "strength": None, "strengths": strengths}
+            return SweepResult(images, strengths, cells, sweep_meta, diagnostics)
+
+    def _denoise(
+        self,
+        request: GenerationRequest,
+        batch: int,
+        embeds: torch.Tensor | None,
+        scales: Any,
+        offset: int,
+        total_steps: int,
+        on_step: StepCallback | None,
+    ) -> list[Image.Image]:
+        """One batched denoising pass: `batch` samples sharing prompt, noise and image prompt."""
+        kwargs: dict[str, Any] = {}
+        if embeds is not None:
+            kwargs["ip_adapter_image_embeds"] = [embeds]
+        ip_steps = math.ceil(request.stop_at * request.steps)  # the image prompt acts on steps [0, ip_steps)
+        with scales if scales is not None else nullcontext() as active:
+            if active is not None and ip_steps == 0:
+                active.active = False
+
+            def step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
+                if active is not None and i + 1 >= ip_steps:
+                    active.active = False
+                if on_step is not None:
+                    on_step(offset + i + 1, total_steps)
+                return callback_kwargs
+
+            return self.pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt or None,
+                num_inference_steps=request.steps,
+                guidance_scale=request.guidance,
+                width=request.width,
+                height=request.height,
+                num_images_per_prompt=batch,
+                latents=self.initial_latents(request, batch),
+                output_type="pil",
+                callback_on_step_end=step_end,
+                **kwargs,
+            ).images
 
     def _metadata(self, request: GenerationRequest, adapter: _Adapter | None) -> dict[str, Any]:
         """Everything needed to reproduce the image."""

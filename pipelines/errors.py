@@ -37,3 +37,7 @@ class ModelNotAvailableError(ImagePromptError):
         )
         self.repo = repo
         self.family = family
+
+
+class BlockMapError(PresetError):
+    """An InstantStyle block map names a block or layer count the UNet does not have."""

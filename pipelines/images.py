@@ -71,3 +71,21 @@ def load_reference(source: str | Path | bytes | Image.Image, index: int = 1) -> 
         img.thumbnail((MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE), Image.Resampling.LANCZOS)
     digest = hashlib.sha256(f"{img.width}x{img.height}:".encode() + img.tobytes()).hexdigest()
     return ReferenceImage(image=img, sha256=digest)
+
+
+PAD_COLOUR = (128, 128, 128)  # neutral grey: padding adds as little colour to the image prompt as possible
+
+
+def square_for_encoder(img: Image.Image, crop: str) -> Image.Image:
+    """How a reference becomes square: "center" leaves it to the encoder's centre crop, "pad" pads, "squash" resizes."""
+    w, h = img.size
+    if crop == "center" or w == h:
+        return img
+    side = max(w, h)
+    if crop == "pad":
+        out = Image.new("RGB", (side, side), PAD_COLOUR)
+        out.paste(img, ((side - w) // 2, (side - h) // 2))
+        return out
+    if crop == "squash":
+        return img.resize((side, side), Image.Resampling.BICUBIC)
+    raise ValueError(f"unknown crop mode {crop!r}")

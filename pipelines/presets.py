@@ -19,10 +19,14 @@ MODES = ("general",)  # one TOML file per mode; later modes add their names here
 PIPELINE_KINDS = ("sdxl", "sd15")
 SOURCES = ("hub", "tiny")
 EMBED_KINDS = ("pooled", "hidden")
+CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
+MAX_COMPARE = 16  # cells in one strength comparison
 
 # Hard limits that no preset may widen: they protect the server, whatever a preset says.
 HARD_LIMITS = {
     "strength": (0.0, 2.0),
+    "stop_at": (0.0, 1.0),
+    "structure": (0.0, 3.0),
     "steps": (1, 150),
     "guidance": (0.0, 30.0),
     "width": (32, 2048),
@@ -99,6 +103,12 @@ class ModePreset:
     width: Range
     height: Range
     examples: tuple[str, ...]
+    stop_at: Range  # fraction of the denoising steps during which the image prompt acts
+    crop: str  # default of CROP_MODES
+    compare: tuple[float, ...]  # default strengths of the comparison panel
+    prompt_template: str = "{prompt}"  # the user's prompt is placed at {prompt}
+    block_maps: dict[str, dict] | None = None  # InstantStyle: {"style": {...}, "layout": {...}}
+    structure: Range | None = None  # FaceID Plus: s_scale
 
 
 class _Table:
@@ -118,6 +128,9 @@ class _Table:
             raise PresetError(f"{self.where}: {self._key(key)} is missing")
         self.used.add(key)
         return self.data[key]
+
+    def has(self, key: str) -> bool:
+        return key in self.data
 
     def text(self, key: str, choices: tuple[str, ...] | None = None) -> str:
         value = self.get(key)
@@ -234,18 +247,44 @@ def load_mode_presets(
             for v in variants:
                 if v not in known:
                     raise PresetError(f"{where}: [{family}].variants names {v!r}, not one of {list(known)}")
+            strength = t.range("strength")
+            compare = t.get("compare")
+            if (
+                not isinstance(compare, list)
+                or not 1 <= len(compare) <= MAX_COMPARE
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in compare)
+                or not all(strength.min <= v <= strength.max for v in compare)
+            ):
+                raise PresetError(
+                    f"{where}: [{family}].compare = {compare!r} must be 1 to {MAX_COMPARE} numbers inside "
+                    f"[{strength.min}, {strength.max}]"
+                )
+            template = t.text("prompt_template") if t.has("prompt_template") else "{prompt}"
+            if "{prompt}" not in template:
+                raise PresetError(f"{where}: [{family}].prompt_template = {template!r} must contain {{prompt}}")
+            block_maps = None
+            if t.has("block_maps"):
+                block_maps = t.get("block_maps")
+                if not isinstance(block_maps, dict) or "style" not in block_maps:
+                    raise PresetError(f"{where}: [{family}].block_maps must be a table with a 'style' map")
             presets[mode][family] = ModePreset(
                 mode=mode,
                 family=family,
                 variant=t.text("variant", variants),
                 variants=variants,
                 negative_prompt=t.text("negative_prompt"),
-                strength=t.range("strength"),
+                strength=strength,
                 steps=t.range("steps", integer=True),
                 guidance=t.range("guidance"),
                 width=t.range("width", integer=True),
                 height=t.range("height", integer=True),
                 examples=t.texts("examples"),
+                stop_at=t.range("stop_at"),
+                crop=t.text("crop", CROP_MODES),
+                compare=tuple(float(v) for v in compare),
+                prompt_template=template,
+                block_maps=block_maps,
+                structure=t.range("structure") if t.has("structure") else None,
             )
             t.done()
     return presets

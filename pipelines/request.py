@@ -12,7 +12,7 @@ from PIL import Image
 
 from .errors import InvalidRequestError
 from .images import ReferenceImage, load_reference
-from .presets import ModePreset
+from .presets import CROP_MODES, MAX_COMPARE, ModePreset
 
 MAX_SEED = 2**32 - 1  # seeds are shown and typed by people; 32 bits is what every UI in this field uses
 MAX_REFERENCES = 8
@@ -34,6 +34,11 @@ class GenerationRequest:
     guidance: float
     width: int
     height: int
+    stop_at: float = 1.0  # the image prompt acts during the first stop_at of the steps
+    crop: str = "center"  # how non-square references become square for the image encoder
+    layout: bool = False  # style mode: also drive the layout layers
+    structure: float | None = None  # FaceID Plus: weight of the face structure (s_scale)
+    block_map: dict | None = None  # InstantStyle layer map in effect (None: every layer)
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able settings (shared by PNG metadata, presets and the API)."""
@@ -48,6 +53,11 @@ class GenerationRequest:
             "guidance": self.guidance,
             "width": self.width,
             "height": self.height,
+            "stop_at": self.stop_at,
+            "crop": self.crop,
+            "layout": self.layout,
+            "structure": self.structure,
+            "block_map": self.block_map,
             "references_sha256": [r.sha256 for r in self.references],
         }
 
@@ -93,6 +103,10 @@ def build_request(
     guidance: Any = None,
     width: Any = None,
     height: Any = None,
+    stop_at: Any = None,
+    crop: Any = None,
+    layout: Any = False,
+    structure: Any = None,
 ) -> GenerationRequest:
     """Validate raw values (from the UI, the API or a script) against `preset`; None means the preset default."""
 
@@ -117,6 +131,19 @@ def build_request(
         snapped = _integer(name, pick(value, bounds.default)) // SIZE_MULTIPLE * SIZE_MULTIPLE
         return int(bounds.check(snapped, name))
 
+    crop = pick(crop, preset.crop)
+    if crop not in CROP_MODES:
+        raise InvalidRequestError("crop", f"crop {crop!r} is not one of {list(CROP_MODES)}")
+    if not isinstance(layout, bool):
+        raise InvalidRequestError("layout", f"layout must be true or false, got {layout!r}")
+    block_map = None
+    if preset.block_maps is not None:
+        block_map = _merge_block_maps(preset.block_maps["style"], preset.block_maps.get("layout") if layout else None)
+    structure_value = None
+    if preset.structure is not None:
+        structure_value = preset.structure.check(
+            _number("structure", pick(structure, preset.structure.default)), "structure"
+        )
     return GenerationRequest(
         mode=preset.mode,
         prompt=_text("prompt", prompt),
@@ -129,4 +156,39 @@ def build_request(
         guidance=preset.guidance.check(_number("guidance", pick(guidance, preset.guidance.default)), "guidance"),
         width=size("width", width, preset.width),
         height=size("height", height, preset.height),
+        stop_at=preset.stop_at.check(_number("stop_at", pick(stop_at, preset.stop_at.default)), "stop_at"),
+        crop=crop,
+        layout=layout and block_map is not None,
+        structure=structure_value,
+        block_map=block_map,
     )
+
+
+def _merge_block_maps(style: dict, layout: dict | None) -> dict:
+    """The style map, plus the layout map's blocks when layout is on."""
+    merged = {part: dict(blocks) if isinstance(blocks, dict) else blocks for part, blocks in style.items()}
+    for part, blocks in (layout or {}).items():
+        if isinstance(blocks, dict) and isinstance(merged.get(part), dict):
+            merged[part] = {**merged[part], **blocks}
+        else:
+            merged[part] = blocks
+    return merged
+
+
+def parse_strengths(value: Any, preset: ModePreset) -> tuple[float, ...]:
+    """Strengths for a comparison: a list of numbers or a comma-separated string, each inside the preset range."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return preset.compare
+    if isinstance(value, str):
+        items: list[Any] = [v for v in value.replace(";", ",").split(",") if v.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise InvalidRequestError("strengths", f"strengths must be a list or comma-separated text, got {value!r}")
+    if not 1 <= len(items) <= MAX_COMPARE:
+        raise InvalidRequestError("strengths", f"give 1 to {MAX_COMPARE} strengths, got {len(items)}")
+    out = []
+    for item in items:
+        text = item.strip() if isinstance(item, str) else item
+        out.append(preset.strength.check(_number("strengths", text), "strength"))
+    return tuple(out)

@@ -59,7 +59,7 @@ def test_general_endpoint_png_and_metadata(client, engines, presets, gold_file):
     assert png_meta == meta  # the PNG survives Gradio unchanged, metadata included
     assert (meta["strength"], meta["seed"], meta["steps"], meta["guidance"]) == (0.75, 1234, 3, 4.5)
     assert (meta["width"], meta["height"]) == (72, 64)
-    assert "UNet calls 3" in diagnostics and "encoder calls 1" in diagnostics
+    assert "UNet calls 3" in diagnostics and "batch 1" in diagnostics
     # Through the app or straight through the library: the same pixels.
     request = build_request(
         presets["general"]["tiny"],

@@ -60,7 +60,8 @@ def format_diagnostics(diagnostics: dict[str, Any]) -> str:
     parts += [
         f"UNet calls {diagnostics['unet_calls']}",
         f"encoder calls {diagnostics['encoder_calls']}",
-        f"batch {diagnostics['batch_size']}",
+        f"cache hits {diagnostics['cache_hits']}",
+        f"batch {diagnostics['batch_size']}" + (f" x {diagnostics['batches']}" if diagnostics["batches"] > 1 else ""),
         diagnostics["device"],
     ]
     return " · ".join(parts)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
 
 from pipelines import Engine, ModelNotAvailableError, build_request
 from pipelines.presets import FamilySpec
@@ -111,11 +112,14 @@ def test_variant_switch_keeps_base_and_reads_no_disk(families, tiny_root, preset
     assert engine.counters["adapter_loads"] == loads["adapter_loads"] == 2
 
 
-def test_diagnostics_count_real_work(engines, presets, gold):
-    result = render(engines, presets, "tiny", references=[gold], steps=3)
-    assert result.diagnostics["unet_calls"] == 3  # guidance batches uncond and cond into one call per step
-    assert result.diagnostics["encoder_calls"] == 1
-    assert result.diagnostics["batch_size"] == 1
+def test_diagnostics_count_real_work(engines, presets):
+    fresh = Image.new("RGB", (40, 30), (1, 2, 3))  # a reference no other test uses
+    first = render(engines, presets, "tiny", references=[fresh], steps=3)
+    assert first.diagnostics["unet_calls"] == 3  # guidance batches uncond and cond into one call per step
+    assert (first.diagnostics["encoder_calls"], first.diagnostics["cache_hits"]) == (1, 0)
+    assert first.diagnostics["batch_size"] == 1
+    again = render(engines, presets, "tiny", references=[fresh], steps=3, strength=0.9)
+    assert (again.diagnostics["encoder_calls"], again.diagnostics["cache_hits"]) == (0, 1)
 
 
 def test_progress_follows_steps(engines, presets, gold):
