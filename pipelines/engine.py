@@ -122,7 +122,7 @@ class Engine:
         self.dtype = dtype or default_dtype(self.device)
         self.tiny_root = tiny_root
         # Samples per denoising pass in a comparison; larger sweeps are split (each batch doubles under guidance).
-        self.max_batch = max_batch or (8 if self.device.startswith("cuda") else 4)
+        self.max_batch = max_batch or 8
         self._embed_cache = _LRU(embed_cache_size)  # image-prompt embeddings by image content
         self._block_weights: dict[str, dict[str, float]] = {}
         self.pipe: StableDiffusionPipeline | StableDiffusionXLPipeline | None = None

@@ -123,3 +123,26 @@ def test_cli_without_hub_stops_with_one_clear_message(tmp_path):
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in proc.stderr
     assert "--models tiny" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_compare_endpoint_cells_grid_and_ab(client, gold_file):
+    gallery_out, slider, grid, seed, diagnostics, meta = client.predict(
+        prompt="a gold vase", reference=gallery(gold_file), strengths="0, 1", seed=77, steps=2,
+        api_name="/general_compare",
+    )  # fmt: skip
+    assert [cell["caption"] for cell in gallery_out] == ["strength 0", "strength 1"]
+    assert seed == 77 and meta["strengths"] == [0.0, 1.0]
+    assert read_png_metadata(grid)["strengths"] == [0.0, 1.0]  # the grid PNG carries the whole sweep
+    assert Image.open(grid).width == 2 * 64
+    assert slider["visible"] is True and len(slider["value"]) == 2  # two strengths: an A/B slider
+    assert "batch 2" in diagnostics
+    cell_b = np.asarray(Image.open(gallery_out[1]["image"]).convert("RGB")).astype(int)
+    single, *_ = client.predict(
+        prompt="a gold vase", reference=gallery(gold_file), strength=1, seed=77, steps=2, api_name="/general"
+    )
+    assert np.abs(np.asarray(Image.open(single).convert("RGB")).astype(int) - cell_b).max() <= 2
+
+
+def test_preview_endpoint(client, gold_file):
+    views = client.predict(prompt="", reference=gallery(gold_file), crop="pad", api_name="/general_preview")
+    assert len(views) == 1 and Image.open(views[0]["image"]).size == (32, 32)

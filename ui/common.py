@@ -47,9 +47,14 @@ def reference_paths(value: Any) -> list[Any]:
     return paths
 
 
+def output_path(prefix: str = "image") -> Path:
+    """A fresh PNG path in this app's own temp folder."""
+    return _OUTPUT_DIR / f"{prefix}-{uuid.uuid4().hex[:12]}.png"
+
+
 def write_png(image: Any, metadata: dict[str, Any]) -> str:
-    """Save a result as PNG with its metadata, in this app's own temp folder; return the path."""
-    return str(save_png(image, metadata, _OUTPUT_DIR / f"{uuid.uuid4().hex}.png"))
+    """Save a result as PNG with its metadata; return the path."""
+    return str(save_png(image, metadata, output_path(metadata.get("mode", "image"))))
 
 
 def format_diagnostics(diagnostics: dict[str, Any]) -> str:

@@ -1,0 +1,201 @@
+"""The layout every mode shares: inputs, "Start drawing", a strength comparison panel and their API endpoints.
+
+A mode module supplies its labels and any extra controls; the endpoints take keyword parameters named after the
+controls (`prompt`, `reference`, `strength`, ...), so `gradio_client` callers use names, never positions.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from pipelines.engine import Engine
+from pipelines.grid import make_grid
+from pipelines.metadata import save_png
+from pipelines.presets import CROP_MODES, ModePreset
+from pipelines.request import GenerationRequest, build_request, parse_strengths
+
+from .common import (
+    GPU_CONCURRENCY_ID,
+    RANDOM_SEED,
+    format_diagnostics,
+    output_path,
+    reference_paths,
+    resolve_seed,
+    user_errors,
+    write_png,
+)
+
+CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
+ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
+
+
+@dataclass(frozen=True)
+class TabText:
+    """What a mode says about itself in the UI."""
+
+    intro: str
+    reference_label: str
+    strength_label: str
+    variant_labels: dict[str, str] = field(default_factory=dict)
+    notice: str | None = None  # e.g. a licence notice
+
+
+def _endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any]) -> Callable[..., Any]:
+    """A function whose signature is `names` (+ progress): Gradio names the API parameters after it."""
+
+    def endpoint(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        values = dict(bound.arguments)
+        progress = values.pop("progress", None)
+        return body(values, progress)
+
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    signature = inspect.Signature(params)
+    endpoint.__signature__ = signature  # type: ignore[attr-defined]
+    return user_errors(endpoint)
+
+
+def request_from(preset: ModePreset, values: dict[str, Any], strength: Any = None) -> GenerationRequest:
+    """Build the request from named UI/API values (the seed box's -1 becomes a random seed here)."""
+    values = dict(values)
+    values["references"] = reference_paths(values.pop("reference", None))
+    values["seed"] = resolve_seed(values.get("seed"))
+    values.pop("strengths", None)
+    if strength is not None:
+        values["strength"] = strength
+    return build_request(preset, **values)
+
+
+def _progress_callback(progress: Any) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+
+    def on_step(done: int, total: int) -> None:
+        progress((done, total), desc="Drawing", unit="steps")
+
+    return on_step
+
+
+def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraControls | None = None) -> gr.Blocks:
+    """The mode's Blocks; endpoints `<mode>`, `<mode>_compare` and `<mode>_preview`."""
+    mode = preset.mode
+    with gr.Blocks() as demo:
+        gr.Markdown(text.intro)
+        if text.notice:
+            gr.Markdown(text.notice)
+        with gr.Row():
+            with gr.Column():
+                c: dict[str, gr.components.Component] = {}
+                c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="What to draw")
+                c["reference"] = gr.Gallery(
+                    label=text.reference_label, type="filepath", interactive=True, columns=4, height=200,
+                    file_types=["image"],
+                )  # fmt: skip
+                c["strength"] = gr.Slider(
+                    label=text.strength_label, minimum=preset.strength.min, maximum=preset.strength.max,
+                    step=preset.strength.step, value=preset.strength.default,
+                )  # fmt: skip
+                c["variant"] = gr.Radio(
+                    label="Adapter", choices=[(text.variant_labels.get(v, v), v) for v in preset.variants],
+                    value=preset.variant, visible=len(preset.variants) > 1,
+                )  # fmt: skip
+                if extra is not None:
+                    c.update(extra(preset))
+                run = gr.Button("Start drawing", variant="primary")
+                with gr.Accordion("Settings", open=False):
+                    c["negative_prompt"] = gr.Textbox(label="Negative prompt", value=preset.negative_prompt, lines=2)
+                    with gr.Row():
+                        c["seed"] = gr.Number(label="Seed (-1 = random)", value=RANDOM_SEED, precision=0)
+                        random_seed = gr.Button("🎲 Random", scale=0)
+                        reuse_seed = gr.Button("♻️ Reuse last", scale=0)
+                    for name, label in (("steps", "Steps"), ("guidance", "Guidance")):
+                        r = getattr(preset, name)
+                        c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=r.default)
+                    with gr.Row():
+                        for name, label in (("width", "Width"), ("height", "Height")):
+                            r = getattr(preset, name)
+                            c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=r.default)
+                    c["stop_at"] = gr.Slider(
+                        label="Stop at (image prompt acts for this share of the steps)", minimum=preset.stop_at.min,
+                        maximum=preset.stop_at.max, step=preset.stop_at.step, value=preset.stop_at.default,
+                    )  # fmt: skip
+                    c["crop"] = gr.Radio(
+                        label="Non-square references", choices=[(CROP_LABELS[m], m) for m in CROP_MODES],
+                        value=preset.crop,
+                    )  # fmt: skip
+                    preview_button = gr.Button("Show what the image encoder sees")
+                    preview = gr.Gallery(label="Encoder input", columns=4, height=140, interactive=False)
+            with gr.Column():
+                result = gr.Image(label="Result", type="filepath", format="png", interactive=False)
+                used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
+                diagnostics = gr.Markdown(label="diagnostics")
+                with gr.Accordion("Compare strengths (same seed, one batched pass)", open=False):
+                    strengths = gr.Textbox(
+                        label="Strengths (comma-separated; two give an A/B slider)",
+                        value=", ".join(f"{s:g}" for s in preset.compare),
+                    )
+                    compare = gr.Button("Compare strengths")
+                    cells = gr.Gallery(label="Comparison", columns=5, height=260, interactive=False)
+                    ab = gr.ImageSlider(label="A/B", type="filepath", visible=False)
+                    grid_file = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
+                    compare_diagnostics = gr.Markdown(label="compare_diagnostics")
+                with gr.Accordion("Metadata (also stored in the PNG)", open=False):
+                    metadata = gr.JSON(label="image_prompt")
+        if preset.examples:
+            gr.Examples(examples=[[p] for p in preset.examples], inputs=[c["prompt"]], label="Example prompts")
+
+        names = list(c)
+
+        def single(values: dict[str, Any], progress: Any) -> tuple:
+            request = request_from(preset, values)
+            result_ = engine.generate(request, on_step=_progress_callback(progress))
+            path = write_png(result_.image, result_.metadata)
+            return path, request.seed, format_diagnostics(result_.diagnostics), result_.metadata
+
+        def sweep(values: dict[str, Any], progress: Any) -> tuple:
+            chosen = parse_strengths(values.get("strengths"), preset)
+            request = request_from(preset, values, strength=chosen[0])
+            out = engine.generate_sweep(request, chosen, on_step=_progress_callback(progress))
+            captions = [f"strength {s:g}" for s in out.strengths]
+            paths = [write_png(img, m) for img, m in zip(out.images, out.cell_metadata, strict=True)]
+            grid = save_png(make_grid(out.images, captions), out.metadata, output_path(f"{mode}-compare"))
+            slider = (
+                gr.ImageSlider(value=(paths[0], paths[1]), visible=True)
+                if len(paths) == 2
+                else gr.ImageSlider(value=None, visible=False)
+            )
+            gallery = list(zip(paths, captions, strict=True))
+            return gallery, slider, str(grid), request.seed, format_diagnostics(out.diagnostics), out.metadata
+
+        def encoder_view(values: dict[str, Any], progress: Any) -> list:
+            request = request_from(preset, values)
+            if not request.references:
+                raise gr.Error("Add a reference image first.")
+            return engine.encoder_preview(request, request.variant)
+
+        inputs = [c[n] for n in names]
+        gpu = {"concurrency_id": GPU_CONCURRENCY_ID, "concurrency_limit": 1}
+        run.click(
+            _endpoint(names, single), inputs=inputs, outputs=[result, used_seed, diagnostics, metadata],
+            api_name=mode, **gpu,
+        )  # fmt: skip
+        compare_names = [n for n in names if n != "strength"] + ["strengths"]
+        compare.click(
+            _endpoint(compare_names, sweep),
+            inputs=[c[n] for n in names if n != "strength"] + [strengths],
+            outputs=[cells, ab, grid_file, used_seed, compare_diagnostics, metadata],
+            api_name=f"{mode}_compare",
+            **gpu,
+        )
+        preview_button.click(
+            _endpoint(names, encoder_view), inputs=inputs, outputs=preview, api_name=f"{mode}_preview", **gpu
+        )
+        random_seed.click(lambda: RANDOM_SEED, outputs=c["seed"], api_visibility="private", queue=False)
+        reuse_seed.click(lambda s: s, inputs=used_seed, outputs=c["seed"], api_visibility="private", queue=False)
+    return demo
