@@ -149,3 +149,13 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def wrap_ip_processors(processors: Mapping[str, object]) -> dict[str, object]:
+    """`unet.attn_processors` after `load_ip_adapter`, with every IP-Adapter processor made per-sample scalable."""
+    return {
+        name: ScaledIPAdapterAttnProcessor.from_processor(proc, name)
+        if isinstance(proc, IPAdapterAttnProcessor2_0)
+        else proc
+        for name, proc in processors.items()
+    }

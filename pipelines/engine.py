@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
-from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from .attention import ScaledIPAdapterAttnProcessor, sample_scales
+from .attention import sample_scales, wrap_ip_processors
 from .errors import BlockMapError, ModelNotAvailableError
 from .images import square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
@@ -131,6 +130,7 @@ class Engine:
         self._adapters: dict[str, _Adapter] = {}
         self._encoders: dict[ImageEncoderSpec, tuple[CLIPVisionModelWithProjection, CLIPImageProcessor]] = {}
         self._base_processors: dict[str, Any] = {}
+        self._attention_layers: dict[str, torch.nn.Module] = {}
         self._active: str | None = None
 
     # ----------------------------------------------------------------------------------------------- loading
@@ -167,6 +167,13 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.register_forward_pre_hook(self._count_unet_call)
         self._base_processors = dict(pipe.unet.attn_processors)
+        # The UNet's own attention layers by processor name, so a variant switch sets each one directly instead of
+        # walking the module tree twice (diffusers' set_attn_processor): about 10x faster.
+        self._attention_layers = {
+            f"{name}.processor": module
+            for name, module in pipe.unet.named_modules()
+            if f"{name}.processor" in self._base_processors
+        }
         self.counters["base_loads"] += 1
         self.pipe = pipe
 
@@ -208,10 +215,7 @@ class Engine:
             raise ModelNotAvailableError(
                 f"{spec.repo}/{spec.subfolder}/{spec.weight_name}", self.family.name, str(e)[:200]
             ) from e
-        processors = {
-            k: ScaledIPAdapterAttnProcessor.from_processor(p, k) if isinstance(p, IPAdapterAttnProcessor2_0) else p
-            for k, p in pipe.unet.attn_processors.items()
-        }
+        processors = wrap_ip_processors(pipe.unet.attn_processors)
         uncond = None
         if spec.embeds == "hidden":
             pixels = torch.zeros(1, 3, encoder.config.image_size, encoder.config.image_size)
@@ -234,10 +238,10 @@ class Engine:
         else:
             adapter = self._adapters[name]
             processors, image_proj, hid_type = adapter.processors, adapter.image_proj, "ip_image_proj"
-        # The projection first: a Plus resampler holds attention layers that the processor dict covers too.
         unet.encoder_hid_proj = image_proj
         unet.config.encoder_hid_dim_type = hid_type
-        unet.set_attn_processor(dict(processors))  # a copy: set_attn_processor pops from the dict it gets
+        for name, layer in self._attention_layers.items():
+            layer.set_processor(processors[name])  # a Plus resampler's own attention layers keep theirs
         self._active = name
 
     def use_variant(self, name: str | None) -> None:
@@ -281,6 +285,11 @@ class Engine:
             self.counters["embed_cache_hits"] += 1
         uncond = torch.zeros_like(cond) if spec.embeds == "pooled" else adapter.uncond_hidden[None].expand_as(cond)
         return torch.cat([uncond, cond]) if guided else cond
+
+    def clear_embed_cache(self) -> None:
+        """Forget every cached image-prompt embedding (benchmarks measure cold encodes with it)."""
+        with self._lock:
+            self._embed_cache = _LRU(self._embed_cache.size)
 
     def encoder_pixels(self, adapter: _Adapter, request: GenerationRequest) -> torch.Tensor:
         """The encoder's input for the request's references after the crop mode: (n, 3, S, S)."""

@@ -206,7 +206,7 @@ def _build_sd15(folder: Path, tokenizer_files: Path) -> None:
     pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
-def _cross_attention_hidden_sizes(unet_config: dict) -> list[int]:
+def cross_attention_hidden_sizes(unet_config: dict) -> list[int]:
     """Hidden size of every cross-attention processor, in `unet.attn_processors` order."""
     unet = UNet2DConditionModel.from_config(unet_config)
     sizes = []
@@ -223,7 +223,7 @@ def _cross_attention_hidden_sizes(unet_config: dict) -> list[int]:
     return sizes
 
 
-def _ip_adapter_layers(hidden_sizes: list[int], cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def ip_adapter_layers(hidden_sizes: list[int], cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """`ip_adapter.<id>.to_k_ip/to_v_ip.weight` with ids 1, 3, 5, ... as in the published files."""
     out = {}
     for i, hidden in enumerate(hidden_sizes):
@@ -233,28 +233,30 @@ def _ip_adapter_layers(hidden_sizes: list[int], cross_dim: int, gen: torch.Gener
     return out
 
 
-def _plain_image_proj(cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def plain_image_proj(cross_dim: int, image_embed_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
     """ImageProjection in the original key names: 4 tokens from the pooled image embedding."""
     return {
-        "image_proj.proj.weight": torch.randn(4 * cross_dim, VISION_PROJECTION, generator=gen) * 0.2,
+        "image_proj.proj.weight": torch.randn(4 * cross_dim, image_embed_dim, generator=gen) * 0.2,
         "image_proj.proj.bias": torch.randn(4 * cross_dim, generator=gen) * 0.1,
         "image_proj.norm.weight": torch.ones(cross_dim),
         "image_proj.norm.bias": torch.zeros(cross_dim),
     }
 
 
-def _plus_image_proj(cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """The Plus Resampler (depth 4) in the original key names, fed the penultimate vision hidden states."""
+def plus_image_proj(
+    cross_dim: int, vision_hidden: int, dim: int, queries: int, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """The Plus Resampler (depth 4, heads = dim // 64) in the original key names."""
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen) * 0.1
 
-    inner = PLUS_DIM  # heads (dim // 64) x dim_head 64
+    inner = dim  # heads (dim // 64) x dim_head 64
     sd = {
-        "image_proj.latents": rand(1, PLUS_TOKENS, PLUS_DIM) * 5,
-        "image_proj.proj_in.weight": rand(PLUS_DIM, VISION_HIDDEN),
-        "image_proj.proj_in.bias": rand(PLUS_DIM),
-        "image_proj.proj_out.weight": rand(cross_dim, PLUS_DIM),
+        "image_proj.latents": rand(1, queries, dim) * 5,
+        "image_proj.proj_in.weight": rand(dim, vision_hidden),
+        "image_proj.proj_in.bias": rand(dim),
+        "image_proj.proj_out.weight": rand(cross_dim, dim),
         "image_proj.proj_out.bias": rand(cross_dim),
         "image_proj.norm_out.weight": torch.ones(cross_dim),
         "image_proj.norm_out.bias": torch.zeros(cross_dim),
@@ -262,15 +264,15 @@ def _plus_image_proj(cross_dim: int, gen: torch.Generator) -> dict[str, torch.Te
     for i in range(4):
         p = f"image_proj.layers.{i}"
         for norm in ("norm1", "norm2"):
-            sd[f"{p}.0.{norm}.weight"] = torch.ones(PLUS_DIM)
-            sd[f"{p}.0.{norm}.bias"] = torch.zeros(PLUS_DIM)
-        sd[f"{p}.0.to_q.weight"] = rand(inner, PLUS_DIM)
-        sd[f"{p}.0.to_kv.weight"] = rand(2 * inner, PLUS_DIM)
-        sd[f"{p}.0.to_out.weight"] = rand(PLUS_DIM, inner)
-        sd[f"{p}.1.0.weight"] = torch.ones(PLUS_DIM)
-        sd[f"{p}.1.0.bias"] = torch.zeros(PLUS_DIM)
-        sd[f"{p}.1.1.weight"] = rand(4 * PLUS_DIM, PLUS_DIM)
-        sd[f"{p}.1.3.weight"] = rand(PLUS_DIM, 4 * PLUS_DIM)
+            sd[f"{p}.0.{norm}.weight"] = torch.ones(dim)
+            sd[f"{p}.0.{norm}.bias"] = torch.zeros(dim)
+        sd[f"{p}.0.to_q.weight"] = rand(inner, dim)
+        sd[f"{p}.0.to_kv.weight"] = rand(2 * inner, dim)
+        sd[f"{p}.0.to_out.weight"] = rand(dim, inner)
+        sd[f"{p}.1.0.weight"] = torch.ones(dim)
+        sd[f"{p}.1.0.bias"] = torch.zeros(dim)
+        sd[f"{p}.1.1.weight"] = rand(4 * dim, dim)
+        sd[f"{p}.1.3.weight"] = rand(dim, 4 * dim)
     return sd
 
 
@@ -298,9 +300,12 @@ def _build_ip_adapters(repo: Path) -> None:
     for subfolder, (suffix, unet_config_path) in families.items():
         unet_config = json.loads(unet_config_path.read_text())
         cross_dim = unet_config["cross_attention_dim"]
-        sizes = _cross_attention_hidden_sizes(unet_config)
-        plain = {**_plain_image_proj(cross_dim, gen), **_ip_adapter_layers(sizes, cross_dim, gen)}
-        plus = {**_plus_image_proj(cross_dim, gen), **_ip_adapter_layers(sizes, cross_dim, gen)}
+        sizes = cross_attention_hidden_sizes(unet_config)
+        plain = {**plain_image_proj(cross_dim, VISION_PROJECTION, gen), **ip_adapter_layers(sizes, cross_dim, gen)}
+        plus = {
+            **plus_image_proj(cross_dim, VISION_HIDDEN, PLUS_DIM, PLUS_TOKENS, gen),
+            **ip_adapter_layers(sizes, cross_dim, gen),
+        }
         (repo / subfolder).mkdir(parents=True, exist_ok=True)
         save_file(plain, str(repo / subfolder / f"ip-adapter_{suffix}.safetensors"))
         save_file(plus, str(repo / subfolder / f"ip-adapter-plus_{suffix}.safetensors"))
