@@ -14,9 +14,11 @@ import sys
 import gradio as gr
 import torch
 
-from pipelines import Engine, ImagePromptError, load_families, load_mode_presets
+from pipelines import Engine, ImagePromptError, build_request, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
-from ui import general
+from pipelines.settings import SETTINGS_KEYS, read_settings_file
+from ui import anime, general, style
+from ui.common import user_errors
 
 FAMILY_ENV = "IMAGE_PROMPT_MODELS"  # default family for Spaces, where flags cannot be passed
 QUEUE_SIZE = 64  # requests waiting beyond this are refused with "queue is full"
@@ -30,18 +32,58 @@ def default_family() -> str:
     return os.environ.get(FAMILY_ENV) or ("sdxl" if torch.cuda.is_available() else "sd15")
 
 
+TABS = (("general", "General", general), ("anime", "Anime character", anime), ("style", "Style", style))
+
+
 def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESETS) -> gr.Blocks:
-    """All tabs on one engine."""
+    """All tabs on one engine, and a settings loader that fills whichever tab a file belongs to."""
     family = engine.family.name
     with gr.Blocks(title="Image-prompt studio") as demo:
         gr.Markdown(
             f"# Image-prompt studio\nA text prompt plus a reference image. Strength decides how much of the "
             f"reference carries over. Models: **{family}** (`{engine.family.base}`) on {engine.device}."
         )
-        with gr.Tabs(), gr.Tab("General"):
-            general.create_demo(engine, presets["general"][family])
+        with gr.Accordion("Load settings (a PNG made here, or a settings file)", open=False):
+            settings_file = gr.File(label="Drop a PNG or .json", file_types=[".png", ".json"], type="filepath")
+            settings_status = gr.Markdown()
+        handles = []
+        with gr.Tabs() as tabs:
+            for mode, title, module in TABS:
+                with gr.Tab(title, id=mode):
+                    handles.append(module.create_demo(engine, presets[mode][family]))
+        targets = [(h, name) for h in handles for name in h.controls if name in SETTINGS_KEYS]
+
+        @user_errors
+        def load_settings(path: str | None) -> list:
+            if not path:
+                return [gr.skip()] * (2 + len(targets))
+            mode, values = read_settings_file(path)
+            build_request(presets[mode][family], **values)  # validate against this family's bounds first
+            updates = [
+                gr.update(value=values[name]) if h.mode == mode and name in values else gr.skip() for h, name in targets
+            ]
+            note = f"Loaded **{mode}** settings (seed {values.get('seed', 'random')}). Add the reference images again."
+            return [gr.Tabs(selected=mode), note, *updates]
+
+        settings_file.upload(
+            load_settings,
+            inputs=settings_file,
+            outputs=[tabs, settings_status, *[h.controls[name] for h, name in targets]],
+            api_name="load_settings",
+        )
     demo.queue(max_size=QUEUE_SIZE)
     return demo
+
+
+def check_block_maps(engine: Engine) -> None:
+    """Every preset block map must address layers this UNet has (diffusers would silently ignore the rest)."""
+    for mode, by_family in PRESETS.items():
+        preset = by_family[engine.family.name]
+        for name, block_map in (preset.block_maps or {}).items():
+            try:
+                engine.block_weights(block_map)
+            except ImagePromptError as e:
+                raise type(e)(f"presets/{mode}.toml: [{engine.family.name}].block_maps.{name}: {e}") from e
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(family)
     try:
         engine.load()
+        check_block_maps(engine)
         engine.use_variant(PRESETS["general"][family.name].variant)  # warm: the first click draws at once
     except ImagePromptError as e:
         print(f"error: {e}", file=sys.stderr)

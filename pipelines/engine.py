@@ -27,7 +27,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import sample_scales, wrap_ip_processors
-from .errors import BlockMapError, ModelNotAvailableError
+from .errors import BlockMapError, InvalidRequestError, ModelNotAvailableError
 from .images import square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import AdapterSpec, FamilySpec, ImageEncoderSpec
@@ -49,15 +49,26 @@ def default_dtype(device: str) -> torch.dtype:
 
 
 @dataclass
-class _Adapter:
-    """A loaded variant: everything that differs from the base, kept in memory."""
+class _Component:
+    """One IP-Adapter checkpoint of a variant and the image encoder that feeds it."""
 
     spec: AdapterSpec
-    processors: dict[str, Any]  # unet.attn_processors with ScaledIPAdapterAttnProcessor on cross-attention
-    image_proj: torch.nn.Module  # unet.encoder_hid_proj (MultiIPAdapterImageProjection)
     encoder: CLIPVisionModelWithProjection
     image_processor: CLIPImageProcessor
     uncond_hidden: torch.Tensor | None  # (1, tokens, dim) features of an all-zero input, for "hidden" embeds
+
+
+@dataclass
+class _Adapter:
+    """A loaded variant (one adapter, or several such as "plus+plus-face"), kept in memory."""
+
+    components: list[_Component]
+    processors: dict[str, Any]  # unet.attn_processors with ScaledIPAdapterAttnProcessor on cross-attention
+    image_proj: torch.nn.Module  # unet.encoder_hid_proj (MultiIPAdapterImageProjection)
+
+    @property
+    def id(self) -> str:
+        return " + ".join(c.spec.id for c in self.components)
 
 
 @dataclass
@@ -132,6 +143,7 @@ class Engine:
         self._base_processors: dict[str, Any] = {}
         self._attention_layers: dict[str, torch.nn.Module] = {}
         self._active: str | None = None
+        self._base_name = "default"
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -158,11 +170,40 @@ class Engine:
         with self._lock:
             self._ensure_base()
 
+    @property
+    def base_name(self) -> str:
+        """The base in use: "default" or a key of the family's `alt_bases`."""
+        return self._base_name
+
+    def use_base(self, name: str) -> None:
+        """Swap the base pipeline (e.g. to an anime fine-tune) once; loaded adapters move over from memory.
+
+        The old base is released first, so peak memory stays at one base; if the new one fails to load, the
+        previous base is loaded again on the next request.
+        """
+        if name not in self.family.bases:
+            raise InvalidRequestError("base", f"base {name!r} is not one of {list(self.family.bases)}")
+        with self._lock:
+            if name == self._base_name and self.pipe is not None:
+                return
+            previous = self._base_name
+            self.pipe = None
+            self._active = None  # the new UNet starts with its own processors
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            self._base_name = name
+            try:
+                self._ensure_base()
+            except Exception:
+                self._base_name = previous
+                raise
+
     def _ensure_base(self) -> None:
         if self.pipe is not None:
             return
         cls = StableDiffusionXLPipeline if self.family.pipeline == "sdxl" else StableDiffusionPipeline
-        pipe = self._from_pretrained(cls.from_pretrained, self.family.base, torch_dtype=self.dtype)
+        repo = self.family.bases[self._base_name]
+        pipe = self._from_pretrained(cls.from_pretrained, repo, torch_dtype=self.dtype)
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.register_forward_pre_hook(self._count_unet_call)
@@ -193,35 +234,38 @@ class Engine:
         return self._encoders[spec]
 
     def _adapter(self, name: str) -> _Adapter:
-        """The variant `name`, loaded through `load_ip_adapter` the first time only."""
+        """The variant `name` ("plus", or "plus+plus-face" for two at once), loaded the first time only."""
         if name in self._adapters:
             return self._adapters[name]
-        if name not in self.family.adapters:
-            raise KeyError(f"family {self.family.name!r} has no adapter {name!r}")
-        spec = self.family.adapters[name]
-        encoder, image_processor = self._encoder(spec.image_encoder)
+        parts = name.split("+")
+        unknown = [p for p in parts if p not in self.family.adapters]
+        if unknown:
+            raise KeyError(f"family {self.family.name!r} has no adapter {unknown[0]!r}")
+        specs = [self.family.adapters[p] for p in parts]
+        components = []
+        for spec in specs:
+            encoder, image_processor = self._encoder(spec.image_encoder)
+            uncond = None
+            if spec.embeds == "hidden":
+                pixels = torch.zeros(1, 3, encoder.config.image_size, encoder.config.image_size)
+                with torch.inference_mode():
+                    uncond = encoder(pixels.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
+            components.append(_Component(spec, encoder, image_processor, uncond))
         pipe = self.pipe
         self._activate(None)
-        pipe.register_modules(image_encoder=encoder)  # so load_ip_adapter does not look for one
+        pipe.register_modules(image_encoder=components[0].encoder)  # so load_ip_adapter does not look for one
         try:
             pipe.load_ip_adapter(
-                self._resolve(spec.repo),
-                subfolder=spec.subfolder,
-                weight_name=spec.weight_name,
+                [self._resolve(s.repo) for s in specs],
+                subfolder=[s.subfolder for s in specs],
+                weight_name=[s.weight_name for s in specs],
                 image_encoder_folder=None,
                 local_files_only=self.family.source == "tiny",
             )
         except OSError as e:
-            raise ModelNotAvailableError(
-                f"{spec.repo}/{spec.subfolder}/{spec.weight_name}", self.family.name, str(e)[:200]
-            ) from e
-        processors = wrap_ip_processors(pipe.unet.attn_processors)
-        uncond = None
-        if spec.embeds == "hidden":
-            pixels = torch.zeros(1, 3, encoder.config.image_size, encoder.config.image_size)
-            with torch.inference_mode():
-                uncond = encoder(pixels.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
-        adapter = _Adapter(spec, processors, pipe.unet.encoder_hid_proj, encoder, image_processor, uncond)
+            missing = " or ".join(f"{s.repo}/{s.subfolder}/{s.weight_name}" for s in specs)
+            raise ModelNotAvailableError(missing, self.family.name, str(e)[:200]) from e
+        adapter = _Adapter(components, wrap_ip_processors(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj)
         self._adapters[name] = adapter
         self.counters["adapter_loads"] += 1
         self._active = "loading"  # the unet now holds diffusers' processors: force the swap below
@@ -240,8 +284,8 @@ class Engine:
             processors, image_proj, hid_type = adapter.processors, adapter.image_proj, "ip_image_proj"
         unet.encoder_hid_proj = image_proj
         unet.config.encoder_hid_dim_type = hid_type
-        for name, layer in self._attention_layers.items():
-            layer.set_processor(processors[name])  # a Plus resampler's own attention layers keep theirs
+        for layer_name, layer in self._attention_layers.items():
+            layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
         self._active = name
 
     def use_variant(self, name: str | None) -> None:
@@ -256,58 +300,75 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- generation
 
-    def _embed(self, adapter: _Adapter, request: GenerationRequest, guided: bool) -> torch.Tensor:
-        """Image-prompt embeddings for all references as one prompt: (2 or 1, n_refs, ...) [uncond, cond].
+    def _embed(self, adapter: _Adapter, request: GenerationRequest, guided: bool) -> list[torch.Tensor]:
+        """Embeddings per adapter component: each (2 or 1, n_images, ...) as [uncond, cond].
 
-        Cached by image content, encoder, embedding kind, crop and dtype: a repeated reference costs no encoder call.
+        The first component sees the references, a second one (Plus-Face) the face close-ups. Cached by image
+        content, encoder, embedding kind, crop and dtype: a repeated reference costs no encoder call.
         """
-        spec = adapter.spec
-        key = (
-            spec.image_encoder,
-            spec.embeds,
-            request.crop,
-            str(self.dtype),
-            tuple(r.sha256 for r in request.references),
-        )
+        groups = [request.references, request.face_references]
+        out = []
+        for component, images in zip(adapter.components, groups, strict=False):
+            if not images:
+                raise InvalidRequestError(
+                    "face_reference", "This adapter needs a face close-up: add one, or choose the adapter without face."
+                )
+            out.append(self._embed_one(component, images, request.crop, guided))
+        return out
+
+    def _embed_one(self, component: _Component, images: Sequence[Any], crop: str, guided: bool) -> torch.Tensor:
+        spec = component.spec
+        key = (spec.image_encoder, spec.embeds, crop, str(self.dtype), tuple(r.sha256 for r in images))
         cond = self._embed_cache.get(key)
         if cond is None:
             self.counters["embed_cache_misses"] += 1
-            pixels = self.encoder_pixels(adapter, request)  # (n, 3, S, S)
+            pixels = self._encoder_pixels(component, images, crop)  # (n, 3, S, S)
             self.counters["encoder_calls"] += 1
             with torch.inference_mode():
                 if spec.embeds == "pooled":
-                    cond = adapter.encoder(pixels).image_embeds  # (n, D)
+                    cond = component.encoder(pixels).image_embeds  # (n, D)
                 else:
-                    cond = adapter.encoder(pixels, output_hidden_states=True).hidden_states[-2]  # (n, tokens, dim)
+                    cond = component.encoder(pixels, output_hidden_states=True).hidden_states[-2]  # (n, tokens, dim)
             cond = cond[None]  # one sample holding n images: the adapter attends to all their tokens together
             self._embed_cache.put(key, cond)
         else:
             self.counters["embed_cache_hits"] += 1
-        uncond = torch.zeros_like(cond) if spec.embeds == "pooled" else adapter.uncond_hidden[None].expand_as(cond)
-        return torch.cat([uncond, cond]) if guided else cond
+        if not guided:
+            return cond
+        pooled = spec.embeds == "pooled"
+        uncond = torch.zeros_like(cond) if pooled else component.uncond_hidden[None].expand_as(cond)
+        return torch.cat([uncond, cond])
 
     def clear_embed_cache(self) -> None:
         """Forget every cached image-prompt embedding (benchmarks measure cold encodes with it)."""
         with self._lock:
             self._embed_cache = _LRU(self._embed_cache.size)
 
-    def encoder_pixels(self, adapter: _Adapter, request: GenerationRequest) -> torch.Tensor:
-        """The encoder's input for the request's references after the crop mode: (n, 3, S, S)."""
-        squares = [square_for_encoder(r.image, request.crop) for r in request.references]
-        pixels = adapter.image_processor(images=squares, return_tensors="pt").pixel_values
+    def _encoder_pixels(self, component: _Component, images: Sequence[Any], crop: str) -> torch.Tensor:
+        """The encoder's input after the crop mode, resize and centre crop: (n, 3, S, S)."""
+        squares = [square_for_encoder(r.image, crop) for r in images]
+        pixels = component.image_processor(images=squares, return_tensors="pt").pixel_values
         return pixels.to(self.device, self.dtype)
 
     def encoder_preview(self, request: GenerationRequest, variant: str) -> list[Image.Image]:
-        """What the image encoder sees for each reference (after crop mode, resize and centre crop)."""
+        """What the image encoder sees for each reference (and face close-up)."""
         with self._lock:
             self._ensure_base()
             adapter = self._adapter(variant)
-            pixels = self.encoder_pixels(adapter, request).float().cpu()
-        proc = adapter.image_processor
-        mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
-        arr = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        return [Image.fromarray(a) for a in arr]
+            groups = [request.references, request.face_references]
+            batches = [
+                (c, self._encoder_pixels(c, imgs, request.crop).float().cpu())
+                for c, imgs in zip(adapter.components, groups, strict=False)
+                if imgs
+            ]
+        views = []
+        for component, pixels in batches:
+            proc = component.image_processor
+            mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
+            std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
+            arr = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+            views += [Image.fromarray(a) for a in arr]
+        return views
 
     def initial_latents(self, request: GenerationRequest, batch: int = 1) -> torch.Tensor:
         """Seeded noise drawn on the CPU (identical on every device), repeated for each sample of a batch."""
@@ -422,7 +483,7 @@ class Engine:
         self,
         request: GenerationRequest,
         batch: int,
-        embeds: torch.Tensor | None,
+        embeds: list[torch.Tensor] | None,
         scales: Any,
         offset: int,
         total_steps: int,
@@ -431,7 +492,7 @@ class Engine:
         """One batched denoising pass: `batch` samples sharing prompt, noise and image prompt."""
         kwargs: dict[str, Any] = {}
         if embeds is not None:
-            kwargs["ip_adapter_image_embeds"] = [embeds]
+            kwargs["ip_adapter_image_embeds"] = embeds
         ip_steps = math.ceil(request.stop_at * request.steps)  # the image prompt acts on steps [0, ip_steps)
         with scales if scales is not None else nullcontext() as active:
             if active is not None and ip_steps == 0:
@@ -445,7 +506,7 @@ class Engine:
                 return callback_kwargs
 
             return self.pipe(
-                prompt=request.prompt,
+                prompt=request.full_prompt,
                 negative_prompt=request.negative_prompt or None,
                 num_inference_steps=request.steps,
                 guidance_scale=request.guidance,
@@ -465,10 +526,12 @@ class Engine:
             "app": APP_NAME,
             **request.describe(),
             "model_family": self.family.name,
-            "base_model": self.family.base,
-            "adapter": adapter.spec.id if adapter else None,
+            "base_model": self.family.bases[self._base_name],
+            "adapter": adapter.id if adapter else None,
             "image_encoder": (
-                f"{adapter.spec.image_encoder.repo}/{adapter.spec.image_encoder.subfolder}" if adapter else None
+                " + ".join(f"{c.spec.image_encoder.repo}/{c.spec.image_encoder.subfolder}" for c in adapter.components)
+                if adapter
+                else None
             ),
             "scheduler": type(self.pipe.scheduler).__name__,
             "dtype": str(self.dtype).removeprefix("torch."),

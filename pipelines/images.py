@@ -39,9 +39,11 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_reference(source: str | Path | bytes | Image.Image, index: int = 1) -> ReferenceImage:
-    """Open a reference (path, bytes or PIL image); errors name the reference by its 1-based `index`."""
-    label = f"reference {index}"
+def load_reference(
+    source: str | Path | bytes | Image.Image, index: int = 1, label: str = "reference"
+) -> ReferenceImage:
+    """Open a reference (path, bytes or PIL image); errors name it by `label` and its 1-based `index`."""
+    label = f"{label} {index}"
     try:
         if isinstance(source, Image.Image):
             img = source

@@ -6,7 +6,7 @@ An invalid value stops the app with the file, the key, the value and what is all
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import tomllib
 from .errors import InvalidRequestError, PresetError
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-MODES = ("general",)  # one TOML file per mode; later modes add their names here
+MODES = ("general", "style", "anime")  # one TOML file per mode
 PIPELINE_KINDS = ("sdxl", "sd15")
 SOURCES = ("hub", "tiny")
 EMBED_KINDS = ("pooled", "hidden")
@@ -68,6 +68,12 @@ class FamilySpec:
     source: str  # "hub" or "tiny"
     base: str
     adapters: dict[str, AdapterSpec]
+    alt_bases: dict[str, str] = field(default_factory=dict)  # e.g. {"anime": "<repo>"}: same architecture
+
+    @property
+    def bases(self) -> dict[str, str]:
+        """Every base this family can run on: "default" and the alternatives."""
+        return {"default": self.base, **self.alt_bases}
 
 
 @dataclass(frozen=True)
@@ -216,12 +222,18 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             )
             a.done()
         ad_table.done()
+        alt_bases = {}
+        if t.has("alt_bases"):
+            alt = t.table("alt_bases")
+            alt_bases = {key: alt.text(key) for key in list(alt.data)}
+            alt.done()
         families[name] = FamilySpec(
             name=name,
             pipeline=t.text("pipeline", PIPELINE_KINDS),
             source=t.text("source", SOURCES),
             base=t.text("base"),
             adapters=adapters,
+            alt_bases=alt_bases,
         )
         t.done()
     return families
@@ -245,8 +257,9 @@ def load_mode_presets(
             known = tuple(families[family].adapters)
             variants = t.texts("variants")
             for v in variants:
-                if v not in known:
-                    raise PresetError(f"{where}: [{family}].variants names {v!r}, not one of {list(known)}")
+                for part in v.split("+"):  # "plus+plus-face": two adapters together, one image prompt each
+                    if part not in known:
+                        raise PresetError(f"{where}: [{family}].variants names {part!r}, not one of {list(known)}")
             strength = t.range("strength")
             compare = t.get("compare")
             if (

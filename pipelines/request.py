@@ -24,7 +24,7 @@ class GenerationRequest:
     """Everything that decides one image; `seed` is always concrete (randomisation happens before)."""
 
     mode: str
-    prompt: str
+    prompt: str  # as the person wrote it
     negative_prompt: str
     references: tuple[ReferenceImage, ...]
     strength: float
@@ -39,6 +39,13 @@ class GenerationRequest:
     layout: bool = False  # style mode: also drive the layout layers
     structure: float | None = None  # FaceID Plus: weight of the face structure (s_scale)
     block_map: dict | None = None  # InstantStyle layer map in effect (None: every layer)
+    prompt_template: str = "{prompt}"  # the mode's template around the prompt
+    face_references: tuple[ReferenceImage, ...] = ()  # close-ups for a Plus-Face component
+
+    @property
+    def full_prompt(self) -> str:
+        """The prompt the text encoder gets: the person's prompt inside the mode's template."""
+        return self.prompt_template.replace("{prompt}", self.prompt).strip(" ,")
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able settings (shared by PNG metadata, presets and the API)."""
@@ -58,7 +65,9 @@ class GenerationRequest:
             "layout": self.layout,
             "structure": self.structure,
             "block_map": self.block_map,
+            "prompt_template": self.prompt_template,
             "references_sha256": [r.sha256 for r in self.references],
+            "face_references_sha256": [r.sha256 for r in self.face_references],
         }
 
 
@@ -107,6 +116,7 @@ def build_request(
     crop: Any = None,
     layout: Any = False,
     structure: Any = None,
+    face_references: Sequence[str | Path | bytes | Image.Image | ReferenceImage] = (),
 ) -> GenerationRequest:
     """Validate raw values (from the UI, the API or a script) against `preset`; None means the preset default."""
 
@@ -117,11 +127,8 @@ def build_request(
         variant = preset.variant
     if variant not in preset.variants:
         raise InvalidRequestError("variant", f"variant {variant!r} is not one of {list(preset.variants)}")
-    if len(references) > MAX_REFERENCES:
-        raise InvalidRequestError("reference", f"at most {MAX_REFERENCES} reference images, got {len(references)}")
-    refs = tuple(
-        r if isinstance(r, ReferenceImage) else load_reference(r, index=i) for i, r in enumerate(references, 1)
-    )
+    refs = _load_all(references, "reference")
+    faces = _load_all(face_references, "face close-up")
     seed_value = _integer("seed", seed)
     if not 0 <= seed_value <= MAX_SEED:
         raise InvalidRequestError("seed", f"seed = {seed_value} is outside [0, {MAX_SEED}]")
@@ -161,6 +168,17 @@ def build_request(
         layout=layout and block_map is not None,
         structure=structure_value,
         block_map=block_map,
+        prompt_template=preset.prompt_template,
+        face_references=faces,
+    )
+
+
+def _load_all(sources: Sequence[Any], label: str) -> tuple[ReferenceImage, ...]:
+    if len(sources) > MAX_REFERENCES:
+        raise InvalidRequestError("reference", f"at most {MAX_REFERENCES} images per input, got {len(sources)}")
+    return tuple(
+        s if isinstance(s, ReferenceImage) else load_reference(s, index=i, label=label)
+        for i, s in enumerate(sources, 1)
     )
 
 

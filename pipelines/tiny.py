@@ -33,10 +33,11 @@ from transformers import (
 )
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
+SDXL_ANIME_BASE = "tiny-sdxl-anime"  # a second SDXL-shaped base (other seed), standing in for an anime fine-tune
 SD15_BASE = "tiny-sd15"
 IP_ADAPTER_REPO = "tiny-ip-adapter"
 
@@ -65,7 +66,8 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
     try:
         _write_tokenizer(staging / "tokenizer-files")
-        _build_sdxl(staging / SDXL_BASE, staging / "tokenizer-files")
+        _build_sdxl(staging / SDXL_BASE, staging / "tokenizer-files", seed=0)
+        _build_sdxl(staging / SDXL_ANIME_BASE, staging / "tokenizer-files", seed=10)
         _build_sd15(staging / SD15_BASE, staging / "tokenizer-files")
         _build_ip_adapters(staging / IP_ADAPTER_REPO)
         shutil.rmtree(staging / "tokenizer-files")
@@ -149,9 +151,9 @@ def _scheduler() -> EulerDiscreteScheduler:
     )
 
 
-def _build_sdxl(folder: Path, tokenizer_files: Path) -> None:
+def _build_sdxl(folder: Path, tokenizer_files: Path, seed: int) -> None:
     """SDXL-shaped: three UNet levels (no attention at the top level), two text encoders, text_time."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64, 64),
         layers_per_block=2,  # as SDXL: up blocks hold 3 attentions, so `up.block_0: [0, 1, 0]` is real
@@ -309,3 +311,8 @@ def _build_ip_adapters(repo: Path) -> None:
         (repo / subfolder).mkdir(parents=True, exist_ok=True)
         save_file(plain, str(repo / subfolder / f"ip-adapter_{suffix}.safetensors"))
         save_file(plus, str(repo / subfolder / f"ip-adapter-plus_{suffix}.safetensors"))
+        plus_face = {
+            **plus_image_proj(cross_dim, VISION_HIDDEN, PLUS_DIM, PLUS_TOKENS, gen),
+            **ip_adapter_layers(sizes, cross_dim, gen),
+        }
+        save_file(plus_face, str(repo / subfolder / f"ip-adapter-plus-face_{suffix}.safetensors"))

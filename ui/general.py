@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import gradio as gr
-
 from pipelines.engine import Engine
 from pipelines.presets import ModePreset
 
-from .tab import TabText, build_tab
+from .tab import TabHandle, TabText, build_tab
 
 TEXT = TabText(
     intro="Carry the colour, texture and composition of a reference into a new image. "
@@ -18,6 +16,6 @@ TEXT = TabText(
 )
 
 
-def create_demo(engine: Engine, preset: ModePreset) -> gr.Blocks:
-    """The tab's UI; runs alone with `create_demo(...).launch()`."""
+def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
+    """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
     return build_tab(engine, preset, TEXT)

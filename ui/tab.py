@@ -7,6 +7,7 @@ controls (`prompt`, `reference`, `strength`, ...), so `gradio_client` callers us
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from pipelines.grid import make_grid
 from pipelines.metadata import save_png
 from pipelines.presets import CROP_MODES, ModePreset
 from pipelines.request import GenerationRequest, build_request, parse_strengths
+from pipelines.settings import settings_of
 
 from .common import (
     GPU_CONCURRENCY_ID,
@@ -32,6 +34,15 @@ from .common import (
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
+
+
+@dataclass
+class TabHandle:
+    """A built tab: its Blocks (launchable alone) and its controls by parameter name."""
+
+    demo: gr.Blocks
+    controls: dict[str, gr.components.Component]
+    mode: str
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,8 @@ def request_from(preset: ModePreset, values: dict[str, Any], strength: Any = Non
     """Build the request from named UI/API values (the seed box's -1 becomes a random seed here)."""
     values = dict(values)
     values["references"] = reference_paths(values.pop("reference", None))
+    if "face_reference" in values:
+        values["face_references"] = reference_paths(values.pop("face_reference"))
     values["seed"] = resolve_seed(values.get("seed"))
     values.pop("strengths", None)
     if strength is not None:
@@ -82,8 +95,8 @@ def _progress_callback(progress: Any) -> Callable[[int, int], None] | None:
     return on_step
 
 
-def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraControls | None = None) -> gr.Blocks:
-    """The mode's Blocks; endpoints `<mode>`, `<mode>_compare` and `<mode>_preview`."""
+def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraControls | None = None) -> TabHandle:
+    """The mode's UI; endpoints `<mode>`, `<mode>_compare`, `<mode>_preview` and `<mode>_settings`."""
     mode = preset.mode
     with gr.Blocks() as demo:
         gr.Markdown(text.intro)
@@ -131,6 +144,10 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                     )  # fmt: skip
                     preview_button = gr.Button("Show what the image encoder sees")
                     preview = gr.Gallery(label="Encoder input", columns=4, height=140, interactive=False)
+                    with gr.Row():
+                        defaults_button = gr.Button("Reset to the preset")
+                        settings_button = gr.Button("Download settings")
+                    settings_file = gr.File(label="Settings file (load it with 'Load settings' at the top)")
             with gr.Column():
                 result = gr.Image(label="Result", type="filepath", format="png", interactive=False)
                 used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
@@ -173,6 +190,12 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
             gallery = list(zip(paths, captions, strict=True))
             return gallery, slider, str(grid), request.seed, format_diagnostics(out.diagnostics), out.metadata
 
+        def download_settings(values: dict[str, Any], progress: Any) -> str:
+            request = request_from(preset, values)
+            path = output_path(f"{mode}-settings").with_suffix(".json")
+            path.write_text(json.dumps(settings_of(request), indent=1, ensure_ascii=False), encoding="utf-8")
+            return str(path)
+
         def encoder_view(values: dict[str, Any], progress: Any) -> list:
             request = request_from(preset, values)
             if not request.references:
@@ -196,6 +219,30 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
         preview_button.click(
             _endpoint(names, encoder_view), inputs=inputs, outputs=preview, api_name=f"{mode}_preview", **gpu
         )
+        settings_button.click(
+            _endpoint(names, download_settings), inputs=inputs, outputs=settings_file, api_name=f"{mode}_settings"
+        )
+        defaults = preset_values(preset)
+        defaults_names = [n for n in names if n in defaults]
+        defaults_button.click(
+            lambda: [defaults[n] for n in defaults_names],
+            outputs=[c[n] for n in defaults_names],
+            api_visibility="private",
+            queue=False,
+        )
         random_seed.click(lambda: RANDOM_SEED, outputs=c["seed"], api_visibility="private", queue=False)
         reuse_seed.click(lambda s: s, inputs=used_seed, outputs=c["seed"], api_visibility="private", queue=False)
-    return demo
+    return TabHandle(demo, c, mode)
+
+
+def preset_values(preset: ModePreset) -> dict[str, Any]:
+    """The control values of a preset's defaults."""
+    values = {
+        "negative_prompt": preset.negative_prompt, "strength": preset.strength.default, "variant": preset.variant,
+        "steps": preset.steps.default, "guidance": preset.guidance.default, "width": preset.width.default,
+        "height": preset.height.default, "stop_at": preset.stop_at.default, "crop": preset.crop,
+        "seed": RANDOM_SEED, "layout": False,
+    }  # fmt: skip
+    if preset.structure is not None:
+        values["structure"] = preset.structure.default
+    return values

@@ -54,5 +54,5 @@ def test_control_characters_are_dropped(preset):
 
 
 def test_too_many_references(preset, gold):
-    with pytest.raises(InvalidRequestError, match="at most 8 reference images"):
+    with pytest.raises(InvalidRequestError, match="at most 8 images per input"):
         build_request(preset, prompt="x", references=[gold] * 9)
