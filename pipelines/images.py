@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,14 @@ MAX_REFERENCE_PIXELS = 40_000_000  # larger images are refused before decoding (
 MAX_REFERENCE_SIDE = 2048  # legal but huge images are downscaled to this before encoding
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class ReferenceImage:
-    """An RGB reference and the SHA-256 of its RGB pixels (so the same picture hashes alike in any format)."""
+    """An RGB reference and the SHA-256 of its RGB pixels (so the same picture hashes alike in any format).
 
-    image: Image.Image
+    Two references are equal when their pixels are: equality and hashing use `sha256` only.
+    """
+
+    image: Image.Image = field(compare=False)
     sha256: str
 
 

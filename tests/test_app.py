@@ -146,3 +146,56 @@ def test_compare_endpoint_cells_grid_and_ab(client, gold_file):
 def test_preview_endpoint(client, gold_file):
     views = client.predict(prompt="", reference=gallery(gold_file), crop="pad", api_name="/general_preview")
     assert len(views) == 1 and Image.open(views[0]["image"]).size == (32, 32)
+
+
+def test_every_mode_has_its_endpoints(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    for mode in ("general", "anime", "style"):
+        assert {f"/{mode}", f"/{mode}_compare", f"/{mode}_preview", f"/{mode}_settings"} <= names
+    assert "/load_settings" in names
+
+
+def test_style_endpoint_with_layout(client, gold_file):
+    path, _, _, meta = client.predict(
+        prompt="a cat", reference=gallery(gold_file), layout=True, seed=3, api_name="/style"
+    )
+    assert meta["mode"] == "style" and meta["layout"] is True
+    assert meta["block_map"] == {"up": {"block_0": [0.0, 1.0, 0.0]}, "down": {"block_2": [0.0, 1.0]}}
+    assert read_png_metadata(path)["strength"] == 1.0  # the style preset's default
+
+
+def test_anime_endpoint_with_face_close_up(client, gold_file):
+    _, _, _, meta = client.predict(
+        prompt="in the rain", reference=gallery(gold_file), face_reference=gallery(gold_file),
+        variant="plus+plus-face", seed=3, api_name="/anime",
+    )  # fmt: skip
+    assert meta["mode"] == "anime" and meta["prompt"] == "in the rain" and len(meta["face_references_sha256"]) == 1
+    with pytest.raises(Exception, match="needs a face close-up"):
+        client.predict(prompt="x", reference=gallery(gold_file), variant="plus+plus-face", api_name="/anime")
+
+
+def test_download_and_load_settings(client, gold_file):
+    settings = client.predict(
+        prompt="a lighthouse", reference=gallery(gold_file), strength=0.4, seed=99, layout=True,
+        api_name="/style_settings",
+    )  # fmt: skip
+    note, values = loaded_values(client.predict(handle_file(settings), api_name="/load_settings"))
+    assert "Loaded **style** settings (seed 99)" in note
+    assert {"a lighthouse", 0.4, 99, True} <= set(values)
+
+    png, *_ = client.predict(prompt="a gold vase", reference=gallery(gold_file), seed=5, api_name="/general")
+    note, values = loaded_values(client.predict(handle_file(png), api_name="/load_settings"))
+    assert "Loaded **general** settings (seed 5)" in note and "a gold vase" in values
+
+
+def loaded_values(outputs: tuple) -> tuple[str, list]:
+    """The status note and the values set on controls (the tab switch is not part of the API output)."""
+    note, *updates = outputs
+    return note, [u["value"] for u in updates if isinstance(u, dict) and "value" in u]
+
+
+def test_load_settings_rejects_foreign_files(client, tmp_path):
+    path = tmp_path / "notes.json"
+    path.write_text("not json")
+    with pytest.raises(Exception, match="neither a PNG made by this app nor a JSON settings file"):
+        client.predict(handle_file(str(path)), api_name="/load_settings")
