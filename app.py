@@ -17,7 +17,7 @@ import torch
 from pipelines import Engine, ImagePromptError, build_request, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
 from pipelines.settings import SETTINGS_KEYS, read_settings_file
-from ui import anime, general, style
+from ui import anime, face, general, style
 from ui.common import user_errors
 
 FAMILY_ENV = "IMAGE_PROMPT_MODELS"  # default family for Spaces, where flags cannot be passed
@@ -32,7 +32,12 @@ def default_family() -> str:
     return os.environ.get(FAMILY_ENV) or ("sdxl" if torch.cuda.is_available() else "sd15")
 
 
-TABS = (("general", "General", general), ("anime", "Anime character", anime), ("style", "Style", style))
+TABS = (
+    ("general", "General", general),
+    ("face", "Consistent face", face),
+    ("anime", "Anime character", anime),
+    ("style", "Style", style),
+)
 
 
 def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESETS) -> gr.Blocks:
@@ -119,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImagePromptError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if family.faces is not None:
+        try:
+            engine.face_analyzer().load()  # insightface downloads its pack on first use: do it before any click
+        except ImagePromptError as e:
+            print(f"warning: the Consistent face tab will not work: {e}", file=sys.stderr)
     app = create_app(engine)
     if args.share:
         print("Sharing: the gradio.live link is public; anyone with it can use this app and your GPU.")

@@ -9,6 +9,7 @@ strengths never touch the model (see `attention.py`), and every use of the pipel
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -22,19 +23,23 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
+from diffusers.models.model_loading_utils import load_state_dict
+from diffusers.utils import _get_model_file
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import sample_scales, wrap_ip_processors
 from .errors import BlockMapError, InvalidRequestError, ModelNotAvailableError
-from .images import square_for_encoder
+from .face import FaceAnalyzer, FaceSpec, annotate, identity
+from .images import ReferenceImage, square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import AdapterSpec, FamilySpec, ImageEncoderSpec
 from .request import GenerationRequest
 from .tiny import ensure_tiny_models
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
+log = logging.getLogger(__name__)
 APP_NAME = "image-prompt-studio"
 
 
@@ -50,12 +55,13 @@ def default_dtype(device: str) -> torch.dtype:
 
 @dataclass
 class _Component:
-    """One IP-Adapter checkpoint of a variant and the image encoder that feeds it."""
+    """One IP-Adapter checkpoint of a variant and the image encoder that feeds it (None for FaceID)."""
 
     spec: AdapterSpec
-    encoder: CLIPVisionModelWithProjection
-    image_processor: CLIPImageProcessor
-    uncond_hidden: torch.Tensor | None  # (1, tokens, dim) features of an all-zero input, for "hidden" embeds
+    encoder: CLIPVisionModelWithProjection | None
+    image_processor: CLIPImageProcessor | None
+    uncond_hidden: torch.Tensor | None  # (1, tokens, dim) features of an all-zero input, for hidden-state inputs
+    lora: str | None = None  # PEFT adapter name of the LoRA inside the checkpoint, when applied
 
 
 @dataclass
@@ -70,6 +76,28 @@ class _Adapter:
     def id(self) -> str:
         return " + ".join(c.spec.id for c in self.components)
 
+    @property
+    def loras(self) -> list[tuple[str, float]]:
+        return [(c.lora, c.spec.lora_weight) for c in self.components if c.lora]
+
+
+@dataclass
+class _Embeds:
+    """One component's image prompt: (1, n_images, ...) tensors; `clip_*` only for FaceID Plus."""
+
+    cond: torch.Tensor
+    uncond: torch.Tensor
+    clip_cond: torch.Tensor | None = None  # (1, 1, tokens, dim) CLIP features of the aligned face crops
+    clip_uncond: torch.Tensor | None = None
+
+    def for_pipeline(self, guided: bool) -> torch.Tensor:
+        return torch.cat([self.uncond, self.cond]) if guided else self.cond
+
+    def clip_batch(self, batch: int, guided: bool) -> torch.Tensor:
+        """(2B or B, 1, tokens, dim) as [uncond x B, cond x B], the order of the UNet batch."""
+        cond = self.clip_cond.repeat(batch, 1, 1, 1)
+        return torch.cat([self.clip_uncond.repeat(batch, 1, 1, 1), cond]) if guided else cond
+
 
 @dataclass
 class SweepResult:
@@ -80,6 +108,8 @@ class SweepResult:
     cell_metadata: list[dict[str, Any]]  # what reproduces each cell as a single render
     metadata: dict[str, Any]  # the whole sweep (for the grid PNG)
     diagnostics: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # shown to the person (e.g. several faces found)
+    previews: list[Image.Image] = field(default_factory=list)  # what the adapter sees (face boxes and crops)
 
 
 class _LRU:
@@ -112,6 +142,8 @@ class GenerationResult:
     image: Image.Image
     metadata: dict[str, Any]
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    previews: list[Image.Image] = field(default_factory=list)
 
 
 class Engine:
@@ -144,6 +176,8 @@ class Engine:
         self._attention_layers: dict[str, torch.nn.Module] = {}
         self._active: str | None = None
         self._base_name = "default"
+        self._faces: FaceAnalyzer | None = None
+        self._lora_loaded = False
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -233,6 +267,28 @@ class Engine:
             self._encoders[spec] = (encoder, CLIPImageProcessor(size=size, crop_size=size))
         return self._encoders[spec]
 
+    def face_analyzer(self) -> FaceAnalyzer:
+        """The family's insightface pack, created on first use and shared by every request."""
+        if self._faces is None:
+            spec = self.family.faces
+            if spec is None:
+                raise InvalidRequestError("variant", f"model family {self.family.name!r} has no face analysis")
+            if self.family.source == "tiny" and spec.root:
+                spec = FaceSpec(spec.pack, self._resolve(spec.root))
+            self._faces = FaceAnalyzer(spec, self.family.name, use_cuda=self.device.startswith("cuda"))
+        return self._faces
+
+    def _checkpoint(self, spec: AdapterSpec) -> dict[str, dict[str, torch.Tensor]]:
+        """A FaceID checkpoint read as diffusers' `load_ip_adapter` reads it (so its LoRA can be handled apart)."""
+        try:
+            path = _get_model_file(
+                self._resolve(spec.repo), weights_name=spec.weight_name, subfolder=spec.subfolder or None,
+                local_files_only=self.family.source == "tiny",
+            )  # fmt: skip
+        except OSError as e:
+            raise ModelNotAvailableError(spec.id, self.family.name, str(e)[:200]) from e
+        return load_state_dict(path)
+
     def _adapter(self, name: str) -> _Adapter:
         """The variant `name` ("plus", or "plus+plus-face" for two at once), loaded the first time only."""
         if name in self._adapters:
@@ -244,33 +300,61 @@ class Engine:
         specs = [self.family.adapters[p] for p in parts]
         components = []
         for spec in specs:
-            encoder, image_processor = self._encoder(spec.image_encoder)
-            uncond = None
-            if spec.embeds == "hidden":
+            encoder = image_processor = uncond = None
+            if spec.image_encoder is not None:
+                encoder, image_processor = self._encoder(spec.image_encoder)
+            if spec.embeds in ("hidden", "faceid-plus"):
                 pixels = torch.zeros(1, 3, encoder.config.image_size, encoder.config.image_size)
                 with torch.inference_mode():
                     uncond = encoder(pixels.to(self.device, self.dtype), output_hidden_states=True).hidden_states[-2]
             components.append(_Component(spec, encoder, image_processor, uncond))
+        # FaceID checkpoints carry a LoRA: diffusers would apply it under a name that collides between two FaceID
+        # checkpoints ("faceid_0") and leave it on for every mode, so it is split off here and handled apart.
+        sources: list[Any] = []
+        checkpoints: dict[int, dict] = {}
+        for i, spec in enumerate(specs):
+            if spec.embeds.startswith("faceid"):
+                full = self._checkpoint(spec)
+                checkpoints[i] = full
+                ip_layers = {k: v for k, v in full["ip_adapter"].items() if "_lora." not in k}
+                sources.append({"image_proj": full["image_proj"], "ip_adapter": ip_layers})
+            else:
+                sources.append(self._resolve(spec.repo))
         pipe = self.pipe
         self._activate(None)
-        pipe.register_modules(image_encoder=components[0].encoder)  # so load_ip_adapter does not look for one
+        if components[0].encoder is not None:
+            pipe.register_modules(image_encoder=components[0].encoder)  # so load_ip_adapter does not look for one
         try:
             pipe.load_ip_adapter(
-                [self._resolve(s.repo) for s in specs],
+                sources,
                 subfolder=[s.subfolder for s in specs],
                 weight_name=[s.weight_name for s in specs],
                 image_encoder_folder=None,
                 local_files_only=self.family.source == "tiny",
             )
         except OSError as e:
-            missing = " or ".join(f"{s.repo}/{s.subfolder}/{s.weight_name}" for s in specs)
+            missing = " or ".join(s.id for s in specs)
             raise ModelNotAvailableError(missing, self.family.name, str(e)[:200]) from e
+        for i, full in checkpoints.items():
+            if specs[i].lora_weight > 0:
+                components[i].lora = self._load_lora(specs[i], full)
         adapter = _Adapter(components, wrap_ip_processors(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj)
         self._adapters[name] = adapter
         self.counters["adapter_loads"] += 1
         self._active = "loading"  # the unet now holds diffusers' processors: force the swap below
         self._activate(name)
         return adapter
+
+    def _load_lora(self, spec: AdapterSpec, checkpoint: dict) -> str | None:
+        """Load the LoRA inside a FaceID checkpoint as a PEFT adapter of its own; None when it has none."""
+        converted = self.pipe.unet._load_ip_adapter_loras([checkpoint])
+        if not converted:
+            log.warning("%s has no LoRA weights; lora_weight is ignored", spec.id)
+            return None
+        adapter_name = "faceid_" + spec.name.replace("-", "_")
+        self.pipe.load_lora_weights(converted[0], adapter_name=adapter_name)
+        self._lora_loaded = True
+        return adapter_name
 
     def _activate(self, name: str | None) -> None:
         """Put variant `name` (None: no image prompt) on the UNet by swapping module references."""
@@ -286,6 +370,12 @@ class Engine:
         unet.config.encoder_hid_dim_type = hid_type
         for layer_name, layer in self._attention_layers.items():
             layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
+        loras = self._adapters[name].loras if name is not None else []
+        if loras:  # the FaceID LoRA is on in its own mode only
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
+        elif self._lora_loaded:
+            self.pipe.disable_lora()
         self._active = name
 
     def use_variant(self, name: str | None) -> None:
@@ -300,44 +390,64 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- generation
 
-    def _embed(self, adapter: _Adapter, request: GenerationRequest, guided: bool) -> list[torch.Tensor]:
-        """Embeddings per adapter component: each (2 or 1, n_images, ...) as [uncond, cond].
+    def _embed(self, adapter: _Adapter, request: GenerationRequest) -> tuple[list[_Embeds], list[str], list]:
+        """Each component's image prompt, plus warnings and previews for the person.
 
-        The first component sees the references, a second one (Plus-Face) the face close-ups. Cached by image
-        content, encoder, embedding kind, crop and dtype: a repeated reference costs no encoder call.
+        The first component sees the references, a second one (Plus-Face) the face close-ups. CLIP features are
+        cached by image content, encoder, crop and dtype, and face analysis by image content: a repeated
+        reference costs no encoder call and no detection.
         """
         groups = [request.references, request.face_references]
-        out = []
+        embeds, warnings, previews = [], [], []
         for component, images in zip(adapter.components, groups, strict=False):
             if not images:
                 raise InvalidRequestError(
                     "face_reference", "This adapter needs a face close-up: add one, or choose the adapter without face."
                 )
-            out.append(self._embed_one(component, images, request.crop, guided))
-        return out
-
-    def _embed_one(self, component: _Component, images: Sequence[Any], crop: str, guided: bool) -> torch.Tensor:
-        spec = component.spec
-        key = (spec.image_encoder, spec.embeds, crop, str(self.dtype), tuple(r.sha256 for r in images))
-        cond = self._embed_cache.get(key)
-        if cond is None:
-            self.counters["embed_cache_misses"] += 1
-            pixels = self._encoder_pixels(component, images, crop)  # (n, 3, S, S)
-            self.counters["encoder_calls"] += 1
-            with torch.inference_mode():
-                if spec.embeds == "pooled":
-                    cond = component.encoder(pixels).image_embeds  # (n, D)
+            if component.spec.embeds.startswith("faceid"):
+                results, notes = self.face_analyzer().analyze(images)
+                warnings += notes
+                previews += [annotate(ref, res) for ref, res in zip(images, results, strict=True)]
+                previews += [res.aligned for res in results]
+                ident = torch.from_numpy(identity(results)).to(self.device, self.dtype).view(1, 1, 1, -1)
+                item = _Embeds(cond=ident, uncond=torch.zeros_like(ident))  # (1, 1, 1, 512): one averaged identity
+                if component.spec.embeds == "faceid-plus":
+                    crops = [
+                        ReferenceImage(r.aligned, f"aligned:{img.sha256}")
+                        for r, img in zip(results, images, strict=True)
+                    ]
+                    hidden = self._clip_features(component, crops, "center", "hidden")  # (1, n, tokens, dim)
+                    item.clip_cond = hidden.mean(dim=1, keepdim=True)  # one identity: the crops' mean features
+                    item.clip_uncond = component.uncond_hidden[None]
+                embeds.append(item)
+            else:
+                cond = self._clip_features(component, images, request.crop, component.spec.embeds)
+                if component.spec.embeds == "pooled":
+                    uncond = torch.zeros_like(cond)
                 else:
-                    cond = component.encoder(pixels, output_hidden_states=True).hidden_states[-2]  # (n, tokens, dim)
-            cond = cond[None]  # one sample holding n images: the adapter attends to all their tokens together
-            self._embed_cache.put(key, cond)
-        else:
+                    uncond = component.uncond_hidden[None].expand_as(cond)
+                embeds.append(_Embeds(cond=cond, uncond=uncond))
+        return embeds, warnings, previews
+
+    def _clip_features(self, component: _Component, images: Sequence[Any], crop: str, kind: str) -> torch.Tensor:
+        """(1, n, D) pooled embeddings or (1, n, tokens, dim) penultimate hidden states, through the LRU cache."""
+        spec = component.spec
+        key = (spec.image_encoder, kind, crop, str(self.dtype), tuple(r.sha256 for r in images))
+        cond = self._embed_cache.get(key)
+        if cond is not None:
             self.counters["embed_cache_hits"] += 1
-        if not guided:
             return cond
-        pooled = spec.embeds == "pooled"
-        uncond = torch.zeros_like(cond) if pooled else component.uncond_hidden[None].expand_as(cond)
-        return torch.cat([uncond, cond])
+        self.counters["embed_cache_misses"] += 1
+        pixels = self._encoder_pixels(component, images, crop)  # (n, 3, S, S)
+        self.counters["encoder_calls"] += 1
+        with torch.inference_mode():
+            if kind == "pooled":
+                cond = component.encoder(pixels).image_embeds  # (n, D)
+            else:
+                cond = component.encoder(pixels, output_hidden_states=True).hidden_states[-2]  # (n, tokens, dim)
+        cond = cond[None]  # one sample holding n images: the adapter attends to all their tokens together
+        self._embed_cache.put(key, cond)
+        return cond
 
     def clear_embed_cache(self) -> None:
         """Forget every cached image-prompt embedding (benchmarks measure cold encodes with it)."""
@@ -351,17 +461,22 @@ class Engine:
         return pixels.to(self.device, self.dtype)
 
     def encoder_preview(self, request: GenerationRequest, variant: str) -> list[Image.Image]:
-        """What the image encoder sees for each reference (and face close-up)."""
+        """What the adapter sees: the encoder's input per reference, or each face box and aligned crop."""
         with self._lock:
             self._ensure_base()
             adapter = self._adapter(variant)
             groups = [request.references, request.face_references]
-            batches = [
-                (c, self._encoder_pixels(c, imgs, request.crop).float().cpu())
-                for c, imgs in zip(adapter.components, groups, strict=False)
-                if imgs
-            ]
-        views = []
+            views: list[Image.Image] = []
+            batches = []
+            for component, images in zip(adapter.components, groups, strict=False):
+                if not images:
+                    continue
+                if component.spec.embeds.startswith("faceid"):
+                    results, _ = self.face_analyzer().analyze(images)
+                    views += [annotate(ref, res) for ref, res in zip(images, results, strict=True)]
+                    views += [res.aligned for res in results]
+                else:
+                    batches.append((component, self._encoder_pixels(component, images, request.crop).float().cpu()))
         for component, pixels in batches:
             proc = component.image_processor
             mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
@@ -421,7 +536,9 @@ class Engine:
     def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
         """Render one image for `request`."""
         sweep = self.generate_sweep(request, [request.strength], on_step)
-        return GenerationResult(sweep.images[0], sweep.cell_metadata[0], sweep.diagnostics)
+        return GenerationResult(
+            sweep.images[0], sweep.cell_metadata[0], sweep.diagnostics, sweep.warnings, sweep.previews
+        )
 
     def generate_sweep(
         self, request: GenerationRequest, strengths: Sequence[float], on_step: StepCallback | None = None
@@ -437,15 +554,18 @@ class Engine:
             self._ensure_base()
             start = time.perf_counter()
             before = Counter(self.counters)
+            faces_before = self._faces.counters["detections"] if self._faces else 0
             if self.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             guided = request.guidance > 1
             adapter = None
             embeds = None
+            warnings: list[str] = []
+            previews: list[Image.Image] = []
             if request.references:
                 adapter = self._adapter(request.variant)
                 self._activate(request.variant)
-                embeds = self._embed(adapter, request, guided)
+                embeds, warnings, previews = self._embed(adapter, request)
                 weights = self.block_weights(request.block_map)
             else:
                 self._activate(None)
@@ -455,10 +575,10 @@ class Engine:
             for n, chunk in enumerate(chunks):
                 offset = n * request.steps
                 if adapter is None:
-                    images += self._denoise(request, len(chunk), None, None, offset, total_steps, on_step)
+                    images += self._denoise(request, len(chunk), None, None, None, offset, total_steps, on_step)
                 else:
                     scales = sample_scales(chunk, guided, self.device, self.dtype, weights)
-                    images += self._denoise(request, len(chunk), embeds, scales, offset, total_steps, on_step)
+                    images += self._denoise(request, len(chunk), adapter, embeds, scales, offset, total_steps, on_step)
             seconds = time.perf_counter() - start
             used = self.counters - before
             diagnostics = {
@@ -472,52 +592,69 @@ class Engine:
                 "images": len(strengths),
                 "device": self.device,
             }
+            if adapter is not None and "faceid" in adapter.id:
+                diagnostics["face_detections"] = self._faces.counters["detections"] - faces_before
             if self.device.startswith("cuda"):
                 diagnostics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             base = self._metadata(request, adapter)
             cells = [{**base, "strength": s} for s in strengths]
             sweep_meta = {**base, "strength": None, "strengths": strengths}
-            return SweepResult(images, strengths, cells, sweep_meta, diagnostics)
+            return SweepResult(images, strengths, cells, sweep_meta, diagnostics, warnings, previews)
 
     def _denoise(
         self,
         request: GenerationRequest,
         batch: int,
-        embeds: list[torch.Tensor] | None,
+        adapter: _Adapter | None,
+        embeds: list[_Embeds] | None,
         scales: Any,
         offset: int,
         total_steps: int,
         on_step: StepCallback | None,
     ) -> list[Image.Image]:
         """One batched denoising pass: `batch` samples sharing prompt, noise and image prompt."""
+        guided = request.guidance > 1
         kwargs: dict[str, Any] = {}
-        if embeds is not None:
-            kwargs["ip_adapter_image_embeds"] = embeds
+        face_plus = []  # FaceID Plus projections read CLIP features from module attributes (diffusers' API)
+        if adapter is not None:
+            kwargs["ip_adapter_image_embeds"] = [e.for_pipeline(guided) for e in embeds]
+            for i, e in enumerate(embeds):
+                if e.clip_cond is not None:
+                    layer = adapter.image_proj.image_projection_layers[i]
+                    layer.clip_embeds = e.clip_batch(batch, guided)
+                    layer.shortcut = True  # FaceID Plus v2
+                    layer.shortcut_scale = 1.0 if request.structure is None else request.structure
+                    face_plus.append(layer)
         ip_steps = math.ceil(request.stop_at * request.steps)  # the image prompt acts on steps [0, ip_steps)
-        with scales if scales is not None else nullcontext() as active:
-            if active is not None and ip_steps == 0:
-                active.active = False
-
-            def step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
-                if active is not None and i + 1 >= ip_steps:
+        try:
+            with scales if scales is not None else nullcontext() as active:
+                if active is not None and ip_steps == 0:
                     active.active = False
-                if on_step is not None:
-                    on_step(offset + i + 1, total_steps)
-                return callback_kwargs
 
-            return self.pipe(
-                prompt=request.full_prompt,
-                negative_prompt=request.negative_prompt or None,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                width=request.width,
-                height=request.height,
-                num_images_per_prompt=batch,
-                latents=self.initial_latents(request, batch),
-                output_type="pil",
-                callback_on_step_end=step_end,
-                **kwargs,
-            ).images
+                def step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
+                    if active is not None and i + 1 >= ip_steps:
+                        active.active = False
+                    if on_step is not None:
+                        on_step(offset + i + 1, total_steps)
+                    return callback_kwargs
+
+                return self.pipe(
+                    prompt=request.full_prompt,
+                    negative_prompt=request.negative_prompt or None,
+                    num_inference_steps=request.steps,
+                    guidance_scale=request.guidance,
+                    width=request.width,
+                    height=request.height,
+                    num_images_per_prompt=batch,
+                    latents=self.initial_latents(request, batch),
+                    output_type="pil",
+                    callback_on_step_end=step_end,
+                    **kwargs,
+                ).images
+        finally:
+            for layer in face_plus:  # nothing of this request stays on the model
+                layer.clip_embeds = None
+                layer.shortcut_scale = 1.0
 
     def _metadata(self, request: GenerationRequest, adapter: _Adapter | None) -> dict[str, Any]:
         """Everything needed to reproduce the image."""
@@ -529,10 +666,16 @@ class Engine:
             "base_model": self.family.bases[self._base_name],
             "adapter": adapter.id if adapter else None,
             "image_encoder": (
-                " + ".join(f"{c.spec.image_encoder.repo}/{c.spec.image_encoder.subfolder}" for c in adapter.components)
+                " + ".join(
+                    f"{c.spec.image_encoder.repo}/{c.spec.image_encoder.subfolder}"
+                    for c in adapter.components
+                    if c.spec.image_encoder is not None
+                )
+                or None
                 if adapter
                 else None
             ),
+            "face_model": self.family.faces.pack if adapter and "faceid" in adapter.id else None,
             "scheduler": type(self.pipe.scheduler).__name__,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.split(":")[0],

@@ -29,11 +29,11 @@ class ReferenceImageError(InvalidRequestError):
 class ModelNotAvailableError(ImagePromptError):
     """A checkpoint is neither reachable on the Hub nor in the local cache."""
 
-    def __init__(self, repo: str, family: str, cause: str) -> None:
+    def __init__(self, repo: str, family: str, cause: str, source: str = "the Hugging Face Hub") -> None:
         super().__init__(
-            f"Cannot load '{repo}' (model family '{family}'): it is not in the local Hugging Face cache and the "
-            f"Hub could not be reached ({cause}). Connect to the internet once to download it, or run offline "
-            "with `python app.py --models tiny`."
+            f"Cannot load '{repo}' (model family '{family}'): it is not on this machine and {source} could not "
+            f"be reached ({cause}). Connect to the internet once to download it, or run offline with "
+            "`python app.py --models tiny`."
         )
         self.repo = repo
         self.family = family

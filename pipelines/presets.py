@@ -13,12 +13,13 @@ from typing import Any
 import tomllib
 
 from .errors import InvalidRequestError, PresetError
+from .face import FaceSpec
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
-MODES = ("general", "style", "anime")  # one TOML file per mode
+MODES = ("general", "face", "anime", "style")  # one TOML file per mode
 PIPELINE_KINDS = ("sdxl", "sd15")
 SOURCES = ("hub", "tiny")
-EMBED_KINDS = ("pooled", "hidden")
+EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus")  # what feeds the adapter's image projection
 CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
 MAX_COMPARE = 16  # cells in one strength comparison
 
@@ -50,13 +51,14 @@ class AdapterSpec:
     repo: str
     subfolder: str
     weight_name: str
-    image_encoder: ImageEncoderSpec
-    embeds: str  # "pooled" (plain) or "hidden" (Plus: penultimate hidden states)
+    image_encoder: ImageEncoderSpec | None  # None: FaceID (fed by insightface embeddings only)
+    embeds: str  # "pooled" (plain), "hidden" (Plus), "faceid" or "faceid-plus" (FaceID Plus: both)
+    lora_weight: float = 0.0  # weight of the LoRA inside the checkpoint (FaceID); 0 leaves it off
 
     @property
     def id(self) -> str:
         """The stable identifier written into PNG metadata."""
-        return f"{self.repo}/{self.subfolder}/{self.weight_name}"
+        return "/".join(p for p in (self.repo, self.subfolder, self.weight_name) if p)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class FamilySpec:
     base: str
     adapters: dict[str, AdapterSpec]
     alt_bases: dict[str, str] = field(default_factory=dict)  # e.g. {"anime": "<repo>"}: same architecture
+    faces: FaceSpec | None = None  # the insightface pack for the face mode
 
     @property
     def bases(self) -> dict[str, str]:
@@ -212,16 +215,31 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
         ad_table = t.table("adapters")
         for ad_name in list(ad_table.data):
             a = ad_table.table(ad_name)
+            embeds = a.text("embeds", EMBED_KINDS)
+            needs_encoder = embeds != "faceid"
+            if needs_encoder or a.has("image_encoder"):
+                encoder = encoders[a.text("image_encoder", tuple(encoders))]
+            else:
+                encoder = None
+            lora_weight = a.get("lora_weight") if a.has("lora_weight") else 0.0
+            if isinstance(lora_weight, bool) or not isinstance(lora_weight, (int, float)) or not 0 <= lora_weight <= 2:
+                raise PresetError(f"{where}: {a._key('lora_weight')} = {lora_weight!r} is outside [0, 2]")
             adapters[ad_name] = AdapterSpec(
                 name=ad_name,
                 repo=a.text("repo"),
                 subfolder=a.text("subfolder"),
                 weight_name=a.text("weight_name"),
-                image_encoder=encoders[a.text("image_encoder", tuple(encoders))],
-                embeds=a.text("embeds", EMBED_KINDS),
+                image_encoder=encoder,
+                embeds=embeds,
+                lora_weight=float(lora_weight),
             )
             a.done()
         ad_table.done()
+        faces = None
+        if t.has("faces"):
+            f = t.table("faces")
+            faces = FaceSpec(pack=f.text("pack"), root=f.text("root") or None)
+            f.done()
         alt_bases = {}
         if t.has("alt_bases"):
             alt = t.table("alt_bases")
@@ -234,6 +252,7 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             base=t.text("base"),
             adapters=adapters,
             alt_bases=alt_bases,
+            faces=faces,
         )
         t.done()
     return families

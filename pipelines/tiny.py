@@ -32,14 +32,20 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from .tiny_faces import build_face_pack
+
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v2"
+TINY_VERSION = "v4"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
 SDXL_ANIME_BASE = "tiny-sdxl-anime"  # a second SDXL-shaped base (other seed), standing in for an anime fine-tune
 SD15_BASE = "tiny-sd15"
 IP_ADAPTER_REPO = "tiny-ip-adapter"
+FACEID_REPO = "tiny-ip-adapter-faceid"  # mirrors h94/IP-Adapter-FaceID (.bin files with an embedded LoRA)
+FACE_ROOT = "insightface"  # FaceAnalysis(root=...): packs live in <root>/models/<pack>
+FACE_PACK = "tiny_faces"
+LORA_RANK = 4
 
 TEXT_HIDDEN = 32  # width of each tiny CLIP text encoder
 VISION_HIDDEN = 32  # width of the tiny CLIP vision tower (ViT-H has 1280)
@@ -70,6 +76,8 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         _build_sdxl(staging / SDXL_ANIME_BASE, staging / "tokenizer-files", seed=10)
         _build_sd15(staging / SD15_BASE, staging / "tokenizer-files")
         _build_ip_adapters(staging / IP_ADAPTER_REPO)
+        _build_faceid(staging / FACEID_REPO)
+        build_face_pack(staging / FACE_ROOT / "models" / FACE_PACK)
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
         try:
@@ -246,14 +254,14 @@ def plain_image_proj(cross_dim: int, image_embed_dim: int, gen: torch.Generator)
 
 
 def plus_image_proj(
-    cross_dim: int, vision_hidden: int, dim: int, queries: int, gen: torch.Generator
+    cross_dim: int, vision_hidden: int, dim: int, queries: int, gen: torch.Generator, inner: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """The Plus Resampler (depth 4, heads = dim // 64) in the original key names."""
+    """The Plus Resampler (depth 4) in the original key names; attention width `inner` = heads x 64 (default dim)."""
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=gen) * 0.1
 
-    inner = dim  # heads (dim // 64) x dim_head 64
+    inner = inner or dim  # diffusers reads heads as to_q rows // 64
     sd = {
         "image_proj.latents": rand(1, queries, dim) * 5,
         "image_proj.proj_in.weight": rand(dim, vision_hidden),
@@ -316,3 +324,73 @@ def _build_ip_adapters(repo: Path) -> None:
             **ip_adapter_layers(sizes, cross_dim, gen),
         }
         save_file(plus_face, str(repo / subfolder / f"ip-adapter-plus-face_{suffix}.safetensors"))
+
+
+def faceid_image_proj(cross_dim: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """FaceID's MLP (512-d insightface embedding -> 4 tokens) in the original key names."""
+    return {
+        "proj.0.weight": torch.randn(1024, 512, generator=gen) * 0.05,
+        "proj.0.bias": torch.zeros(1024),
+        "proj.2.weight": torch.randn(4 * cross_dim, 1024, generator=gen) * 0.05,
+        "proj.2.bias": torch.zeros(4 * cross_dim),
+        "norm.weight": torch.ones(cross_dim),
+        "norm.bias": torch.zeros(cross_dim),
+    }
+
+
+def faceid_plus_image_proj(cross_dim: int, vision_hidden: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """FaceID Plus (v2): the ID MLP to cross-attention-wide tokens, then a Perceiver over CLIP face-crop features.
+
+    As published, the token width equals `cross_dim` (the v2 shortcut adds ID tokens to the output).
+    """
+    dim = cross_dim
+    sd = {
+        "proj.0.weight": torch.randn(1024, 512, generator=gen) * 0.05,
+        "proj.0.bias": torch.zeros(1024),
+        "proj.2.weight": torch.randn(4 * dim, 1024, generator=gen) * 0.05,
+        "proj.2.bias": torch.zeros(4 * dim),
+        "norm.weight": torch.ones(dim),
+        "norm.bias": torch.zeros(dim),
+    }
+    resampler = plus_image_proj(cross_dim, vision_hidden, dim, 4, gen, inner=max(64, dim // 64 * 64))
+    for key, value in resampler.items():
+        if key != "image_proj.latents":  # FaceID Plus starts from the ID tokens, not learned latents
+            sd["perceiver_resampler." + key.removeprefix("image_proj.")] = value
+    return sd
+
+
+def faceid_lora(unet_config: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """The LoRA inside a FaceID checkpoint: `<id>.to_{q,k,v,out}_lora.{down,up}.weight` for every processor."""
+    unet = UNet2DConditionModel.from_config(unet_config)
+    channels = list(unet.config.block_out_channels)
+    cross = unet.config.cross_attention_dim
+    out = {}
+    for key_id, name in enumerate(unet.attn_processors):
+        if name.startswith("mid_block"):
+            hidden = channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = channels[int(name[len("down_blocks.")])]
+        context = hidden if name.endswith("attn1.processor") else cross
+        for proj, width_in in (("to_q", hidden), ("to_k", context), ("to_v", context), ("to_out", hidden)):
+            out[f"{key_id}.{proj}_lora.down.weight"] = torch.randn(LORA_RANK, width_in, generator=gen) * 0.1
+            out[f"{key_id}.{proj}_lora.up.weight"] = torch.randn(hidden, LORA_RANK, generator=gen) * 0.1
+    return out
+
+
+def _build_faceid(repo: Path) -> None:
+    """Mirror `h94/IP-Adapter-FaceID`: FaceID and FaceID Plus v2 for both shapes, as torch `.bin` files."""
+    gen = torch.Generator().manual_seed(5)
+    repo.mkdir(parents=True)
+    for suffix, base in (("sdxl", SDXL_BASE), ("sd15", SD15_BASE)):
+        unet_config = json.loads((repo.parent / base / "unet" / "config.json").read_text())
+        cross = unet_config["cross_attention_dim"]
+        sizes = cross_attention_hidden_sizes(unet_config)
+        for name, proj in (
+            (f"ip-adapter-faceid_{suffix}.bin", faceid_image_proj(cross, gen)),
+            (f"ip-adapter-faceid-plusv2_{suffix}.bin", faceid_plus_image_proj(cross, VISION_HIDDEN, gen)),
+        ):
+            layers = {k.removeprefix("ip_adapter."): v for k, v in ip_adapter_layers(sizes, cross, gen).items()}
+            checkpoint = {"image_proj": proj, "ip_adapter": {**layers, **faceid_lora(unet_config, gen)}}
+            torch.save(checkpoint, repo / name)

@@ -42,7 +42,7 @@ def gallery(*paths: str) -> list[dict]:
 
 
 def test_general_endpoint_png_and_metadata(client, engines, presets, gold_file):
-    path, seed, diagnostics, meta = client.predict(
+    path, seed, diagnostics, meta, _ = client.predict(
         prompt="a gold vase",
         reference=gallery(gold_file),
         strength=0.75,
@@ -77,8 +77,8 @@ def test_general_endpoint_png_and_metadata(client, engines, presets, gold_file):
 
 
 def test_random_seed_is_reported(client):
-    _, seed_a, _, meta_a = client.predict(prompt="x", seed=RANDOM_SEED, api_name="/general")
-    _, seed_b, _, _ = client.predict(prompt="x", seed=RANDOM_SEED, api_name="/general")
+    _, seed_a, _, meta_a, _ = client.predict(prompt="x", seed=RANDOM_SEED, api_name="/general")
+    _, seed_b, _, _, _ = client.predict(prompt="x", seed=RANDOM_SEED, api_name="/general")
     assert meta_a["seed"] == seed_a and seed_a >= 0
     assert seed_a != seed_b  # 1 in 4 billion to fail by chance
 
@@ -150,13 +150,13 @@ def test_preview_endpoint(client, gold_file):
 
 def test_every_mode_has_its_endpoints(client):
     names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
-    for mode in ("general", "anime", "style"):
+    for mode in ("general", "face", "anime", "style"):
         assert {f"/{mode}", f"/{mode}_compare", f"/{mode}_preview", f"/{mode}_settings"} <= names
     assert "/load_settings" in names
 
 
 def test_style_endpoint_with_layout(client, gold_file):
-    path, _, _, meta = client.predict(
+    path, _, _, meta, _ = client.predict(
         prompt="a cat", reference=gallery(gold_file), layout=True, seed=3, api_name="/style"
     )
     assert meta["mode"] == "style" and meta["layout"] is True
@@ -165,7 +165,7 @@ def test_style_endpoint_with_layout(client, gold_file):
 
 
 def test_anime_endpoint_with_face_close_up(client, gold_file):
-    _, _, _, meta = client.predict(
+    _, _, _, meta, _ = client.predict(
         prompt="in the rain", reference=gallery(gold_file), face_reference=gallery(gold_file),
         variant="plus+plus-face", seed=3, api_name="/anime",
     )  # fmt: skip
@@ -199,3 +199,21 @@ def test_load_settings_rejects_foreign_files(client, tmp_path):
     path.write_text("not json")
     with pytest.raises(Exception, match="neither a PNG made by this app nor a JSON settings file"):
         client.predict(handle_file(str(path)), api_name="/load_settings")
+
+
+def test_face_endpoint(client, tmp_path):
+    from tests.pipelines.test_face import ALICE, photo
+
+    alice, crowd, empty = tmp_path / "alice.png", tmp_path / "crowd.png", tmp_path / "empty.png"
+    ALICE.save(alice)
+    photo(((128, 128), 32, (255, 0, 0)), ((384, 384), 128, (0, 0, 255))).save(crowd)
+    Image.new("RGB", (640, 640)).save(empty)
+    path, _, report, meta, seen = client.predict(
+        prompt="a portrait", reference=gallery(str(alice), str(crowd)), variant="faceid-plusv2", structure=1.5,
+        seed=4, api_name="/face",
+    )  # fmt: skip
+    assert meta["mode"] == "face" and meta["structure"] == 1.5 and meta["face_model"] == "tiny_faces"
+    assert "Reference 2 shows 2 faces; the largest one is used." in report
+    assert len(seen) == 4  # each photo with its face box, then each aligned crop
+    with pytest.raises(Exception, match=r"No face found in reference 2\. Use a photo where one face is clearly"):
+        client.predict(prompt="x", reference=gallery(str(alice), str(empty)), api_name="/face")

@@ -57,8 +57,8 @@ def write_png(image: Any, metadata: dict[str, Any]) -> str:
     return str(save_png(image, metadata, output_path(metadata.get("mode", "image"))))
 
 
-def format_diagnostics(diagnostics: dict[str, Any]) -> str:
-    """One line under each result: time, speed, memory, encoder and UNet calls, batch."""
+def format_diagnostics(diagnostics: dict[str, Any], warnings: list[str] | None = None) -> str:
+    """One line under each result (time, speed, memory, calls, batch), after any warnings (also shown as toasts)."""
     parts = [f"{diagnostics['seconds']:.2f} s", f"{diagnostics['steps_per_second']} steps/s"]
     if "peak_memory_gb" in diagnostics:
         parts.append(f"peak {diagnostics['peak_memory_gb']} GB")
@@ -69,7 +69,13 @@ def format_diagnostics(diagnostics: dict[str, Any]) -> str:
         f"batch {diagnostics['batch_size']}" + (f" x {diagnostics['batches']}" if diagnostics["batches"] > 1 else ""),
         diagnostics["device"],
     ]
-    return " · ".join(parts)
+    if diagnostics.get("face_detections") is not None:
+        parts.insert(-1, f"face detections {diagnostics['face_detections']}")
+    lines = []
+    for warning in warnings or []:
+        gr.Warning(warning)
+        lines.append(f"⚠️ {warning}")
+    return "\n\n".join([*lines, " · ".join(parts)])
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

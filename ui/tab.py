@@ -142,8 +142,7 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                         label="Non-square references", choices=[(CROP_LABELS[m], m) for m in CROP_MODES],
                         value=preset.crop,
                     )  # fmt: skip
-                    preview_button = gr.Button("Show what the image encoder sees")
-                    preview = gr.Gallery(label="Encoder input", columns=4, height=140, interactive=False)
+                    preview_button = gr.Button("Show what the adapter sees")
                     with gr.Row():
                         defaults_button = gr.Button("Reset to the preset")
                         settings_button = gr.Button("Download settings")
@@ -152,6 +151,7 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                 result = gr.Image(label="Result", type="filepath", format="png", interactive=False)
                 used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
                 diagnostics = gr.Markdown(label="diagnostics")
+                preview = gr.Gallery(label="What the adapter sees", columns=4, height=140, interactive=False)
                 with gr.Accordion("Compare strengths (same seed, one batched pass)", open=False):
                     strengths = gr.Textbox(
                         label="Strengths (comma-separated; two give an A/B slider)",
@@ -173,7 +173,9 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
             request = request_from(preset, values)
             result_ = engine.generate(request, on_step=_progress_callback(progress))
             path = write_png(result_.image, result_.metadata)
-            return path, request.seed, format_diagnostics(result_.diagnostics), result_.metadata
+            report = format_diagnostics(result_.diagnostics, result_.warnings)
+            previews = result_.previews or gr.skip()
+            return path, request.seed, report, result_.metadata, previews
 
         def sweep(values: dict[str, Any], progress: Any) -> tuple:
             chosen = parse_strengths(values.get("strengths"), preset)
@@ -188,7 +190,8 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                 else gr.ImageSlider(value=None, visible=False)
             )
             gallery = list(zip(paths, captions, strict=True))
-            return gallery, slider, str(grid), request.seed, format_diagnostics(out.diagnostics), out.metadata
+            report = format_diagnostics(out.diagnostics, out.warnings)
+            return gallery, slider, str(grid), request.seed, report, out.metadata
 
         def download_settings(values: dict[str, Any], progress: Any) -> str:
             request = request_from(preset, values)
@@ -205,7 +208,7 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
         inputs = [c[n] for n in names]
         gpu = {"concurrency_id": GPU_CONCURRENCY_ID, "concurrency_limit": 1}
         run.click(
-            _endpoint(names, single), inputs=inputs, outputs=[result, used_seed, diagnostics, metadata],
+            _endpoint(names, single), inputs=inputs, outputs=[result, used_seed, diagnostics, metadata, preview],
             api_name=mode, **gpu,
         )  # fmt: skip
         compare_names = [n for n in names if n != "strength"] + ["strengths"]

@@ -1,0 +1,148 @@
+"""Face analysis for the Consistent-face mode: insightface detection + ArcFace embeddings, created once, cached.
+
+The largest face of each reference is used; several faces give a warning, no face a clear error. Several photos
+of one person average into one identity (the mean of their unit embeddings, renormalised).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .errors import InvalidRequestError, ModelNotAvailableError
+from .images import ReferenceImage
+
+log = logging.getLogger(__name__)
+ALIGNED_SIZE = 224  # aligned face crop fed to the CLIP image encoder (FaceID Plus)
+
+
+@dataclass(frozen=True)
+class FaceSpec:
+    """Which insightface model pack to load: `FaceAnalysis(name=pack, root=root)`."""
+
+    pack: str
+    root: str | None  # None: insightface's default (~/.insightface), which downloads the pack when missing
+
+
+@dataclass(frozen=True)
+class FaceResult:
+    """The face used from one reference."""
+
+    embedding: np.ndarray  # (512,) unit-length ArcFace embedding
+    bbox: tuple[float, float, float, float]
+    aligned: Image.Image  # ALIGNED_SIZE x ALIGNED_SIZE crop aligned on the 5 landmarks
+    faces_found: int
+
+
+class FaceError(InvalidRequestError):
+    """A reference has no usable face."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("reference", message)
+
+
+class FaceAnalyzer:
+    """One insightface `FaceAnalysis`, loaded on first use and shared; results cached by image content."""
+
+    def __init__(self, spec: FaceSpec, family: str, use_cuda: bool, cache_size: int = 256) -> None:
+        self.spec = spec
+        self.family = family
+        self.use_cuda = use_cuda
+        self.counters: Counter[str] = Counter()  # detections, cache_hits
+        self._app = None
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, list] = OrderedDict()
+        self._cache_size = cache_size
+
+    def load(self) -> object:
+        """Load the pack now (start-up warm-up); raises ModelNotAvailableError when it cannot be had."""
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> object:
+        if self._app is not None:
+            return self._app
+        from insightface.app import FaceAnalysis  # imported late: it prints and imports cv2/onnxruntime
+
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.use_cuda else ["CPUExecutionProvider"]
+        kwargs = {"root": self.spec.root} if self.spec.root else {}
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # insightface prints every model it finds
+                app = FaceAnalysis(
+                    name=self.spec.pack, allowed_modules=["detection", "recognition"], providers=providers, **kwargs
+                )
+                app.prepare(ctx_id=0 if self.use_cuda else -1, det_size=(640, 640))
+        except (OSError, AssertionError, ValueError, RuntimeError) as e:
+            # A missing pack is downloaded from GitHub releases; without a network that fails at once.
+            where = Path(self.spec.root or "~/.insightface").expanduser() / "models" / self.spec.pack
+            raise ModelNotAvailableError(
+                f"insightface model pack '{self.spec.pack}' (expected in {where})",
+                self.family,
+                f"{type(e).__name__}: {str(e)[:160]}",
+                source="GitHub (insightface releases)",
+            ) from e
+        self._app = app
+        return app
+
+    def _detect(self, ref: ReferenceImage) -> list:
+        """insightface faces of one reference, cached by its pixel hash (no second detection)."""
+        with self._lock:
+            if ref.sha256 in self._cache:
+                self.counters["cache_hits"] += 1
+                self._cache.move_to_end(ref.sha256)
+                return self._cache[ref.sha256]
+            app = self._load()
+            bgr = np.ascontiguousarray(np.asarray(ref.image)[:, :, ::-1])
+            faces = app.get(bgr)
+            self.counters["detections"] += 1
+            self._cache[ref.sha256] = faces
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return faces
+
+    def analyze(self, refs: Sequence[ReferenceImage], label: str = "reference") -> tuple[list[FaceResult], list[str]]:
+        """The largest face of each reference, and warnings for references with several faces."""
+        from insightface.utils import face_align
+
+        results, warnings = [], []
+        for i, ref in enumerate(refs, 1):
+            faces = self._detect(ref)
+            if not faces:
+                raise FaceError(f"No face found in {label} {i}. Use a photo where one face is clearly visible.")
+            face = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
+            if len(faces) > 1:
+                warnings.append(f"{label.capitalize()} {i} shows {len(faces)} faces; the largest one is used.")
+            bgr = np.ascontiguousarray(np.asarray(ref.image)[:, :, ::-1])
+            aligned = face_align.norm_crop(bgr, landmark=face.kps, image_size=ALIGNED_SIZE)[:, :, ::-1]
+            results.append(
+                FaceResult(
+                    embedding=np.asarray(face.normed_embedding, dtype=np.float32),
+                    bbox=tuple(float(v) for v in face.bbox),
+                    aligned=Image.fromarray(np.ascontiguousarray(aligned)),
+                    faces_found=len(faces),
+                )
+            )
+        return results, warnings
+
+
+def identity(results: Sequence[FaceResult]) -> np.ndarray:
+    """One identity from several photos: the mean of the unit embeddings, renormalised to unit length."""
+    mean = np.mean([r.embedding for r in results], axis=0)
+    return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+def annotate(ref: ReferenceImage, result: FaceResult) -> Image.Image:
+    """The reference with the chosen face's box drawn on it."""
+    img = ref.image.copy()
+    width = max(2, round(max(img.size) / 200))
+    ImageDraw.Draw(img).rectangle(result.bbox, outline=(0, 255, 0), width=width)
+    return img

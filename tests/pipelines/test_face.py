@@ -1,0 +1,147 @@
+"""Consistent-face mode: insightface (the real FaceAnalysis on a generated pack) and IP-Adapter FaceID."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import Engine, ModelNotAvailableError, build_request
+from pipelines.face import FaceAnalyzer, FaceError, FaceSpec, identity
+from pipelines.images import load_reference
+from pipelines.tiny_faces import draw_face
+from tests.conftest import pixels
+
+BACKGROUND = (40, 40, 50)
+
+
+def photo(*faces: tuple[tuple[int, int], int, tuple[int, int, int]]) -> Image.Image:
+    """A 640 x 640 photo with the given faces: (centre, side, eye colour)."""
+    img = Image.new("RGB", (640, 640), BACKGROUND)
+    for centre, side, eyes in faces:
+        draw_face(img, centre, side, eyes)
+    return img
+
+
+ALICE = photo(((320, 320), 64, (0, 0, 255)))
+ALICE_AGAIN = photo(((192, 256), 128, (0, 0, 250)))
+BOB = photo(((320, 320), 64, (255, 255, 0)))
+
+
+@pytest.fixture
+def analyzer(engines):
+    return engines["tiny"].face_analyzer()
+
+
+def test_one_face(analyzer):
+    results, warnings = analyzer.analyze([load_reference(ALICE)])
+    (face,) = results
+    assert warnings == [] and face.faces_found == 1
+    assert face.bbox == pytest.approx((288, 288, 352, 352), abs=1)
+    assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
+    assert face.aligned.size == (224, 224)
+
+
+def test_largest_face_wins_with_a_warning(analyzer):
+    crowd = photo(((128, 128), 32, (255, 0, 0)), ((384, 384), 128, (0, 0, 255)), ((512, 96), 64, (0, 255, 0)))
+    (face,), warnings = analyzer.analyze([load_reference(crowd)])
+    assert face.faces_found == 3
+    assert face.bbox == pytest.approx((320, 320, 448, 448), abs=1)
+    assert warnings == ["Reference 1 shows 3 faces; the largest one is used."]
+
+
+@pytest.mark.parametrize(
+    "image",
+    [Image.new("RGB", (640, 640), BACKGROUND), photo(((320, 320), 20, (0, 0, 255)))],  # no face; a tiny face
+    ids=["no face", "tiny face"],
+)
+def test_no_face_is_a_clear_error(analyzer, image):
+    with pytest.raises(FaceError, match=r"No face found in reference 2\. Use a photo where one face is clearly"):
+        analyzer.analyze([load_reference(ALICE), load_reference(image)])
+
+
+def test_several_photos_average_into_one_identity(analyzer):
+    results, _ = analyzer.analyze([load_reference(ALICE), load_reference(BOB)])
+    a, b = results[0].embedding, results[1].embedding
+    assert not np.allclose(a, b)
+    mean = identity(results)
+    expected = (a + b) / np.linalg.norm(a + b)
+    assert np.allclose(mean, expected, atol=1e-6) and np.linalg.norm(mean) == pytest.approx(1.0)
+
+
+def test_cached_by_content_no_second_detection(engines):
+    analyzer = FaceAnalyzer(engines["tiny"].face_analyzer().spec, "tiny", use_cuda=False)
+    analyzer.analyze([load_reference(ALICE)])
+    analyzer.analyze([load_reference(ALICE.copy())])  # same pixels, another object
+    assert (analyzer.counters["detections"], analyzer.counters["cache_hits"]) == (1, 1)
+
+
+def test_missing_real_pack_fails_fast_with_a_clear_message(tmp_path):
+    analyzer = FaceAnalyzer(FaceSpec("buffalo_l", str(tmp_path)), "sdxl", use_cuda=False)
+    with pytest.raises(ModelNotAvailableError, match=r"insightface model pack 'buffalo_l'.*--models tiny"):
+        analyzer.load()
+
+
+def test_faceid_strength_zero_equals_no_image_prompt(engines, presets, family):
+    face = presets["face"][family]
+    zero = engines[family].generate(build_request(face, prompt="x", seed=1, references=[ALICE], strength=0.0))
+    none = engines[family].generate(build_request(face, prompt="x", seed=1))
+    assert np.array_equal(pixels(zero.image), pixels(none.image))
+    held = engines[family].generate(build_request(face, prompt="x", seed=1, references=[ALICE], strength=1.0))
+    assert np.abs(pixels(held.image) - pixels(none.image)).mean() > 1.0
+    assert held.metadata["adapter"].endswith(f"ip-adapter-faceid_{'sdxl' if family == 'tiny' else 'sd15'}.bin")
+
+
+def test_identity_decides_the_image(engines, presets):
+    face = presets["face"]["tiny"]
+    render = lambda refs: pixels(  # noqa: E731 - a local shorthand
+        engines["tiny"].generate(build_request(face, prompt="x", seed=1, references=refs, strength=1.0)).image
+    )
+    assert np.abs(render([ALICE]) - render([BOB])).mean() > 0.5
+    assert not np.array_equal(render([ALICE, BOB]), render([ALICE]))
+
+
+def test_faceid_plus_v2_structure_changes_the_output(engines, presets, family):
+    face = presets["face"][family]
+
+    def render(structure: float) -> np.ndarray:
+        request = build_request(
+            face, prompt="x", seed=1, references=[ALICE, ALICE_AGAIN], variant="faceid-plusv2", structure=structure
+        )
+        return pixels(engines[family].generate(request).image)
+
+    low, high = render(0.0), render(2.5)
+    assert np.abs(low - high).mean() > 0.5
+    assert np.array_equal(render(2.5), high)  # nothing of one request stays on the model
+
+
+def test_faceid_lora_is_on_in_face_mode_only(families, tiny_root, presets):
+    engine = Engine(families["tiny"], tiny_root=tiny_root)
+    general = build_request(presets["general"]["tiny"], prompt="x", seed=1, negative_prompt="lowres")
+    before = pixels(engine.generate(general).image)
+    face = presets["face"]["tiny"]
+    plus = build_request(face, prompt="x", seed=1, references=[ALICE], variant="faceid-plusv2", strength=0.0)
+    with_lora = pixels(engine.generate(plus).image)  # strength 0: only the checkpoint's LoRA acts
+    assert engine._adapters["faceid-plusv2"].loras == [("faceid_faceid_plusv2", 1.0)]
+    assert np.abs(with_lora - before).max() > 0
+    assert np.array_equal(pixels(engine.generate(general).image), before)  # leaving the mode removes it
+    plain = build_request(face, prompt="x", seed=1, references=[ALICE], strength=0.0)  # FaceID: lora_weight 0
+    assert np.array_equal(pixels(engine.generate(plain).image), before)
+
+
+def test_sweep_cells_equal_single_renders(engines, presets):
+    face = presets["face"]["tiny"]
+    request = build_request(face, prompt="x", seed=2, references=[ALICE], variant="faceid-plusv2")
+    sweep = engines["tiny"].generate_sweep(request, [0.3, 1.1])
+    assert sweep.diagnostics["face_detections"] == 0 or sweep.diagnostics["face_detections"] == 1
+    for strength, cell in zip(sweep.strengths, sweep.images, strict=True):
+        single = build_request(face, prompt="x", seed=2, references=[ALICE], variant="faceid-plusv2", strength=strength)
+        assert np.abs(pixels(engines["tiny"].generate(single).image) - pixels(cell)).max() <= 2
+
+
+def test_previews_show_the_face_box_and_crop(engines, presets):
+    face = presets["face"]["tiny"]
+    result = engines["tiny"].generate(build_request(face, prompt="x", references=[ALICE]))
+    boxed, aligned = result.previews
+    assert boxed.size == (640, 640) and aligned.size == (224, 224)
+    assert boxed.getpixel((288, 320)) == (0, 255, 0)  # the box is drawn on the chosen face

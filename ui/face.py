@@ -1,0 +1,43 @@
+"""The Consistent-face tab: IP-Adapter FaceID on insightface embeddings of one or more photos of a person."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from pipelines.engine import Engine
+from pipelines.presets import ModePreset
+
+from .tab import TabHandle, TabText, build_tab
+
+LICENCE = (
+    "**Licence:** the insightface models (`buffalo_l`) and the IP-Adapter FaceID weights are released for "
+    "**non-commercial research use** only. Do not use this tab for commercial work."
+)
+
+TEXT = TabText(
+    intro="New images of the same person in new scenes. insightface finds the face in each photo (the largest one "
+    "if there are several) and gives its identity embedding; several photos of one person are averaged into one "
+    "identity. Strength decides how strongly the identity is held.",
+    reference_label="Photos of the person (one clearly visible face each)",
+    strength_label="Identity strength",
+    variant_labels={"faceid": "FaceID (identity only)", "faceid-plusv2": "FaceID Plus v2 (identity + face structure)"},
+    notice=LICENCE,
+)
+
+
+def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
+    r = preset.structure
+    return {
+        "structure": gr.Slider(
+            label="Structure (FaceID Plus v2: how much of the face's shape carries over)",
+            minimum=r.min,
+            maximum=r.max,
+            step=r.step,
+            value=r.default,
+        )
+    }
+
+
+def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
+    """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
+    return build_tab(engine, preset, TEXT, _extra)
