@@ -208,7 +208,7 @@ def test_face_endpoint(client, tmp_path):
     ALICE.save(alice)
     photo(((128, 128), 32, (255, 0, 0)), ((384, 384), 128, (0, 0, 255))).save(crowd)
     Image.new("RGB", (640, 640)).save(empty)
-    path, _, report, meta, seen = client.predict(
+    _, _, report, meta, seen = client.predict(
         prompt="a portrait", reference=gallery(str(alice), str(crowd)), variant="faceid-plusv2", structure=1.5,
         seed=4, api_name="/face",
     )  # fmt: skip
