@@ -217,7 +217,7 @@ def bench_unet(
     from pipelines.full_size import VIT_H, build_unet, ip_adapter_state_dict, unet_inputs
 
     unet = build_unet(pipeline, dtype, device)
-    unet._load_ip_adapter_weights([ip_adapter_state_dict(pipeline, "plain")], low_cpu_mem_usage=False)
+    unet._load_ip_adapter_weights([ip_adapter_state_dict(pipeline, "pooled")], low_cpu_mem_usage=False)
     unet.set_attn_processor(wrap_ip_processors(unet.attn_processors))
     unet.to(device=device, dtype=dtype)
     model = torch.compile(unet) if compile_ else unet

@@ -182,15 +182,21 @@ class Engine:
     # ----------------------------------------------------------------------------------------------- loading
 
     def _resolve(self, repo: str) -> str:
-        """A Hub id as is, or for the tiny family the generated folder of that name."""
+        """A Hub id as is; for the tiny family its generated folder; for a local mirror `tiny_root/<repo>`."""
         if self.family.source == "tiny":
             return str(ensure_tiny_models(self.tiny_root) / repo)
+        if self.family.source == "local":
+            return str(Path(self.tiny_root) / repo)
         return repo
+
+    @property
+    def _local_only(self) -> bool:
+        return self.family.source != "hub"
 
     def _from_pretrained(self, loader: Callable[..., Any], repo: str, **kwargs: Any) -> Any:
         """`loader.from_pretrained`, turning "not cached and Hub unreachable" into one clear error."""
         try:
-            return loader(self._resolve(repo), local_files_only=self.family.source == "tiny", **kwargs)
+            return loader(self._resolve(repo), local_files_only=self._local_only, **kwargs)
         except OSError as e:
             cause = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise ModelNotAvailableError(repo, self.family.name, cause) from e
@@ -273,7 +279,7 @@ class Engine:
             spec = self.family.faces
             if spec is None:
                 raise InvalidRequestError("variant", f"model family {self.family.name!r} has no face analysis")
-            if self.family.source == "tiny" and spec.root:
+            if self.family.source != "hub" and spec.root:
                 spec = FaceSpec(spec.pack, self._resolve(spec.root))
             self._faces = FaceAnalyzer(spec, self.family.name, use_cuda=self.device.startswith("cuda"))
         return self._faces
@@ -283,7 +289,7 @@ class Engine:
         try:
             path = _get_model_file(
                 self._resolve(spec.repo), weights_name=spec.weight_name, subfolder=spec.subfolder or None,
-                local_files_only=self.family.source == "tiny",
+                local_files_only=self._local_only,
             )  # fmt: skip
         except OSError as e:
             raise ModelNotAvailableError(spec.id, self.family.name, str(e)[:200]) from e
@@ -330,7 +336,7 @@ class Engine:
                 subfolder=[s.subfolder for s in specs],
                 weight_name=[s.weight_name for s in specs],
                 image_encoder_folder=None,
-                local_files_only=self.family.source == "tiny",
+                local_files_only=self._local_only,
             )
         except OSError as e:
             missing = " or ".join(s.id for s in specs)

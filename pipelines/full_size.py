@@ -6,10 +6,21 @@ random weights and pushed through the same loading code (`load_ip_adapter`) the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import UNet2DConditionModel
 
-from .tiny import cross_attention_hidden_sizes, ip_adapter_layers, plain_image_proj, plus_image_proj
+from .presets import FamilySpec
+from .tiny import (
+    cross_attention_hidden_sizes,
+    faceid_image_proj,
+    faceid_lora,
+    faceid_plus_image_proj,
+    ip_adapter_layers,
+    plain_image_proj,
+    plus_image_proj,
+)
 
 # `unet/config.json` of stable-diffusion-v1-5/stable-diffusion-v1-5 (fields that differ from diffusers defaults).
 SD15_UNET = {
@@ -57,24 +68,34 @@ def build_unet(pipeline: str, dtype: torch.dtype = torch.float32, device: str = 
     return unet.to(dtype=dtype).eval()
 
 
-def ip_adapter_state_dict(pipeline: str, variant: str, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """A random IP-Adapter checkpoint with the published keys and shapes (`plain` or `plus`, ViT-H image encoder)."""
+def ip_adapter_state_dict(pipeline: str, embeds: str, seed: int = 0, lora_rank: int = 128) -> dict[str, dict]:
+    """A random IP-Adapter checkpoint with the published keys and shapes for a ViT-H image encoder.
+
+    `embeds` is the adapter kind of presets/models.toml: "pooled" (plain), "hidden" (Plus, Plus-Face: a 16-query
+    Resampler of width 768 or 1280), "faceid" or "faceid-plus" (with the LoRA the FaceID files carry).
+    """
     gen = torch.Generator().manual_seed(seed)
     config = UNET_CONFIGS[pipeline]
     cross = config["cross_attention_dim"]
     sizes = cross_attention_hidden_sizes(config)
-    if variant == "plain":
+    if embeds == "pooled":
         proj = plain_image_proj(cross, VIT_H["projection_dim"], gen)
-    elif variant == "plus":
-        # Published Plus resamplers: 16 queries; width 768 (SD1.5, 12 heads) or 1280 (SDXL, 20 heads).
+    elif embeds == "hidden":
         proj = plus_image_proj(cross, VIT_H["hidden_size"], 768 if pipeline == "sd15" else 1280, 16, gen)
+    elif embeds == "faceid":
+        proj = {"image_proj." + k: v for k, v in faceid_image_proj(cross, gen).items()}
+    elif embeds == "faceid-plus":
+        proj = {"image_proj." + k: v for k, v in faceid_plus_image_proj(cross, VIT_H["hidden_size"], gen).items()}
     else:
-        raise ValueError(f"unknown variant {variant!r}")
+        raise ValueError(f"unknown adapter kind {embeds!r}")
     flat = {**proj, **ip_adapter_layers(sizes, cross, gen)}
-    return {
+    checkpoint = {
         "image_proj": {k.removeprefix("image_proj."): v for k, v in flat.items() if k.startswith("image_proj.")},
         "ip_adapter": {k.removeprefix("ip_adapter."): v for k, v in flat.items() if k.startswith("ip_adapter.")},
     }
+    if embeds.startswith("faceid"):
+        checkpoint["ip_adapter"].update(faceid_lora(config, gen, rank=lora_rank))
+    return checkpoint
 
 
 def unet_inputs(pipeline: str, batch: int, size: int, dtype: torch.dtype, device: str) -> dict:
@@ -98,3 +119,86 @@ def _to(value: object, dtype: torch.dtype, device: str) -> object:
     if isinstance(value, torch.Tensor):
         return value.to(device=device, dtype=dtype if value.is_floating_point() and value.ndim else value.dtype)
     return value
+
+
+# Published configs of the other components. Text encoders keep their real widths (what the UNet sees) but only
+# two layers each: the dry run proves the UNet and adapter shapes, not the text encoders' depth.
+SD_VAE = {
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 512,
+}
+VIT_H_CONFIG = {  # models/image_encoder of h94/IP-Adapter (OpenCLIP ViT-H/14), full depth
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 32,
+    "patch_size": 14,
+    "image_size": 224,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+}
+
+
+def write_mirror(root: Path, family: FamilySpec, tokenizer_files: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Write every checkpoint `family` names, with random weights, into `root/<repo>/<subfolder>/<file>`.
+
+    The engine then loads them with `source = "local"` through exactly the calls it uses for the Hub.
+    """
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    torch.manual_seed(0)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_files), model_max_length=77)
+
+    def text(width: int, projection: int, cls: type) -> torch.nn.Module:
+        cfg = CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
+                             num_attention_heads=width // 64, projection_dim=projection, max_position_embeddings=77,
+                             vocab_size=49408, bos_token_id=512, eos_token_id=513, pad_token_id=513)  # fmt: skip
+        return cls(cfg)
+
+    kind = family.pipeline
+    unet = build_unet(kind)
+    vae = AutoencoderKL(**SD_VAE)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading", steps_offset=1)  # fmt: skip
+    if kind == "sdxl":
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, unet=unet, scheduler=scheduler, tokenizer=tokenizer, tokenizer_2=tokenizer,
+            text_encoder=text(768, 768, CLIPTextModel), text_encoder_2=text(1280, 1280, CLIPTextModelWithProjection),
+        )  # fmt: skip
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae, unet=unet, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text(768, 768, CLIPTextModel),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )  # fmt: skip
+    pipe.to(dtype=dtype).save_pretrained(str(root / family.base), safe_serialization=True)
+    del pipe, unet
+
+    written = set()
+    for spec in family.adapters.values():
+        if spec.image_encoder is not None and spec.image_encoder not in written:
+            encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_CONFIG)).to(dtype)
+            encoder.save_pretrained(str(root / spec.image_encoder.repo / spec.image_encoder.subfolder))
+            written.add(spec.image_encoder)
+            del encoder
+        checkpoint = ip_adapter_state_dict(kind, spec.embeds)
+        checkpoint = {part: {k: v.to(dtype) for k, v in tensors.items()} for part, tensors in checkpoint.items()}
+        folder = root / spec.repo / spec.subfolder
+        folder.mkdir(parents=True, exist_ok=True)
+        if spec.weight_name.endswith(".safetensors"):
+            flat = {f"{part}.{k}": v.contiguous() for part, tensors in checkpoint.items() for k, v in tensors.items()}
+            save_file(flat, str(folder / spec.weight_name))
+        else:
+            torch.save(checkpoint, folder / spec.weight_name)

@@ -18,7 +18,7 @@ from .face import FaceSpec
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("general", "face", "anime", "style")  # one TOML file per mode
 PIPELINE_KINDS = ("sdxl", "sd15")
-SOURCES = ("hub", "tiny")
+SOURCES = ("hub", "tiny", "local")  # local: a folder mirror of the Hub layout (dry runs)
 EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus")  # what feeds the adapter's image projection
 CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
 MAX_COMPARE = 16  # cells in one strength comparison

@@ -71,7 +71,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
     # Build in a private folder and rename, so a concurrent process never sees a half-written tree.
     staging = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root.parent))
     try:
-        _write_tokenizer(staging / "tokenizer-files")
+        write_tokenizer(staging / "tokenizer-files")
         _build_sdxl(staging / SDXL_BASE, staging / "tokenizer-files", seed=0)
         _build_sdxl(staging / SDXL_ANIME_BASE, staging / "tokenizer-files", seed=10)
         _build_sd15(staging / SD15_BASE, staging / "tokenizer-files")
@@ -90,7 +90,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
     return root
 
 
-def _write_tokenizer(folder: Path) -> None:
+def write_tokenizer(folder: Path) -> None:
     """A byte-level BPE vocabulary with no merges: every byte is a token (see shared/OFFLINE.md)."""
     folder.mkdir(parents=True)
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
@@ -359,7 +359,7 @@ def faceid_plus_image_proj(cross_dim: int, vision_hidden: int, gen: torch.Genera
     return sd
 
 
-def faceid_lora(unet_config: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def faceid_lora(unet_config: dict, gen: torch.Generator, rank: int = LORA_RANK) -> dict[str, torch.Tensor]:
     """The LoRA inside a FaceID checkpoint: `<id>.to_{q,k,v,out}_lora.{down,up}.weight` for every processor."""
     unet = UNet2DConditionModel.from_config(unet_config)
     channels = list(unet.config.block_out_channels)
@@ -374,8 +374,8 @@ def faceid_lora(unet_config: dict, gen: torch.Generator) -> dict[str, torch.Tens
             hidden = channels[int(name[len("down_blocks.")])]
         context = hidden if name.endswith("attn1.processor") else cross
         for proj, width_in in (("to_q", hidden), ("to_k", context), ("to_v", context), ("to_out", hidden)):
-            out[f"{key_id}.{proj}_lora.down.weight"] = torch.randn(LORA_RANK, width_in, generator=gen) * 0.1
-            out[f"{key_id}.{proj}_lora.up.weight"] = torch.randn(hidden, LORA_RANK, generator=gen) * 0.1
+            out[f"{key_id}.{proj}_lora.down.weight"] = torch.randn(rank, width_in, generator=gen) * 0.1
+            out[f"{key_id}.{proj}_lora.up.weight"] = torch.randn(hidden, rank, generator=gen) * 0.1
     return out
 
 
