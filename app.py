@@ -11,6 +11,11 @@ import logging
 import os
 import sys
 
+try:  # Hugging Face ZeroGPU: `spaces` must be imported before torch initialises CUDA
+    import spaces
+except ImportError:
+    spaces = None
+
 import gradio as gr
 import torch
 
@@ -22,6 +27,8 @@ from ui.common import user_errors
 
 FAMILY_ENV = "IMAGE_PROMPT_MODELS"  # default family for Spaces, where flags cannot be passed
 QUEUE_SIZE = 64  # requests waiting beyond this are refused with "queue is full"
+MAX_FILE_SIZE = "25mb"  # uploads over this are refused before they reach the app
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 FAMILIES = load_families()
 PRESETS = load_mode_presets(FAMILIES)
@@ -80,6 +87,10 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
     return demo
 
 
+# Safe serving: clean error messages, no file access beyond the app's own temp files, bounded uploads.
+LAUNCH_OPTIONS = {"show_error": True, "allowed_paths": [], "max_file_size": MAX_FILE_SIZE}
+
+
 def check_block_maps(engine: Engine) -> None:
     """Every preset block map must address layers this UNet has (diffusers would silently ignore the rest)."""
     for mode, by_family in PRESETS.items():
@@ -103,7 +114,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
-    return parser.parse_args(argv)
+    parser.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --share)")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="auto", help="auto: bf16 (or fp16) on a GPU, fp32 on CPU"
+    )
+    parser.add_argument("--offload", action="store_true", help="model CPU offload: less GPU memory, a bit slower")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image)")
+    parser.add_argument("--max-batch", type=int, default=None, help="images per denoising pass in comparisons")
+    args = parser.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        parser.error("--auth takes USER:PASS")
+    return args
 
 
 def _validate_family(name: str) -> FamilySpec:
@@ -116,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     family = _validate_family(args.models or default_family())
-    engine = Engine(family)
+    engine = Engine(
+        family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile, max_batch=args.max_batch
+    )
     try:
         engine.load()
         check_block_maps(engine)
@@ -132,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(engine)
     if args.share:
         print("Sharing: the gradio.live link is public; anyone with it can use this app and your GPU.")
-    app.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+        if not args.auth:
+            print("Tip: add --auth USER:PASS to ask for a login.")
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **LAUNCH_OPTIONS)
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
 from diffusers.models.model_loading_utils import load_state_dict
 from diffusers.utils import _get_model_file
@@ -49,8 +49,10 @@ def default_device() -> str:
 
 
 def default_dtype(device: str) -> torch.dtype:
-    """fp16 on GPU (the published SD checkpoints are fp16-safe with an upcast VAE), fp32 on CPU."""
-    return torch.float16 if device.startswith("cuda") else torch.float32
+    """bf16 on GPUs that have it (no fp16 overflow in the SDXL VAE), else fp16; fp32 on CPU."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 @dataclass
@@ -158,11 +160,15 @@ class Engine:
         tiny_root: Path | None = None,
         max_batch: int | None = None,
         embed_cache_size: int = 64,
+        offload: bool = False,
+        compile: bool = False,
     ) -> None:
         self.family = family
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.tiny_root = tiny_root
+        self.offload = offload  # model CPU offload: each model moves to the GPU only while it runs
+        self.compile = compile  # torch.compile the UNet
         # Samples per denoising pass in a comparison; larger sweeps are split (each batch doubles under guidance).
         self.max_batch = max_batch or 8
         self._embed_cache = _LRU(embed_cache_size)  # image-prompt embeddings by image content
@@ -243,8 +249,23 @@ class Engine:
             return
         cls = StableDiffusionXLPipeline if self.family.pipeline == "sdxl" else StableDiffusionPipeline
         repo = self.family.bases[self._base_name]
-        pipe = self._from_pretrained(cls.from_pretrained, repo, torch_dtype=self.dtype)
-        pipe.to(self.device)
+        kwargs: dict[str, Any] = {"torch_dtype": self.dtype}
+        if self.dtype == torch.float16 and self.family.vae_fp16:
+            kwargs["vae"] = self._from_pretrained(AutoencoderKL.from_pretrained, self.family.vae_fp16, **kwargs)
+        half = self.dtype in (torch.float16, torch.bfloat16)
+        if half and self.family.weights_variant:
+            try:
+                pipe = self._from_pretrained(cls.from_pretrained, repo, variant=self.family.weights_variant, **kwargs)
+            except (ModelNotAvailableError, ValueError):  # a base without those files: the full-precision ones
+                pipe = self._from_pretrained(cls.from_pretrained, repo, **kwargs)
+        else:
+            pipe = self._from_pretrained(cls.from_pretrained, repo, **kwargs)
+        if self.offload:
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+        if self.compile:
+            pipe.unet.compile()  # in place: processors stay swappable (a variant switch recompiles once)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.register_forward_pre_hook(self._count_unet_call)
         self._base_processors = dict(pipe.unet.attn_processors)

@@ -72,6 +72,19 @@ class FamilySpec:
     adapters: dict[str, AdapterSpec]
     alt_bases: dict[str, str] = field(default_factory=dict)  # e.g. {"anime": "<repo>"}: same architecture
     faces: FaceSpec | None = None  # the insightface pack for the face mode
+    weights_variant: str | None = None  # e.g. "fp16": the files to load when running in half precision
+    vae_fp16: str | None = None  # a VAE that is safe in fp16 (SDXL), used when running in fp16
+
+    def hub_checkpoints(self) -> list[tuple[str, str | None]]:
+        """Every (repository, file or None for a whole pipeline folder) this family loads, for Space preloading."""
+        out: list[tuple[str, str | None]] = [(repo, None) for repo in self.bases.values()]
+        if self.vae_fp16:
+            out.append((self.vae_fp16, None))
+        for spec in self.adapters.values():
+            out.append((spec.repo, "/".join(p for p in (spec.subfolder, spec.weight_name) if p)))
+            if spec.image_encoder is not None:
+                out.append((spec.image_encoder.repo, spec.image_encoder.subfolder + "/"))
+        return list(dict.fromkeys(out))
 
     @property
     def bases(self) -> dict[str, str]:
@@ -253,6 +266,8 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             adapters=adapters,
             alt_bases=alt_bases,
             faces=faces,
+            weights_variant=t.text("weights_variant") if t.has("weights_variant") else None,
+            vae_fp16=t.text("vae_fp16") if t.has("vae_fp16") else None,
         )
         t.done()
     return families

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def client(engines):
     demo = app.create_app(engines["tiny"])
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **app.LAUNCH_OPTIONS
+    )
     try:
         yield Client(url, verbose=False, download_files=str(Path(os.environ["IMAGE_PROMPT_TINY_DIR"]) / "downloads"))
     finally:
@@ -217,3 +219,18 @@ def test_face_endpoint(client, tmp_path):
     assert len(seen) == 4  # each photo with its face box, then each aligned crop
     with pytest.raises(Exception, match=r"No face found in reference 2\. Use a photo where one face is clearly"):
         client.predict(prompt="x", reference=gallery(str(alice), str(empty)), api_name="/face")
+
+
+def test_space_mode_builds_without_generating(engines, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "someone/image-prompt-studio")  # examples are cached lazily on a Space
+    calls = engines["tiny"].counters["unet_calls"]
+    demo = app.create_app(engines["tiny"])
+    assert demo is not None and engines["tiny"].counters["unet_calls"] == calls
+
+
+def test_example_drawings_are_valid_references():
+    from pipelines.images import load_reference
+    from ui.examples import DRAWINGS, reference_path
+
+    for name in DRAWINGS:
+        assert load_reference(reference_path(name)).image.mode == "RGB"

@@ -13,6 +13,11 @@ from typing import Any
 
 import gradio as gr
 
+try:  # Hugging Face ZeroGPU
+    import spaces
+except ImportError:
+    spaces = None
+
 from pipelines.errors import ImagePromptError
 from pipelines.metadata import save_png
 from pipelines.request import MAX_SEED
@@ -22,6 +27,25 @@ log = logging.getLogger("image_prompt_studio")
 GPU_CONCURRENCY_ID = "gpu"  # every event that runs the pipeline shares one queue slot
 RANDOM_SEED = -1  # the seed box value that asks for a fresh random seed
 _OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="image-prompt-studio-"))
+
+
+# Seconds of GPU per denoising step per image of one megapixel (H100/H200-class, bf16), for ZeroGPU's budget.
+GPU_SECONDS_PER_STEP_MP = {"sdxl": 0.06, "sd15": 0.03}
+GPU_SECONDS_OVERHEAD = 15
+GPU_SECONDS_MAX = 300
+
+
+def gpu_seconds(pipeline: str, steps: int, images: int, width: int, height: int) -> int:
+    """A generous estimate of the GPU time a request needs (ZeroGPU reserves this much)."""
+    per_step = GPU_SECONDS_PER_STEP_MP.get(pipeline, 0.06) * width * height / 1e6
+    return int(min(GPU_SECONDS_MAX, GPU_SECONDS_OVERHEAD + 3 * steps * images * per_step))
+
+
+def on_gpu(fn: Callable[..., Any], duration: Callable[..., int]) -> Callable[..., Any]:
+    """`spaces.GPU(duration=...)` on ZeroGPU Spaces; the function unchanged everywhere else."""
+    if spaces is None:
+        return fn
+    return spaces.GPU(duration=duration)(fn)
 
 
 def resolve_seed(seed: Any) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gradio as gr
 
 from pipelines.engine import Engine
@@ -40,4 +42,6 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
 
 def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
-    return build_tab(engine, preset, TEXT, _extra)
+    # The drawn example face is found by the offline detector only; real detectors need a real photo.
+    text = TEXT if engine.family.source == "hub" else replace(TEXT, example_references=("face",))
+    return build_tab(engine, preset, text, _extra)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,15 @@ from .common import (
     GPU_CONCURRENCY_ID,
     RANDOM_SEED,
     format_diagnostics,
+    gpu_seconds,
+    on_gpu,
     output_path,
     reference_paths,
     resolve_seed,
     user_errors,
     write_png,
 )
+from .examples import reference_path
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
@@ -54,6 +58,7 @@ class TabText:
     strength_label: str
     variant_labels: dict[str, str] = field(default_factory=dict)
     notice: str | None = None  # e.g. a licence notice
+    example_references: tuple[str, ...] = ()  # names of ui.examples drawings, paired with the preset's prompts
 
 
 def _endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any]) -> Callable[..., Any]:
@@ -164,8 +169,7 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                     compare_diagnostics = gr.Markdown(label="compare_diagnostics")
                 with gr.Accordion("Metadata (also stored in the PNG)", open=False):
                     metadata = gr.JSON(label="image_prompt")
-        if preset.examples:
-            gr.Examples(examples=[[p] for p in preset.examples], inputs=[c["prompt"]], label="Example prompts")
+        example_slot = gr.Column()
 
         names = list(c)
 
@@ -205,7 +209,24 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                 raise gr.Error("Add a reference image first.")
             return engine.encoder_preview(request, request.variant)
 
+        def duration(images: int) -> Callable[[dict[str, Any], Any], int]:
+            def estimate(values: dict[str, Any], progress: Any) -> int:
+                n = len(parse_strengths(values.get("strengths"), preset)) if images == 0 else images
+                sizes = [values.get(k) or getattr(preset, k).default for k in ("steps", "width", "height")]
+                try:
+                    steps, width, height = (int(float(v)) for v in sizes)
+                except (TypeError, ValueError):
+                    steps, width, height = preset.steps.max, preset.width.max, preset.height.max
+                return gpu_seconds(engine.family.pipeline, steps, n, width, height)
+
+            return estimate
+
+        single = on_gpu(single, duration(1))
+        sweep = on_gpu(sweep, duration(0))  # 0: as many images as strengths
+        encoder_view = on_gpu(encoder_view, duration(1))
         inputs = [c[n] for n in names]
+        with example_slot:
+            _examples(preset, text, c, result, lambda values: single(values, None)[0])
         gpu = {"concurrency_id": GPU_CONCURRENCY_ID, "concurrency_limit": 1}
         run.click(
             _endpoint(names, single), inputs=inputs, outputs=[result, used_seed, diagnostics, metadata, preview],
@@ -236,6 +257,36 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
         random_seed.click(lambda: RANDOM_SEED, outputs=c["seed"], api_visibility="private", queue=False)
         reuse_seed.click(lambda s: s, inputs=used_seed, outputs=c["seed"], api_visibility="private", queue=False)
     return TabHandle(demo, c, mode)
+
+
+def _examples(
+    preset: ModePreset,
+    text: TabText,
+    c: dict[str, gr.components.Component],
+    result: gr.Image,
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """Example rows: the preset's prompts, with drawn references where the mode has them.
+
+    On a Space the results are cached lazily (computed on first click), so start-up needs no GPU.
+    """
+    if not preset.examples:
+        return
+    if not text.example_references:
+        gr.Examples(examples=[[p] for p in preset.examples], inputs=[c["prompt"]], label="Example prompts")
+        return
+    refs = [reference_path(text.example_references[i % len(text.example_references)]) for i in
+            range(len(preset.examples))]  # fmt: skip
+    rows = [[prompt, [ref]] for prompt, ref in zip(preset.examples, refs, strict=True)]
+
+    def example(prompt: str, reference: Any) -> str:
+        return render({**preset_values(preset), "prompt": prompt, "reference": reference, "seed": 0})
+
+    on_space = bool(os.environ.get("SPACE_ID"))
+    gr.Examples(
+        examples=rows, inputs=[c["prompt"], c["reference"]], outputs=result, fn=example, label="Examples",
+        cache_examples=on_space, cache_mode="lazy",
+    )  # fmt: skip
 
 
 def preset_values(preset: ModePreset) -> dict[str, Any]:
