@@ -8,6 +8,7 @@ strengths never touch the model (see `attention.py`), and every use of the pipel
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
@@ -30,7 +32,7 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import sample_scales, wrap_ip_processors
-from .errors import BlockMapError, InvalidRequestError, ModelNotAvailableError
+from .errors import BlockMapError, GenerationError, InvalidRequestError, ModelNotAvailableError
 from .face import FaceAnalyzer, FaceSpec, annotate, identity
 from .images import ReferenceImage, square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
@@ -53,6 +55,10 @@ def default_dtype(device: str) -> torch.dtype:
     if not device.startswith("cuda"):
         return torch.float32
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class _BrokenOutput(Exception):
+    """A denoising pass produced NaN or all-black images."""
 
 
 @dataclass
@@ -587,7 +593,7 @@ class Engine:
             guided = request.guidance > 1
             adapter = None
             embeds = None
-            warnings: list[str] = []
+            warnings: list[str] = self._prompt_warnings(request)
             previews: list[Image.Image] = []
             if request.references:
                 adapter = self._adapter(request.variant)
@@ -601,11 +607,14 @@ class Engine:
             images: list[Image.Image] = []
             for n, chunk in enumerate(chunks):
                 offset = n * request.steps
-                if adapter is None:
-                    images += self._denoise(request, len(chunk), None, None, None, offset, total_steps, on_step)
-                else:
-                    scales = sample_scales(chunk, guided, self.device, self.dtype, weights)
-                    images += self._denoise(request, len(chunk), adapter, embeds, scales, offset, total_steps, on_step)
+
+                def denoise(chunk: list[float] = chunk, offset: int = offset) -> list[Image.Image]:
+                    scales = None
+                    if adapter is not None:
+                        scales = sample_scales(chunk, guided, self.device, self.dtype, weights)
+                    return self._denoise(request, len(chunk), adapter, embeds, scales, offset, total_steps, on_step)
+
+                images += self._guarded(denoise, warnings)
             seconds = time.perf_counter() - start
             used = self.counters - before
             diagnostics = {
@@ -627,6 +636,61 @@ class Engine:
             cells = [{**base, "strength": s} for s in strengths]
             sweep_meta = {**base, "strength": None, "strengths": strengths}
             return SweepResult(images, strengths, cells, sweep_meta, diagnostics, warnings, previews)
+
+    def _guarded(self, denoise: Callable[[], list[Image.Image]], warnings: list[str]) -> list[Image.Image]:
+        """Run a denoising pass; NaN/black output retries once with the VAE in fp32; out of memory is cleaned up."""
+        try:
+            try:
+                return denoise()
+            except _BrokenOutput:
+                if self.pipe.vae.dtype == torch.float32:
+                    raise
+                log.warning("NaN or black image: decoding with the VAE in fp32 from now on")
+                self._upcast_vae()
+                warnings.append("The image overflowed in half precision; it was redone with the VAE in fp32.")
+                return denoise()
+        except _BrokenOutput as e:
+            raise GenerationError(
+                "The image came out black or invalid (a numerical overflow). Try another seed, fewer steps or a "
+                "lower guidance."
+            ) from e
+        except torch.OutOfMemoryError as e:
+            self._free_memory()
+            raise GenerationError(
+                "Out of GPU memory. Try a smaller size, fewer strengths in a comparison, or start the app with "
+                "--offload. The app is still running."
+            ) from e
+
+    def _upcast_vae(self) -> None:
+        """Keep the VAE in fp32 from now on; latents are cast on their way in (the pipelines do not always)."""
+        vae = self.pipe.vae
+        vae.to(torch.float32)
+        decode = vae.decode
+
+        def decode_fp32(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            return decode(z.to(torch.float32), *args, **kwargs)
+
+        vae.decode = decode_fp32
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
+        """Tell the person when the text encoder will not read their whole prompt."""
+        tokenizer = self.pipe.tokenizer
+        limit = tokenizer.model_max_length - 2  # start and end tokens
+        out = []
+        for label, text in (("prompt", request.full_prompt), ("negative prompt", request.negative_prompt)):
+            ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+            if len(ids) > limit:
+                cut = tokenizer.decode(ids[limit:]).strip()
+                out.append(
+                    f"The {label} is {len(ids)} tokens; the text encoder reads {limit}, so the end was ignored: "
+                    f"'{cut[:80]}{'…' if len(cut) > 80 else ''}'"
+                )
+        return out
 
     def _denoise(
         self,
@@ -665,7 +729,7 @@ class Engine:
                         on_step(offset + i + 1, total_steps)
                     return callback_kwargs
 
-                return self.pipe(
+                out = self.pipe(
                     prompt=request.full_prompt,
                     negative_prompt=request.negative_prompt or None,
                     num_inference_steps=request.steps,
@@ -674,10 +738,18 @@ class Engine:
                     height=request.height,
                     num_images_per_prompt=batch,
                     latents=self.initial_latents(request, batch),
-                    output_type="pil",
+                    output_type="np",
                     callback_on_step_end=step_end,
                     **kwargs,
-                ).images
+                )
+            hidden = getattr(out, "nsfw_content_detected", None) or [False] * batch  # SD1.5's safety checker
+            broken = [
+                not np.isfinite(img).all() or (img.max() <= 1 / 255 and not h)
+                for img, h in zip(out.images, hidden, strict=True)
+            ]
+            if any(broken):
+                raise _BrokenOutput()
+            return self.pipe.numpy_to_pil(out.images)
         finally:
             for layer in face_plus:  # nothing of this request stays on the model
                 layer.clip_embeds = None

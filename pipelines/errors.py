@@ -41,3 +41,7 @@ class ModelNotAvailableError(ImagePromptError):
 
 class BlockMapError(PresetError):
     """An InstantStyle block map names a block or layer count the UNet does not have."""
+
+
+class GenerationError(ImagePromptError):
+    """A run failed in a way the person can act on (out of memory, numerical overflow)."""

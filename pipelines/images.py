@@ -12,8 +12,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ReferenceImageError
 
-MAX_REFERENCE_PIXELS = 40_000_000  # larger images are refused before decoding (decompression bombs)
-MAX_REFERENCE_SIDE = 2048  # legal but huge images are downscaled to this before encoding
+MAX_REFERENCE_PIXELS = 100_000_000  # larger images are refused from their header, before decoding (bombs)
+MAX_REFERENCE_SIDE = 2048  # legal but huge images are downscaled to this before anything else
+MAX_ASPECT = 4  # a centre crop of a longer strip is taken before resizing (CLIP would crop it anyway)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def load_reference(
                 f"{label.capitalize()} is too large ({w}x{h} pixels; at most {MAX_REFERENCE_PIXELS:,} pixels)."
             )
         img.seek(0)  # animated images: the first frame
+        if img.format == "JPEG":
+            img.draft("RGB", (MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE))  # decode at 1/2..1/8 scale: bounded memory
         img.load()
         img = ImageOps.exif_transpose(img)
         img = _flatten(img)
@@ -84,6 +87,9 @@ PAD_COLOUR = (128, 128, 128)  # neutral grey: padding adds as little colour to t
 def square_for_encoder(img: Image.Image, crop: str) -> Image.Image:
     """How a reference becomes square: "center" leaves it to the encoder's centre crop, "pad" pads, "squash" resizes."""
     w, h = img.size
+    if crop == "center" and max(w, h) > MAX_ASPECT * min(w, h):
+        side = min(w, h)  # what CLIP's resize + centre crop keeps, without resizing a strip to 90000 px first
+        return img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
     if crop == "center" or w == h:
         return img
     side = max(w, h)

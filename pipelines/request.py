@@ -151,6 +151,12 @@ def build_request(
         structure_value = preset.structure.check(
             _number("structure", pick(structure, preset.structure.default)), "structure"
         )
+    width_px, height_px = size("width", width, preset.width), size("height", height, preset.height)
+    cap = max_pixels(preset)
+    if width_px * height_px > cap:
+        raise InvalidRequestError(
+            "width", f"{width_px}x{height_px} is {width_px * height_px:,} pixels; at most {cap:,} for this model"
+        )
     return GenerationRequest(
         mode=preset.mode,
         prompt=_text("prompt", prompt),
@@ -161,8 +167,8 @@ def build_request(
         seed=seed_value,
         steps=int(preset.steps.check(_integer("steps", pick(steps, preset.steps.default)), "steps")),
         guidance=preset.guidance.check(_number("guidance", pick(guidance, preset.guidance.default)), "guidance"),
-        width=size("width", width, preset.width),
-        height=size("height", height, preset.height),
+        width=width_px,
+        height=height_px,
         stop_at=preset.stop_at.check(_number("stop_at", pick(stop_at, preset.stop_at.default)), "stop_at"),
         crop=crop,
         layout=layout and block_map is not None,
@@ -180,6 +186,11 @@ def _load_all(sources: Sequence[Any], label: str) -> tuple[ReferenceImage, ...]:
         s if isinstance(s, ReferenceImage) else load_reference(s, index=i, label=label)
         for i, s in enumerate(sources, 1)
     )
+
+
+def max_pixels(preset: ModePreset) -> int:
+    """The pixel budget of one image: 1.5x the preset's default size (beyond it SD models repeat subjects)."""
+    return int(1.5 * preset.width.default * preset.height.default)
 
 
 def _merge_block_maps(style: dict, layout: dict | None) -> dict:
