@@ -61,7 +61,7 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
         handles = []
         with gr.Tabs() as tabs:
             for mode, title, module in TABS:
-                with gr.Tab(title, id=mode):
+                with gr.Tab(title, id=mode, elem_id=f"tab-{mode}"):
                     handles.append(module.create_demo(engine, presets[mode][family]))
         targets = [(h, name) for h in handles for name in h.controls if name in SETTINGS_KEYS]
 

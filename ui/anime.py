@@ -34,25 +34,26 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
     }
 
 
+def _base_switcher(engine: Engine) -> None:
+    """Swap the base model (for all tabs and users), once, with progress."""
+    with gr.Accordion("Base model (applies to every tab and user)", open=False):
+        base = gr.Radio(label="Base", choices=list(engine.family.bases), value=engine.base_name)
+        switch = gr.Button("Switch base model")
+        status = gr.Markdown(f"In use: **{engine.base_name}** (`{engine.family.bases[engine.base_name]}`)")
+
+    @user_errors
+    def set_base(base: str, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008 - Gradio's injection
+        progress(0, desc=f"Loading the {base} base model")
+        engine.use_base(base)
+        return f"In use: **{engine.base_name}** (`{engine.family.bases[engine.base_name]}`)"
+
+    switch.click(
+        set_base, inputs=base, outputs=status, api_name="set_base", concurrency_id=GPU_CONCURRENCY_ID,
+        concurrency_limit=1,
+    )  # fmt: skip
+
+
 def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
-    handle = build_tab(engine, preset, TEXT, _extra)
-    bases = list(engine.family.bases)
-    if len(bases) > 1:
-        with handle.demo:
-            with gr.Accordion("Base model (applies to every tab and user)", open=False):
-                base = gr.Radio(label="Base", choices=bases, value=engine.base_name)
-                switch = gr.Button("Switch base model")
-                status = gr.Markdown(f"In use: **{engine.base_name}** (`{engine.family.bases[engine.base_name]}`)")
-
-            @user_errors
-            def set_base(base: str, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008 - Gradio's injection
-                progress(0, desc=f"Loading the {base} base model")
-                engine.use_base(base)
-                return f"In use: **{engine.base_name}** (`{engine.family.bases[engine.base_name]}`)"
-
-            switch.click(
-                set_base, inputs=base, outputs=status, api_name="set_base", concurrency_id=GPU_CONCURRENCY_ID,
-                concurrency_limit=1,
-            )  # fmt: skip
-    return handle
+    footer = (lambda: _base_switcher(engine)) if len(engine.family.bases) > 1 else None
+    return build_tab(engine, preset, TEXT, _extra, footer)

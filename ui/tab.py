@@ -100,7 +100,13 @@ def _progress_callback(progress: Any) -> Callable[[int, int], None] | None:
     return on_step
 
 
-def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraControls | None = None) -> TabHandle:
+def build_tab(
+    engine: Engine,
+    preset: ModePreset,
+    text: TabText,
+    extra: ExtraControls | None = None,
+    footer: Callable[[], None] | None = None,
+) -> TabHandle:
     """The mode's UI; endpoints `<mode>`, `<mode>_compare`, `<mode>_preview` and `<mode>_settings`."""
     mode = preset.mode
     with gr.Blocks() as demo:
@@ -153,7 +159,9 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                         settings_button = gr.Button("Download settings")
                     settings_file = gr.File(label="Settings file (load it with 'Load settings' at the top)")
             with gr.Column():
-                result = gr.Image(label="Result", type="filepath", format="png", interactive=False)
+                result = gr.Image(
+                    label="Result", type="filepath", format="png", interactive=False, elem_id=f"{mode}-result"
+                )
                 used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
                 diagnostics = gr.Markdown(label="diagnostics")
                 preview = gr.Gallery(label="What the adapter sees", columns=4, height=140, interactive=False)
@@ -163,7 +171,9 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
                         value=", ".join(f"{s:g}" for s in preset.compare),
                     )
                     compare = gr.Button("Compare strengths")
-                    cells = gr.Gallery(label="Comparison", columns=5, height=260, interactive=False)
+                    cells = gr.Gallery(
+                        label="Comparison", columns=5, height=260, interactive=False, elem_id=f"{mode}-cells"
+                    )
                     ab = gr.ImageSlider(label="A/B", type="filepath", visible=False)
                     grid_file = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
                     compare_diagnostics = gr.Markdown(label="compare_diagnostics")
@@ -254,6 +264,8 @@ def build_tab(engine: Engine, preset: ModePreset, text: TabText, extra: ExtraCon
             api_visibility="private",
             queue=False,
         )
+        if footer is not None:
+            footer()  # more UI of the mode's own, inside this tab
         random_seed.click(lambda: RANDOM_SEED, outputs=c["seed"], api_visibility="private", queue=False)
         reuse_seed.click(lambda s: s, inputs=used_seed, outputs=c["seed"], api_visibility="private", queue=False)
     return TabHandle(demo, c, mode)

@@ -1,0 +1,78 @@
+"""End to end in a real browser: headless Chromium (Debian's `chromium`) driven by the `playwright` package.
+
+Screenshots of each tab are kept in `artifacts/browser/`. Skipped (with the reason) where Chromium is not
+installed; `.ci/run` installs it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+import app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "browser"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+TABS = {"general": "General", "face": "Consistent face", "anime": "Anime character", "style": "Style"}
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Chromium is not installed (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def page(engines):
+    from playwright.sync_api import sync_playwright
+
+    demo = app.create_app(engines["tiny"])
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.LAUNCH_OPTIONS)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.get_by_role("tab", name="General").wait_for()
+            yield page
+            browser.close()
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, gold):
+    from tests.pipelines.test_face import ALICE
+
+    folder = tmp_path_factory.mktemp("browser")
+    gold.save(folder / "gold.png")
+    ALICE.save(folder / "alice.png")
+    return {"gold": str(folder / "gold.png"), "alice": str(folder / "alice.png")}
+
+
+@pytest.mark.parametrize("mode", list(TABS))
+def test_each_tab_draws_an_image(page, files, mode):
+    page.get_by_role("tab", name=TABS[mode]).click()
+    panel = page.locator(f"#tab-{mode}")
+    panel.locator("input[type=file]").first.set_input_files(files["alice" if mode == "face" else "gold"])
+    panel.get_by_role("button", name="Start drawing").click()
+    image = page.locator(f"#{mode}-result img")
+    image.wait_for(state="visible")
+    assert "/file=" in (image.get_attribute("src") or "")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{mode}.png"), full_page=True)
+
+
+def test_comparison_shows_the_grid(page, files):
+    page.get_by_role("tab", name="General").click()
+    panel = page.locator("#tab-general")
+    panel.get_by_text("Compare strengths (same seed, one batched pass)").click()
+    panel.get_by_role("button", name="Compare strengths", exact=True).click()
+    cells = page.locator("#general-cells img")
+    cells.nth(4).wait_for(state="visible")
+    assert cells.count() >= 5
+    assert panel.get_by_text("strength 0.75").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "general-compare.png"), full_page=True)
