@@ -70,6 +70,7 @@ class _Component:
     image_processor: CLIPImageProcessor | None
     uncond_hidden: torch.Tensor | None  # (1, tokens, dim) features of an all-zero input, for hidden-state inputs
     lora: str | None = None  # PEFT adapter name of the LoRA inside the checkpoint, when applied
+    lora_state: dict[str, torch.Tensor] | None = None  # that LoRA, kept to load it into another base from memory
 
 
 @dataclass
@@ -85,8 +86,8 @@ class _Adapter:
         return " + ".join(c.spec.id for c in self.components)
 
     @property
-    def loras(self) -> list[tuple[str, float]]:
-        return [(c.lora, c.spec.lora_weight) for c in self.components if c.lora]
+    def loras(self) -> list[_Component]:
+        return [c for c in self.components if c.lora]
 
 
 @dataclass
@@ -189,7 +190,7 @@ class Engine:
         self._active: str | None = None
         self._base_name = "default"
         self._faces: FaceAnalyzer | None = None
-        self._lora_loaded = False
+        self._loras_in_pipe: set[str] = set()  # PEFT adapters loaded into the current base's UNet
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -240,7 +241,8 @@ class Engine:
                 return
             previous = self._base_name
             self.pipe = None
-            self._active = None  # the new UNet starts with its own processors
+            self._active = None  # the new UNet starts with its own processors and no LoRA
+            self._loras_in_pipe = set()
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             self._base_name = name
@@ -370,7 +372,7 @@ class Engine:
             raise ModelNotAvailableError(missing, self.family.name, str(e)[:200]) from e
         for i, full in checkpoints.items():
             if specs[i].lora_weight > 0:
-                components[i].lora = self._load_lora(specs[i], full)
+                self._load_lora(components[i], full)
         adapter = _Adapter(components, wrap_ip_processors(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj)
         self._adapters[name] = adapter
         self.counters["adapter_loads"] += 1
@@ -378,16 +380,22 @@ class Engine:
         self._activate(name)
         return adapter
 
-    def _load_lora(self, spec: AdapterSpec, checkpoint: dict) -> str | None:
-        """Load the LoRA inside a FaceID checkpoint as a PEFT adapter of its own; None when it has none."""
+    def _load_lora(self, component: _Component, checkpoint: dict) -> None:
+        """Keep the LoRA inside a FaceID checkpoint as a PEFT adapter of its own (none when it has none)."""
         converted = self.pipe.unet._load_ip_adapter_loras([checkpoint])
         if not converted:
-            log.warning("%s has no LoRA weights; lora_weight is ignored", spec.id)
-            return None
-        adapter_name = "faceid_" + spec.name.replace("-", "_")
-        self.pipe.load_lora_weights(converted[0], adapter_name=adapter_name)
-        self._lora_loaded = True
-        return adapter_name
+            log.warning("%s has no LoRA weights; lora_weight is ignored", component.spec.id)
+            return
+        component.lora = "faceid_" + component.spec.name.replace("-", "_")
+        component.lora_state = converted[0]
+        self._ensure_lora(component)
+
+    def _ensure_lora(self, component: _Component) -> None:
+        """Load the component's LoRA into the current base (again after a base swap), from memory."""
+        if component.lora not in self._loras_in_pipe:
+            # load_lora_weights may consume the dict it gets: hand it a shallow copy
+            self.pipe.load_lora_weights(dict(component.lora_state), adapter_name=component.lora)
+            self._loras_in_pipe.add(component.lora)
 
     def _activate(self, name: str | None) -> None:
         """Put variant `name` (None: no image prompt) on the UNet by swapping module references."""
@@ -405,9 +413,11 @@ class Engine:
             layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
         loras = self._adapters[name].loras if name is not None else []
         if loras:  # the FaceID LoRA is on in its own mode only
+            for component in loras:
+                self._ensure_lora(component)
             self.pipe.enable_lora()
-            self.pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
-        elif self._lora_loaded:
+            self.pipe.set_adapters([c.lora for c in loras], adapter_weights=[c.spec.lora_weight for c in loras])
+        elif self._loras_in_pipe:
             self.pipe.disable_lora()
         self._active = name
 

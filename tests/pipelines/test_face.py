@@ -122,7 +122,9 @@ def test_faceid_lora_is_on_in_face_mode_only(families, tiny_root, presets):
     face = presets["face"]["tiny"]
     plus = build_request(face, prompt="x", seed=1, references=[ALICE], variant="faceid-plusv2", strength=0.0)
     with_lora = pixels(engine.generate(plus).image)  # strength 0: only the checkpoint's LoRA acts
-    assert engine._adapters["faceid-plusv2"].loras == [("faceid_faceid_plusv2", 1.0)]
+    assert [(c.lora, c.spec.lora_weight) for c in engine._adapters["faceid-plusv2"].loras] == [
+        ("faceid_faceid_plusv2", 1.0)
+    ]
     assert np.abs(with_lora - before).max() > 0
     assert np.array_equal(pixels(engine.generate(general).image), before)  # leaving the mode removes it
     plain = build_request(face, prompt="x", seed=1, references=[ALICE], strength=0.0)  # FaceID: lora_weight 0
@@ -145,3 +147,14 @@ def test_previews_show_the_face_box_and_crop(engines, presets):
     boxed, aligned = result.previews
     assert boxed.size == (640, 640) and aligned.size == (224, 224)
     assert boxed.getpixel((288, 320)) == (0, 255, 0)  # the box is drawn on the chosen face
+
+
+def test_faceid_lora_follows_a_base_swap(families, tiny_root, presets):
+    engine = Engine(families["tiny"], tiny_root=tiny_root)
+    face = presets["face"]["tiny"]
+    request = build_request(face, prompt="x", seed=1, references=[ALICE], variant="faceid-plusv2", strength=0.7)
+    first = pixels(engine.generate(request).image)
+    engine.use_base("anime")
+    assert pixels(engine.generate(request).image).shape == first.shape  # LoRA re-loaded into the new UNet
+    engine.use_base("default")
+    assert np.array_equal(pixels(engine.generate(request).image), first)
