@@ -100,14 +100,13 @@ def bench_sweep(engine, request, repeats: int) -> dict:
 
 def bench_cache(engine, request, repeats: int) -> dict:
     adapter = engine._adapter(request.variant)
-    guided = request.guidance > 1
 
     def miss() -> None:
         engine.clear_embed_cache()
-        engine._embed(adapter, request, guided)
+        engine._embed(adapter, request)
 
     def hit() -> None:
-        engine._embed(adapter, request, guided)
+        engine._embed(adapter, request)
 
     def render_miss() -> None:
         engine.clear_embed_cache()
@@ -129,9 +128,9 @@ def bench_switch(family, engine, repeats: int) -> dict:
     def load_base() -> None:
         Engine(family, device=engine.device, dtype=engine.dtype).load()
 
-    variants = list(family.adapters)
-    engine.use_variant(variants[0])
-    engine.use_variant(variants[-1])  # both loaded and cached
+    variants = list(family.adapters)  # plain, plus, plus-face, faceid (+LoRA on/off), ...
+    for variant in variants:
+        engine.use_variant(variant)  # all loaded and cached
     state = {"i": 0}
 
     def switch() -> None:
@@ -150,11 +149,15 @@ def bench_switch(family, engine, repeats: int) -> dict:
 
 
 def bench_overhead(
-    app_module, family, preset, engine, reference: Image.Image, steps: int, repeats: int, with_app: bool
+    app_module, family, preset, engine, reference: Image.Image, steps: int, size: int, repeats: int, with_app: bool
 ) -> dict:
     from pipelines import build_request
 
-    request = build_request(preset, prompt="a vase", references=[reference], seed=1, steps=steps, strength=0.6)
+    def request_now():  # what the app does per request: validate, load and hash the reference
+        return build_request(preset, prompt="a vase", references=[reference], seed=1, steps=steps, strength=0.6,
+                             width=size, height=size)  # fmt: skip
+
+    request = request_now()
     spec = family.adapters[request.variant]
     cls = StableDiffusionXLPipeline if family.pipeline == "sdxl" else StableDiffusionPipeline
     local = family.source == "tiny"
@@ -177,9 +180,7 @@ def bench_overhead(
     def through_engine() -> None:
         # A full request as the app builds it (validation, reference hashing) and a cold embedding, like `direct`.
         engine.clear_embed_cache()
-        engine.generate(
-            build_request(preset, prompt="a vase", references=[reference], seed=1, steps=steps, strength=0.6)
-        )
+        engine.generate(request_now())
 
     out = {"direct diffusers": median_time(direct, repeats), "engine": median_time(through_engine, repeats)}
     if with_app:
@@ -193,7 +194,7 @@ def bench_overhead(
         out["app through gradio_client"] = median_time(
             lambda: client.predict(
                 prompt="a vase", reference=[{"image": handle_file(str(ref_path))}], seed=1, steps=steps,
-                strength=0.6, api_name="/general",
+                strength=0.6, width=size, height=size, api_name="/general",
             ),
             repeats,
         )  # fmt: skip
@@ -251,7 +252,8 @@ def bench_unet(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny", help="family for the engine sections (default: tiny)")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128, help="pixels of the engine sections' images")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-app", action="store_true", help="skip the Gradio round trip")
     parser.add_argument("--full-size", action="store_true", help="also benchmark full-size UNets (GPU: bf16)")
@@ -271,7 +273,9 @@ def main() -> None:
     engine.load()
     rng = np.random.default_rng(0)
     reference = Image.fromarray((rng.random((160, 128, 3)) * 255).astype(np.uint8))
-    request = build_request(preset, prompt="a vase", references=[reference], seed=1, steps=args.steps)
+    request = build_request(
+        preset, prompt="a vase", references=[reference], seed=1, steps=args.steps, width=args.size, height=args.size
+    )
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "gpu": gpu,
                "torch": torch.__version__, "device": engine.device, "dtype": str(engine.dtype)}  # fmt: skip

@@ -125,6 +125,7 @@ class ModePreset:
     width: Range
     height: Range
     examples: tuple[str, ...]
+    max_pixels: int  # width x height budget of one image
     stop_at: Range  # fraction of the denoising steps during which the image prompt acts
     crop: str  # default of CROP_MODES
     compare: tuple[float, ...]  # default strengths of the comparison panel
@@ -199,6 +200,13 @@ class _Table:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise PresetError(f"{self.where}: {self.path} has unknown keys {unknown}")
+
+
+def _max_pixels(t: _Table, where: str, family: str) -> int:
+    value = t.get("max_pixels")
+    if isinstance(value, bool) or not isinstance(value, int) or not 32 * 32 <= value <= 2048 * 2048:
+        raise PresetError(f"{where}: [{family}].max_pixels = {value!r} must be an integer in [1024, 4194304]")
+    return value
 
 
 def _read(path: Path) -> tuple[dict, str]:
@@ -326,6 +334,7 @@ def load_mode_presets(
                 width=t.range("width", integer=True),
                 height=t.range("height", integer=True),
                 examples=t.texts("examples"),
+                max_pixels=_max_pixels(t, where, family),
                 stop_at=t.range("stop_at"),
                 crop=t.text("crop", CROP_MODES),
                 compare=tuple(float(v) for v in compare),

@@ -152,7 +152,7 @@ def build_request(
             _number("structure", pick(structure, preset.structure.default)), "structure"
         )
     width_px, height_px = size("width", width, preset.width), size("height", height, preset.height)
-    cap = max_pixels(preset)
+    cap = preset.max_pixels
     if width_px * height_px > cap:
         raise InvalidRequestError(
             "width", f"{width_px}x{height_px} is {width_px * height_px:,} pixels; at most {cap:,} for this model"
@@ -186,11 +186,6 @@ def _load_all(sources: Sequence[Any], label: str) -> tuple[ReferenceImage, ...]:
         s if isinstance(s, ReferenceImage) else load_reference(s, index=i, label=label)
         for i, s in enumerate(sources, 1)
     )
-
-
-def max_pixels(preset: ModePreset) -> int:
-    """The pixel budget of one image: 1.5x the preset's default size (beyond it SD models repeat subjects)."""
-    return int(1.5 * preset.width.default * preset.height.default)
 
 
 def _merge_block_maps(style: dict, layout: dict | None) -> dict:

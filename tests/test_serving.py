@@ -126,7 +126,7 @@ def test_out_of_range_values_sent_straight_to_the_api(served, refs):
         ({"seed": -7}, r"seed = -7 is outside \[0, 4294967295\]"),
         ({"seed": 2**33}, "seed = 8589934592 is outside"),
         ({"strength": "nan"}, "Expected a `float`"),  # JSON carries no NaN; as text Gradio refuses it
-        ({"width": 80, "height": 100}, "80x96 is 7,680 pixels; at most 6,144"),  # snapped to 8, then capped
+        ({"width": 250, "height": 100}, "248x96 is 23,808 pixels; at most 16,384"),  # snapped to 8, then capped
     ]:
         with pytest.raises(Exception, match=message):
             client.predict(prompt="x", reference=gold, **kwargs, api_name="/general")

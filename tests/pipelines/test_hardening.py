@@ -65,8 +65,9 @@ def test_extreme_shapes_render(engines, presets, size):
 
 
 def test_pixel_cap(presets):
-    with pytest.raises(InvalidRequestError, match=r"128x128 is 16,384 pixels; at most 6,144 for this model"):
-        build_request(presets["general"]["tiny"], prompt="x", width=128, height=128)
+    build_request(presets["general"]["tiny"], prompt="x", width=128, height=128)  # exactly the budget
+    with pytest.raises(InvalidRequestError, match=r"136x128 is 17,408 pixels; at most 16,384 for this model"):
+        build_request(presets["general"]["tiny"], prompt="x", width=136, height=128)
 
 
 def test_long_prompt_is_truncated_and_the_person_told(engines, presets):

@@ -57,6 +57,7 @@ def test_out_of_range_default_is_reported_exactly(preset_copy):
             "[sdxl].width bounds [512, 9000] must lie inside [32, 2048]",
         ),
         ("[sdxl]\n", "[sdxl]\ncolour = 1\n", "[sdxl] has unknown keys ['colour']"),
+        ("max_pixels = 1572864", "max_pixels = 5", "[sdxl].max_pixels = 5 must be an integer in [1024, 4194304]"),
         ('variants = ["plain", "plus"]', 'variants = ["plain", "mega"]', "[sdxl].variants names 'mega'"),
     ],
 )
