@@ -191,6 +191,7 @@ class Engine:
         self._base_name = "default"
         self._faces: FaceAnalyzer | None = None
         self._loras_in_pipe: set[str] = set()  # PEFT adapters loaded into the current base's UNet
+        self._lora_state: tuple = ()  # (name, weight) of the LoRAs on now; () = none active
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -243,6 +244,7 @@ class Engine:
             self.pipe = None
             self._active = None  # the new UNet starts with its own processors and no LoRA
             self._loras_in_pipe = set()
+            self._lora_state = ()
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             self._base_name = name
@@ -412,13 +414,16 @@ class Engine:
         for layer_name, layer in self._attention_layers.items():
             layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
         loras = self._adapters[name].loras if name is not None else []
-        if loras:  # the FaceID LoRA is on in its own mode only
-            for component in loras:
-                self._ensure_lora(component)
-            self.pipe.enable_lora()
-            self.pipe.set_adapters([c.lora for c in loras], adapter_weights=[c.spec.lora_weight for c in loras])
-        elif self._loras_in_pipe:
-            self.pipe.disable_lora()
+        wanted = tuple((c.lora, c.spec.lora_weight) for c in loras)
+        if wanted != self._lora_state:  # PEFT walks every module: only when the LoRA setting really changes
+            if loras:  # the FaceID LoRA is on in its own mode only
+                for component in loras:
+                    self._ensure_lora(component)
+                self.pipe.enable_lora()
+                self.pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
+            else:
+                self.pipe.disable_lora()
+            self._lora_state = wanted
         self._active = name
 
     def use_variant(self, name: str | None) -> None:
