@@ -344,14 +344,7 @@ def faceid_plus_image_proj(cross_dim: int, vision_hidden: int, gen: torch.Genera
     As published, the token width equals `cross_dim` (the v2 shortcut adds ID tokens to the output).
     """
     dim = cross_dim
-    sd = {
-        "proj.0.weight": torch.randn(1024, 512, generator=gen) * 0.05,
-        "proj.0.bias": torch.zeros(1024),
-        "proj.2.weight": torch.randn(4 * dim, 1024, generator=gen) * 0.05,
-        "proj.2.bias": torch.zeros(4 * dim),
-        "norm.weight": torch.ones(dim),
-        "norm.bias": torch.zeros(dim),
-    }
+    sd = faceid_image_proj(dim, gen)  # the same ID MLP as FaceID
     resampler = plus_image_proj(cross_dim, vision_hidden, dim, 4, gen, inner=max(64, dim // 64 * 64))
     for key, value in resampler.items():
         if key != "image_proj.latents":  # FaceID Plus starts from the ID tokens, not learned latents

@@ -65,3 +65,25 @@ def gold():
 @pytest.fixture(scope="session")
 def blue():
     return Image.new("RGB", (64, 64), (20, 40, 220))
+
+
+@pytest.fixture(scope="session")
+def app_url(engines):
+    """The whole app on the tiny family, served on localhost for the session (as people and clients see it)."""
+    import app
+
+    demo = app.create_app(engines["tiny"])
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.LAUNCH_OPTIONS)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="session")
+def reference_files(tmp_path_factory, gold):
+    """Reference images as files, as uploads arrive: a textured one and a photo with one face."""
+    from tests.pipelines.test_face import ALICE
+
+    folder = tmp_path_factory.mktemp("uploads")
+    gold.save(folder / "gold.png")
+    ALICE.save(folder / "alice.png")
+    return {"gold": str(folder / "gold.png"), "alice": str(folder / "alice.png")}

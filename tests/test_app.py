@@ -21,22 +21,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def client(engines):
-    demo = app.create_app(engines["tiny"])
-    _, url, _ = demo.launch(
-        prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True, **app.LAUNCH_OPTIONS
-    )
-    try:
-        yield Client(url, verbose=False, download_files=str(Path(os.environ["IMAGE_PROMPT_TINY_DIR"]) / "downloads"))
-    finally:
-        demo.close()
+def client(app_url):
+    return Client(app_url, verbose=False, download_files=str(Path(os.environ["IMAGE_PROMPT_TINY_DIR"]) / "dl"))
 
 
 @pytest.fixture(scope="module")
-def gold_file(gold, tmp_path_factory):
-    path = tmp_path_factory.mktemp("refs") / "gold.png"
-    gold.save(path)
-    return str(path)
+def gold_file(reference_files):
+    return reference_files["gold"]
 
 
 def gallery(*paths: str) -> list[dict]:
@@ -44,36 +35,18 @@ def gallery(*paths: str) -> list[dict]:
 
 
 def test_general_endpoint_png_and_metadata(client, engines, presets, gold_file):
+    settings = {"strength": 0.75, "seed": 1234, "steps": 3, "guidance": 4.5, "width": 72, "height": 64}
     path, seed, diagnostics, meta, _ = client.predict(
-        prompt="a gold vase",
-        reference=gallery(gold_file),
-        strength=0.75,
-        seed=1234,
-        steps=3,
-        guidance=4.5,
-        width=72,
-        height=64,
-        api_name="/general",
+        prompt="a gold vase", reference=gallery(gold_file), **settings, api_name="/general"
     )
     assert seed == 1234
     assert Path(path).suffix == ".png"
     png_meta = read_png_metadata(path)
     assert png_meta == meta  # the PNG survives Gradio unchanged, metadata included
-    assert (meta["strength"], meta["seed"], meta["steps"], meta["guidance"]) == (0.75, 1234, 3, 4.5)
-    assert (meta["width"], meta["height"]) == (72, 64)
+    assert {k: meta[k] for k in settings} == settings
     assert "UNet calls 3" in diagnostics and "batch 1" in diagnostics
     # Through the app or straight through the library: the same pixels.
-    request = build_request(
-        presets["general"]["tiny"],
-        prompt="a gold vase",
-        references=[gold_file],
-        strength=0.75,
-        seed=1234,
-        steps=3,
-        guidance=4.5,
-        width=72,
-        height=64,
-    )
+    request = build_request(presets["general"]["tiny"], prompt="a gold vase", references=[gold_file], **settings)
     direct = engines["tiny"].generate(request).image
     assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), np.asarray(direct))
 

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import app
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "browser"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -25,32 +23,22 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def page(engines):
+def page(app_url):
     from playwright.sync_api import sync_playwright
 
-    demo = app.create_app(engines["tiny"])
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.LAUNCH_OPTIONS)
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.set_default_timeout(60_000)
-            page.goto(url)
-            page.get_by_role("tab", name="General").wait_for()
-            yield page
-            browser.close()
-    finally:
-        demo.close()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.set_default_timeout(60_000)
+        page.goto(app_url)
+        page.get_by_role("tab", name="General").wait_for()
+        yield page
+        browser.close()
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, gold):
-    from tests.pipelines.test_face import ALICE
-
-    folder = tmp_path_factory.mktemp("browser")
-    gold.save(folder / "gold.png")
-    ALICE.save(folder / "alice.png")
-    return {"gold": str(folder / "gold.png"), "alice": str(folder / "alice.png")}
+def files(reference_files):
+    return reference_files
 
 
 @pytest.mark.parametrize("mode", list(TABS))

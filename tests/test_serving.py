@@ -16,23 +16,13 @@ import app
 
 
 @pytest.fixture(scope="module")
-def served(engines):
-    demo = app.create_app(engines["tiny"])
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.LAUNCH_OPTIONS)
-    try:
-        yield url
-    finally:
-        demo.close()
+def served(app_url):
+    return app_url
 
 
 @pytest.fixture(scope="module")
-def refs(tmp_path_factory, gold):
-    from tests.pipelines.test_face import ALICE
-
-    folder = tmp_path_factory.mktemp("serving")
-    gold.save(folder / "gold.png")
-    ALICE.save(folder / "alice.png")
-    return {"gold": str(folder / "gold.png"), "alice": str(folder / "alice.png")}
+def refs(reference_files):
+    return reference_files
 
 
 def pixels_of(path: str) -> np.ndarray:
