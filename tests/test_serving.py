@@ -120,3 +120,26 @@ def test_out_of_range_values_sent_straight_to_the_api(served, refs):
     ]:
         with pytest.raises(Exception, match=message):
             client.predict(prompt="x", reference=gold, **kwargs, api_name="/general")
+
+
+def test_login_is_required_with_auth(engines, reference_files):
+    demo = app.create_app(engines["tiny"])
+    _, url, _ = demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, auth=("ada", "s3cret"), **app.LAUNCH_OPTIONS
+    )
+    try:
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client raises its own error types here
+            Client(url, verbose=False).predict(prompt="x", api_name="/general")
+        path, *_ = Client(url, auth=("ada", "s3cret"), verbose=False).predict(prompt="x", api_name="/general")
+        assert Image.open(path).size == (64, 64)
+    finally:
+        demo.close()
+
+
+def test_empty_and_whitespace_prompts_draw_from_the_image_prompt_alone(served, refs):
+    client = Client(served, verbose=False)
+    for prompt in ("", "   \n\t "):
+        _, _, _, meta, _ = client.predict(
+            prompt=prompt, reference=[{"image": handle_file(refs["gold"])}], seed=9, api_name="/general"
+        )
+        assert meta["prompt"] == ""
