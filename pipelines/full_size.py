@@ -6,6 +6,8 @@ random weights and pushed through the same loading code (`load_ip_adapter`) the 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -60,10 +62,21 @@ VIT_H = {"projection_dim": 1024, "hidden_size": 1280, "image_size": 224, "tokens
 POOLED_TEXT = 1280  # SDXL text_encoder_2 projection
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Build modules directly in `dtype` (no fp32 copy first: SDXL's UNet alone is 10 GB in fp32)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_unet(pipeline: str, dtype: torch.dtype = torch.float32, device: str = "cpu") -> UNet2DConditionModel:
     """A full-size UNet with random weights (seeded), in `dtype` on `device`."""
     torch.manual_seed(0)
-    with torch.device(device):
+    with torch.device(device), default_dtype(dtype):
         unet = UNet2DConditionModel.from_config(UNET_CONFIGS[pipeline])
     return unet.to(dtype=dtype).eval()
 
@@ -169,18 +182,21 @@ def write_mirror(root: Path, family: FamilySpec, tokenizer_files: Path, dtype: t
         return cls(cfg)
 
     kind = family.pipeline
-    unet = build_unet(kind)
-    vae = AutoencoderKL(**SD_VAE)
+    unet = build_unet(kind, dtype)
+    with default_dtype(dtype):
+        vae = AutoencoderKL(**SD_VAE)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                        timestep_spacing="leading", steps_offset=1)  # fmt: skip
+    with default_dtype(dtype):
+        encoders = (text(768, 768, CLIPTextModel), text(1280, 1280, CLIPTextModelWithProjection))
     if kind == "sdxl":
         pipe = StableDiffusionXLPipeline(
             vae=vae, unet=unet, scheduler=scheduler, tokenizer=tokenizer, tokenizer_2=tokenizer,
-            text_encoder=text(768, 768, CLIPTextModel), text_encoder_2=text(1280, 1280, CLIPTextModelWithProjection),
+            text_encoder=encoders[0], text_encoder_2=encoders[1],
         )  # fmt: skip
     else:
         pipe = StableDiffusionPipeline(
-            vae=vae, unet=unet, scheduler=scheduler, tokenizer=tokenizer, text_encoder=text(768, 768, CLIPTextModel),
+            vae=vae, unet=unet, scheduler=scheduler, tokenizer=tokenizer, text_encoder=encoders[0],
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )  # fmt: skip
     pipe.to(dtype=dtype).save_pretrained(str(root / family.base), safe_serialization=True)
@@ -189,12 +205,13 @@ def write_mirror(root: Path, family: FamilySpec, tokenizer_files: Path, dtype: t
     written = set()
     for spec in family.adapters.values():
         if spec.image_encoder is not None and spec.image_encoder not in written:
-            encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_CONFIG)).to(dtype)
+            with default_dtype(dtype):
+                encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**VIT_H_CONFIG))
             encoder.save_pretrained(str(root / spec.image_encoder.repo / spec.image_encoder.subfolder))
             written.add(spec.image_encoder)
             del encoder
-        checkpoint = ip_adapter_state_dict(kind, spec.embeds)
-        checkpoint = {part: {k: v.to(dtype) for k, v in tensors.items()} for part, tensors in checkpoint.items()}
+        with default_dtype(dtype):
+            checkpoint = ip_adapter_state_dict(kind, spec.embeds)
         folder = root / spec.repo / spec.subfolder
         folder.mkdir(parents=True, exist_ok=True)
         if spec.weight_name.endswith(".safetensors"):
