@@ -73,7 +73,7 @@ def _endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any]) -> C
     params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
     params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     signature = inspect.Signature(params)
-    endpoint.__signature__ = signature  # type: ignore[attr-defined]
+    endpoint.__signature__ = signature  # type: ignore[attr-defined] - inspect reads it; type checkers do not know it
     return user_errors(endpoint)
 
 
