@@ -124,6 +124,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         parser.error("--auth takes USER:PASS")
+    if args.offload and not torch.cuda.is_available():
+        parser.error("--offload moves models to and from a CUDA GPU; this machine has none")
     return args
 
 

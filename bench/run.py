@@ -166,7 +166,7 @@ def bench_overhead(
     spec = family.adapters[request.variant]
     cls = StableDiffusionXLPipeline if family.pipeline == "sdxl" else StableDiffusionPipeline
     local = family.source == "tiny"
-    pipe = cls.from_pretrained(engine._resolve(family.base), torch_dtype=engine.dtype, local_files_only=local)
+    pipe = cls.from_pretrained(engine._resolve(family.base), dtype=engine.dtype, local_files_only=local)
     pipe.to(engine.device)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_ip_adapter(

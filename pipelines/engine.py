@@ -259,7 +259,7 @@ class Engine:
             return
         cls = StableDiffusionXLPipeline if self.family.pipeline == "sdxl" else StableDiffusionPipeline
         repo = self.family.bases[self._base_name]
-        kwargs: dict[str, Any] = {"torch_dtype": self.dtype}
+        kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.dtype == torch.float16 and self.family.vae_fp16:
             kwargs["vae"] = self._from_pretrained(AutoencoderKL.from_pretrained, self.family.vae_fp16, **kwargs)
         half = self.dtype in (torch.float16, torch.bfloat16)

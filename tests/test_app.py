@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
@@ -82,6 +83,14 @@ def test_family_from_environment(monkeypatch):
     assert app.parse_args(["--models", "tiny", "--port", "7000", "--share"]).share is True
     with pytest.raises(SystemExit):
         app.parse_args(["--models", "huge"])
+    with pytest.raises(SystemExit):
+        app.parse_args(["--auth", "no-colon"])
+    args = app.parse_args(["--dtype", "bf16", "--max-batch", "3", "--auth", "ada:pa:ss"])
+    assert (app.DTYPES[args.dtype], args.max_batch, tuple(args.auth.split(":", 1))) == (
+        torch.bfloat16,
+        3,
+        ("ada", "pa:ss"),
+    )
 
 
 def test_cli_without_hub_stops_with_one_clear_message(tmp_path):
