@@ -85,6 +85,9 @@ def test_family_from_environment(monkeypatch):
         app.parse_args(["--models", "huge"])
     with pytest.raises(SystemExit):
         app.parse_args(["--auth", "no-colon"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            app.parse_args(["--offload"])
     args = app.parse_args(["--dtype", "bf16", "--max-batch", "3", "--auth", "ada:pa:ss"])
     assert (app.DTYPES[args.dtype], args.max_batch, tuple(args.auth.split(":", 1))) == (
         torch.bfloat16,
