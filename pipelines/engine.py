@@ -33,7 +33,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import sample_scales, wrap_ip_processors
 from .errors import BlockMapError, GenerationError, InvalidRequestError, ModelNotAvailableError
-from .face import FaceAnalyzer, FaceSpec, annotate, identity
+from .face import FaceAnalyzer, FaceSpec, face_views, identity
 from .images import ReferenceImage, square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import AdapterSpec, FamilySpec, ImageEncoderSpec
@@ -84,6 +84,10 @@ class _Adapter:
     @property
     def id(self) -> str:
         return " + ".join(c.spec.id for c in self.components)
+
+    @property
+    def uses_faces(self) -> bool:
+        return any(c.spec.uses_faces for c in self.components)
 
     @property
     def loras(self) -> list[_Component]:
@@ -350,7 +354,7 @@ class Engine:
         sources: list[Any] = []
         checkpoints: dict[int, dict] = {}
         for i, spec in enumerate(specs):
-            if spec.embeds.startswith("faceid"):
+            if spec.uses_faces:
                 full = self._checkpoint(spec)
                 checkpoints[i] = full
                 ip_layers = {k: v for k, v in full["ip_adapter"].items() if "_lora." not in k}
@@ -452,11 +456,10 @@ class Engine:
                 raise InvalidRequestError(
                     "face_reference", "This adapter needs a face close-up: add one, or choose the adapter without face."
                 )
-            if component.spec.embeds.startswith("faceid"):
+            if component.spec.uses_faces:
                 results, notes = self.face_analyzer().analyze(images)
                 warnings += notes
-                previews += [annotate(ref, res) for ref, res in zip(images, results, strict=True)]
-                previews += [res.aligned for res in results]
+                previews += face_views(images, results)
                 ident = torch.from_numpy(identity(results)).to(self.device, self.dtype).view(1, 1, 1, -1)
                 item = _Embeds(cond=ident, uncond=torch.zeros_like(ident))  # (1, 1, 1, 512): one averaged identity
                 if component.spec.embeds == "faceid-plus":
@@ -519,10 +522,9 @@ class Engine:
             for component, images in zip(adapter.components, groups, strict=False):
                 if not images:
                     continue
-                if component.spec.embeds.startswith("faceid"):
+                if component.spec.uses_faces:
                     results, _ = self.face_analyzer().analyze(images)
-                    views += [annotate(ref, res) for ref, res in zip(images, results, strict=True)]
-                    views += [res.aligned for res in results]
+                    views += face_views(images, results)
                 else:
                     batches.append((component, self._encoder_pixels(component, images, request.crop).float().cpu()))
         for component, pixels in batches:
@@ -643,7 +645,7 @@ class Engine:
                 "images": len(strengths),
                 "device": self.device,
             }
-            if adapter is not None and "faceid" in adapter.id:
+            if adapter is not None and adapter.uses_faces:
                 diagnostics["face_detections"] = self._faces.counters["detections"] - faces_before
             if self.device.startswith("cuda"):
                 diagnostics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -789,7 +791,7 @@ class Engine:
                 if adapter
                 else None
             ),
-            "face_model": self.family.faces.pack if adapter and "faceid" in adapter.id else None,
+            "face_model": self.family.faces.pack if adapter and adapter.uses_faces else None,
             "scheduler": type(self.pipe.scheduler).__name__,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.split(":")[0],

@@ -146,3 +146,8 @@ def annotate(ref: ReferenceImage, result: FaceResult) -> Image.Image:
     width = max(2, round(max(img.size) / 200))
     ImageDraw.Draw(img).rectangle(result.bbox, outline=(0, 255, 0), width=width)
     return img
+
+
+def face_views(refs: Sequence[ReferenceImage], results: Sequence[FaceResult]) -> list[Image.Image]:
+    """What FaceID sees: each reference with its chosen face box, then each aligned crop."""
+    return [annotate(ref, res) for ref, res in zip(refs, results, strict=True)] + [r.aligned for r in results]

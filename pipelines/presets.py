@@ -56,6 +56,11 @@ class AdapterSpec:
     lora_weight: float = 0.0  # weight of the LoRA inside the checkpoint (FaceID); 0 leaves it off
 
     @property
+    def uses_faces(self) -> bool:
+        """FaceID kinds: fed by insightface embeddings of the reference faces."""
+        return self.embeds.startswith("faceid")
+
+    @property
     def id(self) -> str:
         """The stable identifier written into PNG metadata."""
         return "/".join(p for p in (self.repo, self.subfolder, self.weight_name) if p)
