@@ -1,20 +1,45 @@
-"""Reference images: open anything a person may upload and turn it into a plain RGB image with a content hash."""
+"""Reference images: open anything a person may upload and turn it into a plain RGB image with a content hash.
+
+Decoding is bounded: only a list of formats is parsed, the pixel budget is checked on the size that will really
+be decoded (read from the header, before any pixel is decoded; JPEG's draft mode shrinks that size first), one frame
+is decoded, and high-bit-depth images are converted in strips without full-size float copies. bench/decode_memory.py
+measures the peak memory of a worst-case reference of every format.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ReferenceImageError
 
-MAX_REFERENCE_PIXELS = 100_000_000  # larger images are refused from their header, before decoding (bombs)
-MAX_REFERENCE_SIDE = 2048  # legal but huge images are downscaled to this before anything else
+MAX_DECODE_PIXELS = 64 * 2**20  # 8192 x 8192: the most pixels one reference may decode to (checked from the header)
+# Pillow's WebP decoder holds two full RGBA canvases besides the image (measured: 5x the RGB size, not 2.3-3x as
+# the other formats), so a WebP may declare half the pixels: its peak stays within that of the other formats.
+DECODE_COST = {"WEBP": 2}
+MAX_REFERENCE_SIDE = 2048  # larger images are downscaled to this before anything else
 MAX_ASPECT = 4  # a centre crop of a longer strip is taken before resizing (CLIP would crop it anyway)
+# Formats parsed at all: what people upload (JPEG includes the MPO photos of many phones). Pillow's other plugins (PSD, EPS, DDS, FITS, ...) never see the bytes.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "CUR", "PPM", "AVIF")
+STRIP_ROWS = 256  # rows converted at a time from 16/32-bit samples to 8 bits
+_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# EXIF orientation -> the transposes that show the picture upright (as ImageOps.exif_transpose does).
+_ORIENTATION = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
 
 
 @dataclass(frozen=True)
@@ -28,18 +53,55 @@ class ReferenceImage:
     sha256: str
 
 
+def decode_size(img: Image.Image) -> tuple[int, int]:
+    """The size `img.load()` will decode to, from headers only (an ICO's embedded PNG can claim another size)."""
+    ico = getattr(img, "ico", None)
+    if ico is not None:  # ICO: the chosen entry may hold a PNG whose own header is what gets decoded
+        entry = ico.entry[ico.getentryindex(img.size)]
+        ico.buf.seek(entry.offset)
+        head = ico.buf.read(24)
+        if head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR":
+            return struct.unpack(">II", head[16:24])
+    return img.size
+
+
+def _check_budget(size: tuple[int, int], fmt: str | None, label: str) -> None:
+    w, h = size
+    budget = MAX_DECODE_PIXELS // DECODE_COST.get(fmt or "", 1)
+    if w * h > budget:
+        raise ReferenceImageError(
+            f"{label.capitalize()} is too large ({w}x{h} pixels; at most {budget:,} pixels for {fmt}). "
+            "Use a smaller image."
+        )
+
+
+def _to_8_bit(img: Image.Image) -> Image.Image:
+    """16/32-bit single-channel samples to "L", a strip at a time (no full-size float64 copy).
+
+    Values above 255 are read as 16-bit (0..65535 -> 0..255); images whose values all fit 8 bits keep them.
+    """
+    low, high = img.getextrema()
+    top = 65535 if high > 255 else 255
+    out = np.empty((img.height, img.width), dtype=np.uint8)
+    for y in range(0, img.height, STRIP_ROWS):
+        strip = np.asarray(img.crop((0, y, img.width, min(y + STRIP_ROWS, img.height))))
+        strip = np.clip(strip, 0, top).astype(np.uint32)  # (rows, width): 4 bytes a pixel, strip-sized only
+        out[y : y + strip.shape[0]] = strip * 255 // top if top != 255 else strip
+    return Image.fromarray(out, mode="L")
+
+
 def _flatten(img: Image.Image) -> Image.Image:
     """Any PIL mode to RGB: transparency composited on white, 16-bit scaled down, CMYK converted."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = max(float(arr.max()), 1.0)
-        scale = 255.0 / (65535.0 if top > 255 else 255.0)
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
-    if img.mode == "P" or img.mode == "LA" or img.mode == "PA":
+    if img.mode in _HIGH_BIT_MODES:
+        img = _to_8_bit(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "La", "PA", "RGBa"):
         img = img.convert("RGBA")
     if img.mode == "RGBA":
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
+        white = Image.new("RGB", img.size, (255, 255, 255))
+        white.paste(img, mask=img)  # in place, reading the alpha band where it is: no second copy
+        return white
     return img.convert("RGB")
 
 
@@ -48,35 +110,45 @@ def load_reference(
 ) -> ReferenceImage:
     """Open a reference (path, bytes or PIL image); errors name it by `label` and its 1-based `index`."""
     label = f"{label} {index}"
+    opened: Image.Image | None = None
     try:
         if isinstance(source, Image.Image):
             img = source
         else:
-            data = source if isinstance(source, bytes) else Path(source).read_bytes()
-            if not data:
-                raise ReferenceImageError(f"The file for {label} is empty. Upload an image file.")
-            img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w * h > MAX_REFERENCE_PIXELS:
-            raise ReferenceImageError(
-                f"{label.capitalize()} is too large ({w}x{h} pixels; at most {MAX_REFERENCE_PIXELS:,} pixels)."
-            )
-        img.seek(0)  # animated images: the first frame
-        if img.format == "JPEG":
-            img.draft("RGB", (MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE))  # decode at 1/2..1/8 scale: bounded memory
-        img.load()
-        img = ImageOps.exif_transpose(img)
+            if isinstance(source, bytes):
+                if not source:
+                    raise ReferenceImageError(f"The file for {label} is empty. Upload an image file.")
+                fp: io.BytesIO | Path = io.BytesIO(source)
+            else:
+                fp = Path(source)
+                if fp.stat().st_size == 0:
+                    raise ReferenceImageError(f"The file for {label} is empty. Upload an image file.")
+            img = opened = Image.open(fp, formats=FORMATS)  # reads the header only
+            if img.format in ("JPEG", "MPO"):
+                img.draft("RGB", (MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE))  # decode at 1/2..1/8 scale
+            _check_budget(decode_size(img), img.format, label)
+        orientation = img.getexif().get(0x0112, 1)
+        img.load()  # the first frame only
+        if img is opened and img.format == "WEBP":
+            img.fp = None  # Pillow keeps the decoder's whole RGBA buffer as the file object of a loaded WebP
         img = _flatten(img)
+        if opened is not None and img is not opened:
+            opened.close()  # frees the decoded original before resizing the flattened copy
+        if max(img.size) > MAX_REFERENCE_SIDE:
+            img.thumbnail((MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE), Image.Resampling.LANCZOS)
+        for transpose in _ORIENTATION.get(orientation, ()):
+            img = img.transpose(transpose)
     except ReferenceImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ReferenceImageError(f"{label.capitalize()} is too large to open safely ({e}).") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ReferenceImageError(f"{label.capitalize()} is too large to open safely.") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
         raise ReferenceImageError(
             f"{label.capitalize()} is not a readable image ({type(e).__name__}). Upload a PNG, JPEG or WebP file."
         ) from e
-    if max(img.size) > MAX_REFERENCE_SIDE:
-        img.thumbnail((MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE), Image.Resampling.LANCZOS)
+    finally:
+        if opened is not None:
+            opened.close()  # animated formats keep their file open until closed
     digest = hashlib.sha256(f"{img.width}x{img.height}:".encode() + img.tobytes()).hexdigest()
     return ReferenceImage(image=img, sha256=digest)
 
