@@ -8,6 +8,7 @@ strengths never touch the model (see `attention.py`), and every use of the pipel
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import logging
@@ -37,10 +38,11 @@ from .face import FaceAnalyzer, FaceSpec, face_views, identity
 from .images import ReferenceImage, square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import AdapterSpec, FamilySpec, ImageEncoderSpec
-from .request import GenerationRequest
+from .request import MAX_PROMPT_CHARS, GenerationRequest
 from .tiny import ensure_tiny_models
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
+WARNING_PREFIX_CHARS = 1000  # the length warning tokenises at most this much of a prompt (75 tokens need far less)
 log = logging.getLogger(__name__)
 APP_NAME = "image-prompt-studio"
 
@@ -92,6 +94,19 @@ class _Adapter:
     @property
     def loras(self) -> list[_Component]:
         return [c for c in self.components if c.lora]
+
+
+@dataclass
+class _Base:
+    """One loaded base pipeline and what is on its UNet now; adapters are shared by every base (from memory)."""
+
+    name: str
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
+    processors: dict[str, Any]  # the UNet's own attention processors (no image prompt)
+    layers: dict[str, torch.nn.Module]  # its attention layers by processor name, to set processors directly
+    active: str | None = None  # the variant whose processors are on the UNet now
+    loras: set[str] = field(default_factory=set)  # PEFT adapters loaded into this UNet
+    lora_state: tuple = ()  # (name, weight) of the LoRAs on now; () = none active
 
 
 @dataclass
@@ -173,6 +188,7 @@ class Engine:
         embed_cache_size: int = 64,
         offload: bool = False,
         compile: bool = False,
+        max_bases: int = 1,
     ) -> None:
         self.family = family
         self.device = device or default_device()
@@ -184,18 +200,20 @@ class Engine:
         self.max_batch = max_batch or 8
         self._embed_cache = _LRU(embed_cache_size)  # image-prompt embeddings by image content
         self._block_weights: dict[str, dict[str, float]] = {}
-        self.pipe: StableDiffusionPipeline | StableDiffusionXLPipeline | None = None
+        if max_bases < 1:
+            raise ValueError(f"max_bases must be at least 1, got {max_bases}")
+        self.max_bases = max_bases  # base pipelines kept in memory; a request for another one swaps under the lock
+        self._bases: OrderedDict[str, _Base] = OrderedDict()  # least recently used first
+        self._current: _Base | None = None
         self.counters: Counter[str] = Counter()  # base_loads, adapter_loads, encoder_calls, unet_calls
         self._lock = threading.Lock()
         self._adapters: dict[str, _Adapter] = {}
         self._encoders: dict[ImageEncoderSpec, tuple[CLIPVisionModelWithProjection, CLIPImageProcessor]] = {}
-        self._base_processors: dict[str, Any] = {}
-        self._attention_layers: dict[str, torch.nn.Module] = {}
-        self._active: str | None = None
-        self._base_name = "default"
         self._faces: FaceAnalyzer | None = None
-        self._loras_in_pipe: set[str] = set()  # PEFT adapters loaded into the current base's UNet
-        self._lora_state: tuple = ()  # (name, weight) of the LoRAs on now; () = none active
+        # A private copy of the tokenizer for prompt-length warnings, used outside the engine lock (a fast
+        # tokenizer must not be called from two threads at once), guarded by its own small lock.
+        self._warning_tokenizer: Any = None
+        self._warning_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -221,7 +239,17 @@ class Engine:
 
     @property
     def loaded(self) -> bool:
-        return self.pipe is not None
+        return bool(self._bases)
+
+    @property
+    def pipe(self) -> StableDiffusionPipeline | StableDiffusionXLPipeline | None:
+        """The base pipeline in use now (None before the first load)."""
+        return self._current.pipe if self._current is not None else None
+
+    @property
+    def loaded_bases(self) -> list[str]:
+        """The bases held in memory, least recently used first."""
+        return list(self._bases)
 
     def load(self) -> None:
         """Load the base pipeline (once); adapters load on first use."""
@@ -230,39 +258,38 @@ class Engine:
 
     @property
     def base_name(self) -> str:
-        """The base in use: "default" or a key of the family's `alt_bases`."""
-        return self._base_name
+        """The base in use now: "default" or a key of the family's `alt_bases`."""
+        return self._current.name if self._current is not None else "default"
 
     def use_base(self, name: str) -> None:
-        """Swap the base pipeline (e.g. to an anime fine-tune) once; loaded adapters move over from memory.
-
-        The old base is released first, so peak memory stays at one base; if the new one fails to load, the
-        previous base is loaded again on the next request.
-        """
+        """Make `name` the base in use (loading it if needed); requests name their own base, this is for warm-up."""
         if name not in self.family.bases:
             raise InvalidRequestError("base", f"base {name!r} is not one of {list(self.family.bases)}")
         with self._lock:
-            if name == self._base_name and self.pipe is not None:
-                return
-            previous = self._base_name
-            self.pipe = None
-            self._active = None  # the new UNet starts with its own processors and no LoRA
-            self._loras_in_pipe = set()
-            self._lora_state = ()
-            if self.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-            self._base_name = name
-            try:
-                self._ensure_base()
-            except Exception:
-                self._base_name = previous
-                raise
+            self._ensure_base(name)
 
-    def _ensure_base(self) -> None:
-        if self.pipe is not None:
+    def _ensure_base(self, name: str | None = None) -> None:
+        """Put base `name` (default: the one in use, else "default") in use, loading it when it is not in memory.
+
+        At most `max_bases` are kept: the least recently used one is released *before* another loads, so peak
+        memory stays at `max_bases` bases. Adapters and their LoRAs move to a newly loaded base from memory.
+        """
+        name = name or (self._current.name if self._current is not None else "default")
+        if name in self._bases:
+            self._bases.move_to_end(name)
+            self._current = self._bases[name]
             return
+        while len(self._bases) >= self.max_bases:
+            _, old = self._bases.popitem(last=False)
+            if old is self._current:
+                self._current = None
+            del old
+            self._free_memory()
+        self._current = self._bases[name] = self._load_base(name)
+
+    def _load_base(self, name: str) -> _Base:
         cls = StableDiffusionXLPipeline if self.family.pipeline == "sdxl" else StableDiffusionPipeline
-        repo = self.family.bases[self._base_name]
+        repo = self.family.bases[name]
         kwargs: dict[str, Any] = {"dtype": self.dtype}
         if self.dtype == torch.float16 and self.family.vae_fp16:
             kwargs["vae"] = self._from_pretrained(AutoencoderKL.from_pretrained, self.family.vae_fp16, **kwargs)
@@ -282,16 +309,18 @@ class Engine:
             pipe.unet.compile()  # in place: processors stay swappable (a variant switch recompiles once)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.register_forward_pre_hook(self._count_unet_call)
-        self._base_processors = dict(pipe.unet.attn_processors)
+        processors = dict(pipe.unet.attn_processors)
         # The UNet's own attention layers by processor name, so a variant switch sets each one directly instead of
         # walking the module tree twice (diffusers' set_attn_processor): about 10x faster.
-        self._attention_layers = {
-            f"{name}.processor": module
-            for name, module in pipe.unet.named_modules()
-            if f"{name}.processor" in self._base_processors
+        layers = {
+            f"{layer}.processor": module
+            for layer, module in pipe.unet.named_modules()
+            if f"{layer}.processor" in processors
         }
+        if self._warning_tokenizer is None:
+            self._warning_tokenizer = copy.deepcopy(pipe.tokenizer)
         self.counters["base_loads"] += 1
-        self.pipe = pipe
+        return _Base(name, pipe, processors, layers)
 
     def _count_unet_call(self, module: torch.nn.Module, args: Any) -> None:
         self.counters["unet_calls"] += 1
@@ -382,7 +411,7 @@ class Engine:
         adapter = _Adapter(components, wrap_ip_processors(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj)
         self._adapters[name] = adapter
         self.counters["adapter_loads"] += 1
-        self._active = "loading"  # the unet now holds diffusers' processors: force the swap below
+        self._current.active = "loading"  # the unet now holds diffusers' processors: force the swap below
         self._activate(name)
         return adapter
 
@@ -398,28 +427,29 @@ class Engine:
 
     def _ensure_lora(self, component: _Component) -> None:
         """Load the component's LoRA into the current base (again after a base swap), from memory."""
-        if component.lora not in self._loras_in_pipe:
+        if component.lora not in self._current.loras:
             # load_lora_weights may consume the dict it gets: hand it a shallow copy
             self.pipe.load_lora_weights(dict(component.lora_state), adapter_name=component.lora)
-            self._loras_in_pipe.add(component.lora)
+            self._current.loras.add(component.lora)
 
     def _activate(self, name: str | None) -> None:
         """Put variant `name` (None: no image prompt) on the UNet by swapping module references."""
-        if name == self._active:
+        base = self._current
+        if name == base.active:
             return
-        unet = self.pipe.unet
+        unet = base.pipe.unet
         if name is None:
-            processors, image_proj, hid_type = self._base_processors, None, None
+            processors, image_proj, hid_type = base.processors, None, None
         else:
             adapter = self._adapters[name]
             processors, image_proj, hid_type = adapter.processors, adapter.image_proj, "ip_image_proj"
         unet.encoder_hid_proj = image_proj
         unet.config.encoder_hid_dim_type = hid_type
-        for layer_name, layer in self._attention_layers.items():
+        for layer_name, layer in base.layers.items():
             layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
         loras = self._adapters[name].loras if name is not None else []
         wanted = tuple((c.lora, c.spec.lora_weight) for c in loras)
-        if wanted != self._lora_state:  # PEFT walks every module: only when the LoRA setting really changes
+        if wanted != base.lora_state:  # PEFT walks every module: only when the LoRA setting really changes
             if loras:  # the FaceID LoRA is on in its own mode only
                 for component in loras:
                     self._ensure_lora(component)
@@ -427,8 +457,8 @@ class Engine:
                 self.pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
             else:
                 self.pipe.disable_lora()
-            self._lora_state = wanted
-        self._active = name
+            base.lora_state = wanted
+        base.active = name
 
     def use_variant(self, name: str | None) -> None:
         """Load (if needed) and activate a variant; for warm-up and mode switches outside a request."""
@@ -442,12 +472,15 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- generation
 
-    def _embed(self, adapter: _Adapter, request: GenerationRequest) -> tuple[list[_Embeds], list[str], list]:
+    def _embed(
+        self, adapter: _Adapter, request: GenerationRequest, scope: str
+    ) -> tuple[list[_Embeds], list[str], list]:
         """Each component's image prompt, plus warnings and previews for the person.
 
         The first component sees the references, a second one (Plus-Face) the face close-ups. CLIP features are
         cached by image content, encoder, crop and dtype, and face analysis by image content: a repeated
-        reference costs no encoder call and no detection.
+        reference costs no encoder call and no detection. Both caches are kept apart per `scope` (one visitor),
+        so nobody can learn from timings or counters whether someone else used the same photo.
         """
         groups = [request.references, request.face_references]
         embeds, warnings, previews = [], [], []
@@ -457,7 +490,7 @@ class Engine:
                     "face_reference", "This adapter needs a face close-up: add one, or choose the adapter without face."
                 )
             if component.spec.uses_faces:
-                results, notes = self.face_analyzer().analyze(images)
+                results, notes = self.face_analyzer().analyze(images, scope=scope)
                 warnings += notes
                 previews += face_views(images, results)
                 ident = torch.from_numpy(identity(results)).to(self.device, self.dtype).view(1, 1, 1, -1)
@@ -467,12 +500,12 @@ class Engine:
                         ReferenceImage(r.aligned, f"aligned:{img.sha256}")
                         for r, img in zip(results, images, strict=True)
                     ]
-                    hidden = self._clip_features(component, crops, "center", "hidden")  # (1, n, tokens, dim)
+                    hidden = self._clip_features(component, crops, "center", "hidden", scope)  # (1, n, tokens, dim)
                     item.clip_cond = hidden.mean(dim=1, keepdim=True)  # one identity: the crops' mean features
                     item.clip_uncond = component.uncond_hidden[None]
                 embeds.append(item)
             else:
-                cond = self._clip_features(component, images, request.crop, component.spec.embeds)
+                cond = self._clip_features(component, images, request.crop, component.spec.embeds, scope)
                 if component.spec.embeds == "pooled":
                     uncond = torch.zeros_like(cond)
                 else:
@@ -480,10 +513,12 @@ class Engine:
                 embeds.append(_Embeds(cond=cond, uncond=uncond))
         return embeds, warnings, previews
 
-    def _clip_features(self, component: _Component, images: Sequence[Any], crop: str, kind: str) -> torch.Tensor:
+    def _clip_features(
+        self, component: _Component, images: Sequence[Any], crop: str, kind: str, scope: str
+    ) -> torch.Tensor:
         """(1, n, D) pooled embeddings or (1, n, tokens, dim) penultimate hidden states, through the LRU cache."""
         spec = component.spec
-        key = (spec.image_encoder, kind, crop, str(self.dtype), tuple(r.sha256 for r in images))
+        key = (scope, spec.image_encoder, kind, crop, str(self.dtype), tuple(r.sha256 for r in images))
         cond = self._embed_cache.get(key)
         if cond is not None:
             self.counters["embed_cache_hits"] += 1
@@ -511,7 +546,7 @@ class Engine:
         pixels = component.image_processor(images=squares, return_tensors="pt").pixel_values
         return pixels.to(self.device, self.dtype)
 
-    def encoder_preview(self, request: GenerationRequest, variant: str) -> list[Image.Image]:
+    def encoder_preview(self, request: GenerationRequest, variant: str, scope: str = "") -> list[Image.Image]:
         """What the adapter sees: the encoder's input per reference, or each face box and aligned crop."""
         with self._lock:
             self._ensure_base()
@@ -523,7 +558,7 @@ class Engine:
                 if not images:
                     continue
                 if component.spec.uses_faces:
-                    results, _ = self.face_analyzer().analyze(images)
+                    results, _ = self.face_analyzer().analyze(images, scope=scope)
                     views += face_views(images, results)
                 else:
                     batches.append((component, self._encoder_pixels(component, images, request.crop).float().cpu()))
@@ -583,25 +618,36 @@ class Engine:
             self._block_weights[key] = weights
         return self._block_weights[key]
 
-    def generate(self, request: GenerationRequest, on_step: StepCallback | None = None) -> GenerationResult:
-        """Render one image for `request`."""
-        sweep = self.generate_sweep(request, [request.strength], on_step)
+    def generate(
+        self, request: GenerationRequest, on_step: StepCallback | None = None, *, scope: str = ""
+    ) -> GenerationResult:
+        """Render one image for `request`; `scope` keeps one visitor's cached embeddings apart from others'."""
+        sweep = self.generate_sweep(request, [request.strength], on_step, scope=scope)
         return GenerationResult(
             sweep.images[0], sweep.cell_metadata[0], sweep.diagnostics, sweep.warnings, sweep.previews
         )
 
     def generate_sweep(
-        self, request: GenerationRequest, strengths: Sequence[float], on_step: StepCallback | None = None
+        self,
+        request: GenerationRequest,
+        strengths: Sequence[float],
+        on_step: StepCallback | None = None,
+        *,
+        scope: str = "",
     ) -> SweepResult:
         """The same seed and noise at several strengths, in batched denoising passes (at most `max_batch` each).
 
-        The reference is encoded once; the UNet runs `steps` times per batch, not per strength.
+        The reference is encoded once; the UNet runs `steps` times per batch, not per strength. The request's
+        base is put in use first (from memory when held, else loaded in place of the least recently used one).
         """
         strengths = [float(s) for s in strengths]
         if not strengths:
             raise ValueError("no strengths given")
+        if request.base not in self.family.bases:
+            raise InvalidRequestError("base", f"base {request.base!r} is not one of {list(self.family.bases)}")
+        prompt_warnings = self.prompt_warnings(request)  # outside the engine lock: it never waits for a render
         with self._lock:
-            self._ensure_base()
+            self._ensure_base(request.base)
             start = time.perf_counter()
             before = Counter(self.counters)
             faces_before = self._faces.counters["detections"] if self._faces else 0
@@ -610,12 +656,13 @@ class Engine:
             guided = request.guidance > 1
             adapter = None
             embeds = None
-            warnings: list[str] = self._prompt_warnings(request)
+            warnings: list[str] = list(prompt_warnings)
             previews: list[Image.Image] = []
             if request.references:
                 adapter = self._adapter(request.variant)
                 self._activate(request.variant)
-                embeds, warnings, previews = self._embed(adapter, request)
+                embeds, notes, previews = self._embed(adapter, request, scope)
+                warnings += notes
                 weights = self.block_weights(request.block_map)
             else:
                 self._activate(None)
@@ -644,6 +691,7 @@ class Engine:
                 "batches": len(chunks),
                 "images": len(strengths),
                 "device": self.device,
+                "base": request.base,
             }
             if adapter is not None and adapter.uses_faces:
                 diagnostics["face_detections"] = self._faces.counters["detections"] - faces_before
@@ -694,18 +742,33 @@ class Engine:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def _prompt_warnings(self, request: GenerationRequest) -> list[str]:
-        """Tell the person when the text encoder will not read their whole prompt."""
-        tokenizer = self.pipe.tokenizer
+    def prompt_warnings(self, request: GenerationRequest) -> list[str]:
+        """Tell the person when the text encoder will not read their whole prompt.
+
+        Runs outside the engine lock on a private tokenizer copy, and tokenises at most `WARNING_PREFIX_CHARS`
+        characters of each prompt (prompts are at most `MAX_PROMPT_CHARS` long).
+        """
+        if self._warning_tokenizer is None:  # the first request: the tokenizer comes with the base
+            with self._lock:
+                self._ensure_base()
+        tokenizer = self._warning_tokenizer
         limit = tokenizer.model_max_length - 2  # start and end tokens
         out = []
         for label, text in (("prompt", request.full_prompt), ("negative prompt", request.negative_prompt)):
-            ids = tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+            prefix = text[:WARNING_PREFIX_CHARS]
+            with self._warning_lock:
+                ids = tokenizer(prefix, add_special_tokens=False, truncation=False).input_ids
             if len(ids) > limit:
                 cut = tokenizer.decode(ids[limit:]).strip()
+                count = f"{len(ids)}" if len(prefix) == len(text) else f"over {len(ids)}"
                 out.append(
-                    f"The {label} is {len(ids)} tokens; the text encoder reads {limit}, so the end was ignored: "
+                    f"The {label} is {count} tokens; the text encoder reads {limit}, so the end was ignored: "
                     f"'{cut[:80]}{'…' if len(cut) > 80 else ''}'"
+                )
+            elif len(prefix) < len(text):
+                out.append(
+                    f"The {label} is {len(text):,} characters long (at most {MAX_PROMPT_CHARS:,}); the text encoder "
+                    f"reads {limit} tokens, so the end was probably ignored."
                 )
         return out
 
@@ -779,7 +842,7 @@ class Engine:
             "app": APP_NAME,
             **request.describe(),
             "model_family": self.family.name,
-            "base_model": self.family.bases[self._base_name],
+            "base_model": self.family.bases[request.base],
             "adapter": adapter.id if adapter else None,
             "image_encoder": (
                 " + ".join(

@@ -45,3 +45,12 @@ class BlockMapError(PresetError):
 
 class GenerationError(ImagePromptError):
     """A run failed in a way the person can act on (out of memory, numerical overflow)."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A value quoted in a message: its repr, cut to `limit` characters (a message never echoes a whole payload)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's digit limit for printing
+        return f"a {type(value).__name__} too long to show"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -60,7 +60,7 @@ class FaceAnalyzer:
         self.counters: Counter[str] = Counter()  # detections, cache_hits
         self._app = None
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, list] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], list] = OrderedDict()
         self._cache_size = cache_size
 
     def load(self) -> object:
@@ -93,29 +93,35 @@ class FaceAnalyzer:
         self._app = app
         return app
 
-    def _detect(self, ref: ReferenceImage) -> list:
-        """insightface faces of one reference, cached by its pixel hash (no second detection)."""
+    def _detect(self, ref: ReferenceImage, scope: str) -> list:
+        """insightface faces of one reference, cached by `scope` (one visitor) and pixel hash (no second detection)."""
+        key = (scope, ref.sha256)
         with self._lock:
-            if ref.sha256 in self._cache:
+            if key in self._cache:
                 self.counters["cache_hits"] += 1
-                self._cache.move_to_end(ref.sha256)
-                return self._cache[ref.sha256]
+                self._cache.move_to_end(key)
+                return self._cache[key]
             app = self._load()
             bgr = np.ascontiguousarray(np.asarray(ref.image)[:, :, ::-1])
             faces = app.get(bgr)
             self.counters["detections"] += 1
-            self._cache[ref.sha256] = faces
+            self._cache[key] = faces
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
             return faces
 
-    def analyze(self, refs: Sequence[ReferenceImage], label: str = "reference") -> tuple[list[FaceResult], list[str]]:
-        """The largest face of each reference, and warnings for references with several faces."""
+    def analyze(
+        self, refs: Sequence[ReferenceImage], label: str = "reference", scope: str = ""
+    ) -> tuple[list[FaceResult], list[str]]:
+        """The largest face of each reference, and warnings for references with several faces.
+
+        Detections are cached per `scope`: one visitor's cache hits say nothing about another's photos.
+        """
         from insightface.utils import face_align
 
         results, warnings = [], []
         for i, ref in enumerate(refs, 1):
-            faces = self._detect(ref)
+            faces = self._detect(ref, scope)
             if not faces:
                 raise FaceError(f"No face found in {label} {i}. Use a photo where one face is clearly visible.")
             face = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))

@@ -42,8 +42,13 @@ def save_png(image: Image.Image, meta: dict[str, Any], path: str | Path) -> Path
 
 
 def read_png_metadata(path_or_image: str | Path | Image.Image) -> dict[str, Any] | None:
-    """The `image_prompt` metadata of a PNG, or None when it has none."""
-    img = path_or_image if isinstance(path_or_image, Image.Image) else Image.open(path_or_image)
-    text = getattr(img, "text", None) or img.info
-    raw = text.get(PNG_KEY)
+    """The `image_prompt` metadata of a PNG, or None when it has none.
+
+    Read from the chunks before the image data (where `save_png` writes it): no pixel is decoded.
+    """
+    if isinstance(path_or_image, Image.Image):
+        raw = path_or_image.info.get(PNG_KEY)
+    else:
+        with Image.open(path_or_image) as img:
+            raw = img.info.get(PNG_KEY)
     return json.loads(raw) if raw else None

@@ -137,6 +137,7 @@ class ModePreset:
     prompt_template: str = "{prompt}"  # the user's prompt is placed at {prompt}
     block_maps: dict[str, dict] | None = None  # InstantStyle: {"style": {...}, "layout": {...}}
     structure: Range | None = None  # FaceID Plus: s_scale
+    bases: tuple[str, ...] = ("default",)  # the family's base pipelines a request may name
 
 
 class _Table:
@@ -346,6 +347,7 @@ def load_mode_presets(
                 prompt_template=template,
                 block_maps=block_maps,
                 structure=t.range("structure") if t.has("structure") else None,
+                bases=tuple(families[family].bases),
             )
             t.done()
     return presets

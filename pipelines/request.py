@@ -10,12 +10,13 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, shown
 from .images import ReferenceImage, load_reference
 from .presets import CROP_MODES, MAX_COMPARE, ModePreset
 
 MAX_SEED = 2**32 - 1  # seeds are shown and typed by people; 32 bits is what every UI in this field uses
 MAX_REFERENCES = 8
+MAX_PROMPT_CHARS = 2000  # checked before tokenising; the text encoders read about 75 tokens (300-odd characters)
 SIZE_MULTIPLE = 8  # the VAE downsamples by 8
 
 
@@ -41,6 +42,7 @@ class GenerationRequest:
     block_map: dict | None = None  # InstantStyle layer map in effect (None: every layer)
     prompt_template: str = "{prompt}"  # the mode's template around the prompt
     face_references: tuple[ReferenceImage, ...] = ()  # close-ups for a Plus-Face component
+    base: str = "default"  # which base pipeline of the family draws it: "default" or a key of its alt_bases
 
     @property
     def full_prompt(self) -> str:
@@ -68,25 +70,26 @@ class GenerationRequest:
             "prompt_template": self.prompt_template,
             "references_sha256": [r.sha256 for r in self.references],
             "face_references_sha256": [r.sha256 for r in self.face_references],
+            "base": self.base,
         }
 
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or value is None:
-        raise InvalidRequestError(name, f"{name} must be a number, got {value!r}")
+        raise InvalidRequestError(name, f"{name} must be a number, got {shown(value)}")
     try:
         number = float(value)
-    except (TypeError, ValueError) as e:
-        raise InvalidRequestError(name, f"{name} must be a number, got {value!r}") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidRequestError(name, f"{name} must be a number, got {shown(value)}") from e
     if not math.isfinite(number):
-        raise InvalidRequestError(name, f"{name} must be a finite number, got {value!r}")
+        raise InvalidRequestError(name, f"{name} must be a finite number, got {shown(value)}")
     return number
 
 
 def _integer(name: str, value: Any) -> int:
     number = _number(name, value)
     if number != int(number):
-        raise InvalidRequestError(name, f"{name} must be a whole number, got {value!r}")
+        raise InvalidRequestError(name, f"{name} must be a whole number, got {shown(value)}")
     return int(number)
 
 
@@ -95,6 +98,10 @@ def _text(name: str, value: Any) -> str:
         return ""
     if not isinstance(value, str):
         raise InvalidRequestError(name, f"{name} must be text, got {type(value).__name__}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError(
+            name, f"The {name.replace('_', ' ')} is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,}."
+        )
     # Control characters (other than newlines and tabs) carry no meaning for a text encoder.
     return "".join(ch for ch in value if ch in "\n\t" or ch.isprintable()).strip()
 
@@ -117,6 +124,7 @@ def build_request(
     layout: Any = False,
     structure: Any = None,
     face_references: Sequence[str | Path | bytes | Image.Image | ReferenceImage] = (),
+    base: Any = None,
 ) -> GenerationRequest:
     """Validate raw values (from the UI, the API or a script) against `preset`; None means the preset default."""
 
@@ -126,7 +134,10 @@ def build_request(
     if variant is None:
         variant = preset.variant
     if variant not in preset.variants:
-        raise InvalidRequestError("variant", f"variant {variant!r} is not one of {list(preset.variants)}")
+        raise InvalidRequestError("variant", f"variant {shown(variant)} is not one of {list(preset.variants)}")
+    base = pick(base, "default")
+    if base not in preset.bases:
+        raise InvalidRequestError("base", f"base {shown(base)} is not one of {list(preset.bases)}")
     refs = _load_all(references, "reference")
     faces = _load_all(face_references, "face close-up")
     seed_value = _integer("seed", seed)
@@ -140,9 +151,9 @@ def build_request(
 
     crop = pick(crop, preset.crop)
     if crop not in CROP_MODES:
-        raise InvalidRequestError("crop", f"crop {crop!r} is not one of {list(CROP_MODES)}")
+        raise InvalidRequestError("crop", f"crop {shown(crop)} is not one of {list(CROP_MODES)}")
     if not isinstance(layout, bool):
-        raise InvalidRequestError("layout", f"layout must be true or false, got {layout!r}")
+        raise InvalidRequestError("layout", f"layout must be true or false, got {shown(layout)}")
     block_map = None
     if preset.block_maps is not None:
         block_map = _merge_block_maps(preset.block_maps["style"], preset.block_maps.get("layout") if layout else None)
@@ -176,6 +187,7 @@ def build_request(
         block_map=block_map,
         prompt_template=preset.prompt_template,
         face_references=faces,
+        base=base,
     )
 
 
@@ -208,7 +220,7 @@ def parse_strengths(value: Any, preset: ModePreset) -> tuple[float, ...]:
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise InvalidRequestError("strengths", f"strengths must be a list or comma-separated text, got {value!r}")
+        raise InvalidRequestError("strengths", f"strengths must be a list or comma-separated text, got {shown(value)}")
     if not 1 <= len(items) <= MAX_COMPARE:
         raise InvalidRequestError("strengths", f"give 1 to {MAX_COMPARE} strengths, got {len(items)}")
     out = []

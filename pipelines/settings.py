@@ -1,4 +1,9 @@
-"""Settings that travel: one JSON schema for settings files, PNG metadata and the API's keyword parameters."""
+"""Settings that travel: one JSON schema for settings files, PNG metadata and the API's keyword parameters.
+
+A settings file comes from anyone (a PNG found online, a crafted JSON): it is read with bounded size and depth,
+every value is type-checked, then validated as a request against the tab's preset. Whatever is wrong is reported as
+"This settings file is not valid: ..."; what reaches the controls is the validated value, never the raw one.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,43 @@ import json
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .errors import InvalidRequestError
-from .metadata import SCHEMA_VERSION, read_png_metadata
-from .presets import MODES
-from .request import GenerationRequest
+from .errors import InvalidRequestError, shown
+from .metadata import PNG_KEY, SCHEMA_VERSION
+from .presets import MODES, ModePreset
+from .request import GenerationRequest, build_request
 
-# The keys a person sets; the same names as the API parameters and the PNG metadata fields.
-SETTINGS_KEYS = (
-    "prompt",
-    "negative_prompt",
-    "strength",
-    "variant",
-    "seed",
-    "steps",
-    "guidance",
-    "width",
-    "height",
-    "stop_at",
-    "crop",
-    "layout",
-    "structure",
-)
+# The keys a person sets, with the JSON type each must have; the same names as the API parameters and the PNG
+# metadata fields. "number" is an integer or a decimal, "integer" a whole number; neither may be true/false.
+SETTINGS_TYPES: dict[str, str] = {
+    "prompt": "text",
+    "negative_prompt": "text",
+    "strength": "number",
+    "variant": "text",
+    "seed": "integer",
+    "steps": "integer",
+    "guidance": "number",
+    "width": "integer",
+    "height": "integer",
+    "stop_at": "number",
+    "crop": "text",
+    "layout": "true or false",
+    "structure": "number",
+    "base": "text",
+}
+SETTINGS_KEYS = tuple(SETTINGS_TYPES)
+MAX_SETTINGS_BYTES = 256 * 1024  # a settings file is a few hundred bytes; PNG text is capped by Pillow (1 MB)
+MAX_DEPTH = 16  # nesting of a settings document (ours is 3 deep: the package versions)
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PHRASES = {"text": "text", "number": "a number", "integer": "a whole number", "true or false": "true or false"}
+
+
+class SettingsFileError(InvalidRequestError):
+    """A settings file or PNG that cannot be loaded; the message says why, for the person who chose it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("settings", f"This settings file is not valid: {reason}")
 
 
 def settings_of(request: GenerationRequest) -> dict[str, Any]:
@@ -37,37 +56,96 @@ def settings_of(request: GenerationRequest) -> dict[str, Any]:
     return {"schema": SCHEMA_VERSION, "mode": request.mode, **{k: described[k] for k in SETTINGS_KEYS}}
 
 
+def _depth(data: Any) -> int:
+    """How deeply `data` nests lists and objects (iteratively: a crafted document cannot exhaust the stack)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "text":
+        return isinstance(value, str)
+    if kind == "true or false":
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return kind == "number" or isinstance(value, int) or float(value).is_integer()
+
+
 def parse_settings(data: Any) -> tuple[str, dict[str, Any]]:
     """(mode, settings) from a settings dict or PNG metadata; unknown keys (package versions, ...) are ignored."""
     if not isinstance(data, dict):
-        raise InvalidRequestError("settings", "The settings file must hold a JSON object.")
+        raise SettingsFileError("it must hold a JSON object.")
+    if _depth(data) > MAX_DEPTH:
+        raise SettingsFileError(f"it is nested more than {MAX_DEPTH} levels deep.")
     mode = data.get("mode")
     if mode not in MODES:
-        raise InvalidRequestError("settings", f"The settings name mode {mode!r}; expected one of {list(MODES)}.")
+        raise SettingsFileError(f"it names mode {shown(mode)}; expected one of {list(MODES)}.")
     schema = data.get("schema", SCHEMA_VERSION)
-    if schema != SCHEMA_VERSION:
-        raise InvalidRequestError(
-            "settings", f"Settings schema {schema!r} is not supported (expected {SCHEMA_VERSION})."
-        )
-    return mode, {k: data[k] for k in SETTINGS_KEYS if data.get(k) is not None}
+    if schema != SCHEMA_VERSION or isinstance(schema, bool):
+        raise SettingsFileError(f"schema {shown(schema)} is not supported (expected {SCHEMA_VERSION}).")
+    values = {}
+    for key, kind in SETTINGS_TYPES.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if not _type_ok(kind, value):
+            raise SettingsFileError(f"{key} must be {_PHRASES[kind]}, got {shown(value)}.")
+        values[key] = value
+    return mode, values
+
+
+def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, Any]:
+    """The values of `values`' keys as a request built from them has them (ranges checked, text cleaned)."""
+    try:
+        request = build_request(preset, **values)
+    except InvalidRequestError as e:
+        raise SettingsFileError(str(e)) from e
+    clean = settings_of(request)
+    return {key: clean[key] for key in values}
+
+
+def _png_text(path: Path) -> str | None:
+    """The `image_prompt` text of a PNG, read from the chunks before the image data (no pixel is decoded)."""
+    try:
+        with Image.open(path, formats=["PNG"]) as img:
+            raw = img.info.get(PNG_KEY)
+    except Image.DecompressionBombError:
+        raise SettingsFileError("the PNG declares more pixels than any image made here.") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # broken chunks, text past Pillow's size caps
+        raise SettingsFileError(f"its PNG chunks cannot be read ({type(e).__name__}).") from e
+    return raw if isinstance(raw, str) else None
 
 
 def read_settings_file(path: str | Path) -> tuple[str, dict[str, Any]]:
     """Settings from a PNG made by this app (its `image_prompt` metadata) or from a JSON settings file."""
     path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(len(_PNG_MAGIC))
+    if head == _PNG_MAGIC:
+        text = _png_text(path)
+        if text is None:
+            raise SettingsFileError("this image has no settings from this app (only PNGs made here carry them).")
+    else:
+        if path.stat().st_size > MAX_SETTINGS_BYTES:
+            raise SettingsFileError(f"it is larger than {MAX_SETTINGS_BYTES // 1024} KB.")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            raise SettingsFileError("it is neither a PNG made by this app nor a JSON settings file.") from None
     try:
-        with Image.open(path) as img:
-            meta = read_png_metadata(img)
-        if meta is None:
-            raise InvalidRequestError(
-                "settings", "This image has no settings from this app (only PNGs made here carry them)."
-            )
-        return parse_settings(meta)
-    except (UnidentifiedImageError, OSError):
-        pass  # not an image: try JSON
-    try:
-        return parse_settings(json.loads(path.read_text(encoding="utf-8")))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidRequestError(
-            "settings", "This file is neither a PNG made by this app nor a JSON settings file."
-        ) from e
+        data = json.loads(text)
+    except RecursionError:
+        raise SettingsFileError(f"it is nested more than {MAX_DEPTH} levels deep.") from None
+    except ValueError as e:  # not JSON, or an integer past Python's digit limit
+        if "digits" in str(e):
+            raise SettingsFileError("a number in it has too many digits.") from None
+        raise SettingsFileError("it is neither a PNG made by this app nor a JSON settings file.") from None
+    return parse_settings(data)

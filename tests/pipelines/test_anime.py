@@ -57,13 +57,24 @@ def test_base_swap_keeps_adapters_in_memory(families, tiny_root, anime, gold, mo
     import diffusers.loaders.ip_adapter as ip_loader
 
     monkeypatch.setattr(ip_loader, "_get_model_file", lambda *a, **k: pytest.fail("adapter re-read from disk"))
-    engine.use_base("anime")
-    engine.use_base("anime")  # already in use: nothing happens
-    swapped = engine.generate(request)
+    on_anime = build_request(anime, prompt="x", seed=2, references=[gold], base="anime")
+    swapped = engine.generate(on_anime)
+    assert engine.generate(on_anime).metadata == swapped.metadata  # already in use: nothing reloads
     assert engine.counters["base_loads"] == 2 and engine.counters["adapter_loads"] == loads
-    assert swapped.metadata["base_model"] == "tiny-sdxl-anime"
+    assert swapped.metadata["base_model"] == "tiny-sdxl-anime" and swapped.metadata["base"] == "anime"
+    assert swapped.diagnostics["base"] == "anime"
     assert np.abs(pixels(swapped.image) - default).mean() > 1.0
-    engine.use_base("default")
+    assert engine.loaded_bases == ["anime"]  # --max-bases 1: one base in memory at a time
     assert np.array_equal(pixels(engine.generate(request).image), default)
+    assert engine.counters["base_loads"] == 3
     with pytest.raises(InvalidRequestError, match="base 'pony' is not one of"):
-        engine.use_base("pony")
+        build_request(anime, prompt="x", base="pony")
+
+
+def test_two_bases_kept_in_memory_swap_without_loading(families, tiny_root, anime, gold):
+    engine = Engine(families["tiny"], tiny_root=tiny_root, max_bases=2)
+    requests = [build_request(anime, prompt="x", seed=2, references=[gold], base=b) for b in ("default", "anime")]
+    first = [pixels(engine.generate(r).image) for r in requests]
+    again = [pixels(engine.generate(r).image) for r in reversed(requests)][::-1]
+    assert engine.counters["base_loads"] == 2 and sorted(engine.loaded_bases) == ["anime", "default"]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))

@@ -152,9 +152,10 @@ def test_previews_show_the_face_box_and_crop(engines, presets):
 def test_faceid_lora_follows_a_base_swap(families, tiny_root, presets):
     engine = Engine(families["tiny"], tiny_root=tiny_root)
     face = presets["face"]["tiny"]
-    request = build_request(face, prompt="x", seed=1, references=[ALICE], variant="faceid-plusv2", strength=0.7)
+    kwargs = {"prompt": "x", "seed": 1, "references": [ALICE], "variant": "faceid-plusv2", "strength": 0.7}
+    request = build_request(face, **kwargs)
     first = pixels(engine.generate(request).image)
-    engine.use_base("anime")
-    assert pixels(engine.generate(request).image).shape == first.shape  # LoRA re-loaded into the new UNet
-    engine.use_base("default")
+    on_anime = engine.generate(build_request(face, **kwargs, base="anime"))
+    assert on_anime.metadata["base"] == "anime" and engine.base_name == "anime"
+    assert pixels(on_anime.image).shape == first.shape  # LoRA re-loaded into the new UNet
     assert np.array_equal(pixels(engine.generate(request).image), first)

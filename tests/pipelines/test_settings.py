@@ -34,7 +34,8 @@ def test_png_metadata_loads_as_settings(engines, presets, gold, tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"\x89PNG\r\n\x1a\n garbage", "neither a PNG made by this app nor a JSON settings file"),
+        (b"\x89PNG\r\n\x1a\n garbage", "This settings file is not valid: its PNG chunks cannot be read"),
+        (b"garbage", "This settings file is not valid: it is neither a PNG made by this app nor a JSON"),
         (b"[1, 2]", "must hold a JSON object"),
         (b'{"mode": "video"}', "mode 'video'"),
         (b'{"mode": "general", "schema": 99}', "schema 99 is not supported"),

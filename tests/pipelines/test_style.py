@@ -20,7 +20,7 @@ def layers_that_used_the_image_prompt(engine, request) -> set[str]:
     hooks = [
         proc.to_k_ip[0].register_forward_hook(lambda *a, name=name: used.add(name))
         for name, proc in adapter.processors.items()
-        if hasattr(proc, "to_k_ip") and name in engine._attention_layers
+        if hasattr(proc, "to_k_ip")
     ]
     try:
         result = engine.generate(request)
