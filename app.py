@@ -19,14 +19,15 @@ except ImportError:
 import gradio as gr
 import torch
 
-from pipelines import Engine, ImagePromptError, build_request, load_families, load_mode_presets
+from pipelines import Engine, ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
-from pipelines.settings import SETTINGS_KEYS, read_settings_file
+from pipelines.settings import SETTINGS_KEYS, read_settings_file, validated_settings
 from ui import anime, face, general, style
-from ui.common import user_errors
+from ui.common import IO_CONCURRENCY
+from ui.serving import GATE, GRADIO_CACHE_LIMITS, as_code, boundary
 
 FAMILY_ENV = "IMAGE_PROMPT_MODELS"  # default family for Spaces, where flags cannot be passed
-QUEUE_SIZE = 64  # requests waiting beyond this are refused with "queue is full"
+QUEUE_SIZE = 64  # requests waiting beyond this are refused with "queue is full" (one client holds at most 3)
 MAX_FILE_SIZE = "25mb"  # uploads over this are refused before they reach the app
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -50,10 +51,11 @@ TABS = (
 def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESETS) -> gr.Blocks:
     """All tabs on one engine, and a settings loader that fills whichever tab a file belongs to."""
     family = engine.family.name
-    with gr.Blocks(title="Image-prompt studio") as demo:
+    with gr.Blocks(title="Image-prompt studio", delete_cache=GRADIO_CACHE_LIMITS) as demo:
         gr.Markdown(
             f"# Image-prompt studio\nA text prompt plus a reference image. Strength decides how much of the "
-            f"reference carries over. Models: **{family}** (`{engine.family.base}`) on {engine.device}."
+            f"reference carries over. Models: the **{family}** family on {engine.device}; each result says which "
+            "base model drew it."
         )
         with gr.Accordion("Load settings (a PNG made here, or a settings file)", open=False):
             settings_file = gr.File(label="Drop a PNG or .json", file_types=[".png", ".json"], type="filepath")
@@ -65,30 +67,45 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
                     handles.append(module.create_demo(engine, presets[mode][family]))
         targets = [(h, name) for h in handles for name in h.controls if name in SETTINGS_KEYS]
 
-        @user_errors
-        def load_settings(path: str | None) -> list:
+        def load_settings(path: list[str]) -> list:
             if not path:
                 return [gr.skip()] * (2 + len(targets))
-            mode, values = read_settings_file(path)
-            build_request(presets[mode][family], **values)  # validate against this family's bounds first
+            mode, raw = read_settings_file(path[0])
+            values = validated_settings(presets[mode][family], raw)  # this family's bounds; cleaned text
+            shown = {name for h, name in targets if h.mode == mode}
             updates = [
                 gr.update(value=values[name]) if h.mode == mode and name in values else gr.skip() for h, name in targets
             ]
             note = f"Loaded **{mode}** settings (seed {values.get('seed', 'random')}). Add the reference images again."
+            missing = sorted(shown - set(values))
+            if missing:
+                note += f" Not in the file, left as they were: {', '.join(as_code(m) for m in missing)}."
             return [gr.Tabs(selected=mode), note, *updates]
 
         settings_file.upload(
-            load_settings,
+            boundary(load_settings, files={"path": "settings file"}),
             inputs=settings_file,
             outputs=[tabs, settings_status, *[h.controls[name] for h, name in targets]],
             api_name="load_settings",
+            **IO_CONCURRENCY,
         )
     demo.queue(max_size=QUEUE_SIZE)
+    GATE.install(demo)  # one client holds a few queued jobs at most; others still get in while it floods
     return demo
 
 
-# Safe serving: clean error messages, no file access beyond the app's own temp files, bounded uploads.
-LAUNCH_OPTIONS = {"show_error": True, "allowed_paths": [], "max_file_size": MAX_FILE_SIZE}
+def launch_options() -> dict:
+    """Safe serving: clean error messages, no file access beyond the app's own temp files, bounded uploads, and the
+    middleware that tells the gate which clients still listen for their results (see ui/serving.py).
+
+    A fresh dict per launch: Gradio adds to `app_kwargs` when it builds the server.
+    """
+    return {
+        "show_error": True,
+        "allowed_paths": [],
+        "max_file_size": MAX_FILE_SIZE,
+        "app_kwargs": {"middleware": [GATE.middleware()]},
+    }
 
 
 def check_block_maps(engine: Engine) -> None:
@@ -121,9 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--offload", action="store_true", help="model CPU offload: less GPU memory, a bit slower")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image)")
     parser.add_argument("--max-batch", type=int, default=None, help="images per denoising pass in comparisons")
+    parser.add_argument(
+        "--max-bases", type=int, default=1, help="base models kept in memory (a request for another one swaps it in)"
+    )
     args = parser.parse_args(argv)
     if args.auth is not None and ":" not in args.auth:
         parser.error("--auth takes USER:PASS")
+    if args.max_bases < 1:
+        parser.error("--max-bases must be at least 1")
     if args.offload and not torch.cuda.is_available():
         parser.error("--offload moves models to and from a CUDA GPU; this machine has none")
     return args
@@ -140,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     family = _validate_family(args.models or default_family())
     engine = Engine(
-        family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile, max_batch=args.max_batch
-    )
+        family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile, max_batch=args.max_batch,
+        max_bases=args.max_bases,
+    )  # fmt: skip
     try:
         engine.load()
         check_block_maps(engine)
@@ -160,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.auth:
             print("Tip: add --auth USER:PASS to ask for a login.")
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **LAUNCH_OPTIONS)
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **launch_options())
     return 0
 
 

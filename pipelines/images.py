@@ -25,7 +25,8 @@ MAX_DECODE_PIXELS = 64 * 2**20  # 8192 x 8192: the most pixels one reference may
 DECODE_COST = {"WEBP": 2}
 MAX_REFERENCE_SIDE = 2048  # larger images are downscaled to this before anything else
 MAX_ASPECT = 4  # a centre crop of a longer strip is taken before resizing (CLIP would crop it anyway)
-# Formats parsed at all: what people upload (JPEG includes the MPO photos of many phones). Pillow's other plugins (PSD, EPS, DDS, FITS, ...) never see the bytes.
+# Formats parsed at all: what people upload (JPEG includes the MPO photos of many phones). Pillow's other
+# plugins (PSD, EPS, DDS, FITS, ...) never see the bytes.
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "CUR", "PPM", "AVIF")
 STRIP_ROWS = 256  # rows converted at a time from 16/32-bit samples to 8 bits
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -80,7 +81,7 @@ def _to_8_bit(img: Image.Image) -> Image.Image:
 
     Values above 255 are read as 16-bit (0..65535 -> 0..255); images whose values all fit 8 bits keep them.
     """
-    low, high = img.getextrema()
+    _, high = img.getextrema()
     top = 65535 if high > 255 else 255
     out = np.empty((img.height, img.width), dtype=np.uint8)
     for y in range(0, img.height, STRIP_ROWS):

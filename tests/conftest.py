@@ -73,7 +73,7 @@ def app_url(engines):
     import app
 
     demo = app.create_app(engines["tiny"])
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.LAUNCH_OPTIONS)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.launch_options())
     yield url
     demo.close()
 

@@ -125,7 +125,7 @@ def test_out_of_range_values_sent_straight_to_the_api(served, refs):
 def test_login_is_required_with_auth(engines, reference_files):
     demo = app.create_app(engines["tiny"])
     _, url, _ = demo.launch(
-        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, auth=("ada", "s3cret"), **app.LAUNCH_OPTIONS
+        prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, auth=("ada", "s3cret"), **app.launch_options()
     )
     try:
         with pytest.raises(Exception):  # noqa: B017 - gradio_client raises its own error types here

@@ -7,8 +7,9 @@ import gradio as gr
 from pipelines.engine import Engine
 from pipelines.presets import ModePreset
 
-from .common import GPU_CONCURRENCY_ID, user_errors
 from .tab import TabHandle, TabText, build_tab
+
+BASE_LABELS = {"default": "Default base", "anime": "Anime fine-tune"}
 
 TEXT = TabText(
     intro="Keep a character's look (hair, eyes, outfit, palette) in new scenes and poses. IP-Adapter Plus reads "
@@ -22,7 +23,7 @@ TEXT = TabText(
 
 
 def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
-    return {
+    controls: dict[str, gr.components.Component] = {
         "face_reference": gr.Gallery(
             label="Face close-up (optional, for Plus + Plus-Face)",
             type="filepath",
@@ -32,28 +33,16 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
             file_types=["image"],
         )
     }
-
-
-def _base_switcher(engine: Engine) -> None:
-    """Swap the base model (for all tabs and users), once, with progress."""
-    with gr.Accordion("Base model (applies to every tab and user)", open=False):
-        base = gr.Radio(label="Base", choices=list(engine.family.bases), value=engine.base_name)
-        switch = gr.Button("Switch base model")
-        status = gr.Markdown(f"In use: **{engine.base_name}** (`{engine.family.bases[engine.base_name]}`)")
-
-    @user_errors
-    def set_base(base: str, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008 - Gradio's injection
-        progress(0, desc=f"Loading the {base} base model")
-        engine.use_base(base)
-        return f"In use: **{engine.base_name}** (`{engine.family.bases[engine.base_name]}`)"
-
-    switch.click(
-        set_base, inputs=base, outputs=status, api_name="set_base", concurrency_id=GPU_CONCURRENCY_ID,
-        concurrency_limit=1,
-    )  # fmt: skip
+    # The base is part of each request (and of its metadata): choosing one changes nobody else's images.
+    controls["base"] = gr.Radio(
+        label="Base model (for this request; the result says which one drew it)",
+        choices=[(BASE_LABELS.get(b, b), b) for b in preset.bases],
+        value="default",
+        visible=len(preset.bases) > 1,
+    )
+    return controls
 
 
 def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
-    footer = (lambda: _base_switcher(engine)) if len(engine.family.bases) > 1 else None
-    return build_tab(engine, preset, TEXT, _extra, footer)
+    return build_tab(engine, preset, TEXT, _extra)

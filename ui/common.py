@@ -1,12 +1,9 @@
-"""What every tab shares: seeds, the GPU concurrency group, turning results into files and errors into messages."""
+"""What every tab shares: seeds, the concurrency groups, turning results into files and diagnostics into text."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
-import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,15 +15,18 @@ try:  # Hugging Face ZeroGPU
 except ImportError:
     spaces = None
 
-from pipelines.errors import ImagePromptError
 from pipelines.metadata import save_png
 from pipelines.request import MAX_SEED
+
+from .serving import OUTPUTS, as_code, escape
 
 log = logging.getLogger("image_prompt_studio")
 
 GPU_CONCURRENCY_ID = "gpu"  # every event that runs the pipeline shares one queue slot
+# Events that only decode or write files (settings) share one small slot of their own: N parallel decodes of
+# crafted files cannot add up, and they never wait behind a render.
+IO_CONCURRENCY = {"concurrency_id": "io", "concurrency_limit": 2}
 RANDOM_SEED = -1  # the seed box value that asks for a fresh random seed
-_OUTPUT_DIR = Path(tempfile.mkdtemp(prefix="image-prompt-studio-"))
 
 
 # Seconds of GPU per denoising step per image of one megapixel (H100/H200-class, bf16), for ZeroGPU's budget.
@@ -55,25 +55,9 @@ def resolve_seed(seed: Any) -> Any:
     return seed
 
 
-def reference_paths(value: Any) -> list[Any]:
-    """Gallery or File input (list of paths, (path, caption) pairs or FileData dicts) to a list of paths."""
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else [value]
-    paths = []
-    for item in items:
-        if isinstance(item, (list, tuple)):
-            item = item[0]
-        if isinstance(item, dict):
-            item = item.get("path") or (item.get("image") or {}).get("path")
-        if item is not None:
-            paths.append(item)
-    return paths
-
-
-def output_path(prefix: str = "image") -> Path:
-    """A fresh PNG path in this app's own temp folder."""
-    return _OUTPUT_DIR / f"{prefix}-{uuid.uuid4().hex[:12]}.png"
+def output_path(prefix: str = "image", suffix: str = ".png") -> Path:
+    """A fresh path in this app's output folder (bounded in age and count, removed at exit)."""
+    return OUTPUTS.path(prefix, suffix)
 
 
 def write_png(image: Any, metadata: dict[str, Any]) -> str:
@@ -87,6 +71,7 @@ def format_diagnostics(diagnostics: dict[str, Any], warnings: list[str] | None =
     if "peak_memory_gb" in diagnostics:
         parts.append(f"peak {diagnostics['peak_memory_gb']} GB")
     parts += [
+        f"base {diagnostics['base']}",
         f"UNet calls {diagnostics['unet_calls']}",
         f"encoder calls {diagnostics['encoder_calls']}",
         f"cache hits {diagnostics['cache_hits']}",
@@ -96,27 +81,7 @@ def format_diagnostics(diagnostics: dict[str, Any], warnings: list[str] | None =
     if diagnostics.get("face_detections") is not None:
         parts.insert(-1, f"face detections {diagnostics['face_detections']}")
     lines = []
-    for warning in warnings or []:
-        gr.Warning(warning)
-        lines.append(f"⚠️ {warning}")
+    for warning in warnings or []:  # they may quote the person's own text: never rendered as markup
+        gr.Warning(escape(warning))
+        lines.append(f"⚠️ {as_code(warning)}")
     return "\n\n".join([*lines, " · ".join(parts)])
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Library errors become messages for the person; anything unexpected is logged, reported briefly, survived."""
-
-    @functools.wraps(fn)  # keeps the signature: Gradio names API parameters from it
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ImagePromptError as e:
-            raise gr.Error(str(e)) from e
-        except gr.Error:
-            raise
-        except Exception as e:
-            log.exception("generation failed")
-            raise gr.Error(
-                f"Generation failed ({type(e).__name__}). Please try again; the app is still running."
-            ) from e
-
-    return wrapper

@@ -24,19 +24,20 @@ from pipelines.settings import settings_of
 
 from .common import (
     GPU_CONCURRENCY_ID,
+    IO_CONCURRENCY,
     RANDOM_SEED,
     format_diagnostics,
     gpu_seconds,
     on_gpu,
     output_path,
-    reference_paths,
     resolve_seed,
-    user_errors,
     write_png,
 )
 from .examples import reference_path
+from .serving import boundary, visitor_scope
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
+FILE_INPUTS = {"reference": "reference", "face_reference": "face close-up"}  # parameter -> label in messages
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
 
 
@@ -74,15 +75,18 @@ def _endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any]) -> C
     params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     signature = inspect.Signature(params)
     endpoint.__signature__ = signature  # type: ignore[attr-defined] - inspect reads it; type checkers do not know it
-    return user_errors(endpoint)
+    return boundary(endpoint, files={n: label for n, label in FILE_INPUTS.items() if n in names})
 
 
 def request_from(preset: ModePreset, values: dict[str, Any], strength: Any = None) -> GenerationRequest:
-    """Build the request from named UI/API values (the seed box's -1 becomes a random seed here)."""
+    """Build the request from named UI/API values (the seed box's -1 becomes a random seed here).
+
+    File inputs arrive as lists of checked paths: the endpoint boundary (`ui.serving.boundary`) has vetted them.
+    """
     values = dict(values)
-    values["references"] = reference_paths(values.pop("reference", None))
+    values["references"] = values.pop("reference", None) or []
     if "face_reference" in values:
-        values["face_references"] = reference_paths(values.pop("face_reference"))
+        values["face_references"] = values.pop("face_reference") or []
     values["seed"] = resolve_seed(values.get("seed"))
     values.pop("strengths", None)
     if strength is not None:
@@ -185,7 +189,7 @@ def build_tab(
 
         def single(values: dict[str, Any], progress: Any) -> tuple:
             request = request_from(preset, values)
-            result_ = engine.generate(request, on_step=_progress_callback(progress))
+            result_ = engine.generate(request, on_step=_progress_callback(progress), scope=visitor_scope())
             path = write_png(result_.image, result_.metadata)
             report = format_diagnostics(result_.diagnostics, result_.warnings)
             previews = result_.previews or gr.skip()
@@ -194,7 +198,7 @@ def build_tab(
         def sweep(values: dict[str, Any], progress: Any) -> tuple:
             chosen = parse_strengths(values.get("strengths"), preset)
             request = request_from(preset, values, strength=chosen[0])
-            out = engine.generate_sweep(request, chosen, on_step=_progress_callback(progress))
+            out = engine.generate_sweep(request, chosen, on_step=_progress_callback(progress), scope=visitor_scope())
             captions = [f"strength {s:g}" for s in out.strengths]
             paths = [write_png(img, m) for img, m in zip(out.images, out.cell_metadata, strict=True)]
             grid = save_png(make_grid(out.images, captions), out.metadata, output_path(f"{mode}-compare"))
@@ -209,7 +213,7 @@ def build_tab(
 
         def download_settings(values: dict[str, Any], progress: Any) -> str:
             request = request_from(preset, values)
-            path = output_path(f"{mode}-settings").with_suffix(".json")
+            path = output_path(f"{mode}-settings", ".json")
             path.write_text(json.dumps(settings_of(request), indent=1, ensure_ascii=False), encoding="utf-8")
             return str(path)
 
@@ -217,7 +221,7 @@ def build_tab(
             request = request_from(preset, values)
             if not request.references:
                 raise gr.Error("Add a reference image first.")
-            return engine.encoder_preview(request, request.variant)
+            return engine.encoder_preview(request, request.variant, scope=visitor_scope())
 
         def duration(images: int) -> Callable[[dict[str, Any], Any], int]:
             def estimate(values: dict[str, Any], progress: Any) -> int:
@@ -254,8 +258,9 @@ def build_tab(
             _endpoint(names, encoder_view), inputs=inputs, outputs=preview, api_name=f"{mode}_preview", **gpu
         )
         settings_button.click(
-            _endpoint(names, download_settings), inputs=inputs, outputs=settings_file, api_name=f"{mode}_settings"
-        )
+            _endpoint(names, download_settings), inputs=inputs, outputs=settings_file, api_name=f"{mode}_settings",
+            **IO_CONCURRENCY,
+        )  # fmt: skip
         defaults = preset_values(preset)
         defaults_names = [n for n in names if n in defaults]
         defaults_button.click(
@@ -294,6 +299,8 @@ def _examples(
     def example(prompt: str, reference: Any) -> str:
         return render({**preset_values(preset), "prompt": prompt, "reference": reference, "seed": 0})
 
+    example = boundary(example, files={"reference": "reference"})
+
     on_space = bool(os.environ.get("SPACE_ID"))
     gr.Examples(
         examples=rows, inputs=[c["prompt"], c["reference"]], outputs=result, fn=example, label="Examples",
@@ -307,7 +314,7 @@ def preset_values(preset: ModePreset) -> dict[str, Any]:
         "negative_prompt": preset.negative_prompt, "strength": preset.strength.default, "variant": preset.variant,
         "steps": preset.steps.default, "guidance": preset.guidance.default, "width": preset.width.default,
         "height": preset.height.default, "stop_at": preset.stop_at.default, "crop": preset.crop,
-        "seed": RANDOM_SEED, "layout": False,
+        "seed": RANDOM_SEED, "layout": False, "base": "default",
     }  # fmt: skip
     if preset.structure is not None:
         values["structure"] = preset.structure.default
