@@ -103,9 +103,12 @@ def parse_settings(data: Any) -> tuple[str, dict[str, Any]]:
 
 
 def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, Any]:
-    """The values of `values`' keys as a request built from them has them (ranges checked, text cleaned)."""
+    """The values of `values`' keys as a request built from them has them (ranges checked, text cleaned).
+
+    Keys the file lacks take the preset's defaults for the check and are left out of the result.
+    """
     try:
-        request = build_request(preset, **values)
+        request = build_request(preset, **{"prompt": "", **values})
     except InvalidRequestError as e:
         raise SettingsFileError(str(e)) from e
     clean = settings_of(request)

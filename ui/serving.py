@@ -382,4 +382,5 @@ def boundary(fn: Callable[..., Any], files: Mapping[str, str] | None = None) -> 
             _SCOPE.reset(token)
 
     wrapper.__signature__ = outer  # type: ignore[attr-defined] - Gradio reads it to inject the request
+    wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "request": gr.Request}  # ... and the hints
     return wrapper
