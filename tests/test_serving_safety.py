@@ -215,3 +215,22 @@ def test_settings_and_previews_share_small_concurrency_groups(engines):
 
 def test_gradio_cache_is_bounded(engines):
     assert app.create_app(engines["tiny"]).delete_cache == (600, 3600)
+
+
+def test_a_job_whose_client_went_away_never_runs(app_url, engines):
+    """A client joins, listens, then closes its stream while the GPU is busy: its job is dropped, not drawn."""
+    fn_index, data = _fn_index(app_url, "general")
+    base = app_url.rstrip("/") + "/gradio_api"
+    engine = engines["tiny"]
+    calls = engine.counters["unet_calls"]
+    session = uuid.uuid4().hex
+    with engine._lock, httpx.Client(timeout=10) as http:
+        body = {"data": data, "fn_index": fn_index, "session_hash": session, "trigger_id": None}
+        assert http.post(base + "/queue/join", json=body).status_code == 200
+        with http.stream("GET", base + "/queue/data", params={"session_hash": session}) as stream:
+            next(stream.iter_lines())  # listening: the first message arrived
+        time.sleep(0.5)  # the client is gone before the GPU frees up
+    time.sleep(2.5)
+    assert engine.counters["unet_calls"] == calls
+    with engine._lock:
+        pass  # nothing of that job is left running

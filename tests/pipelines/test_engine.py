@@ -135,3 +135,31 @@ def test_missing_checkpoint_names_repo_and_offline_option(tiny_root):
         Engine(family, device="cpu").load()
     assert "nobody/no-such-model" in str(err.value)
     assert "--models tiny" in str(err.value)
+
+
+def test_prompt_warnings_never_wait_for_a_render(engines, presets):
+    """The length check runs outside the engine lock, on a bounded prefix of the prompt."""
+    import threading
+
+    engine = engines["tiny"]
+    request = build_request(presets["general"]["tiny"], prompt="word " * 399)
+    done = threading.Event()
+    with engine._lock:  # a render in progress
+        worker = threading.Thread(target=lambda: (engine.prompt_warnings(request), done.set()))
+        worker.start()
+        assert done.wait(timeout=10)
+    (warning,) = engine.prompt_warnings(request)
+    assert warning.startswith("The prompt is over ") and "the text encoder reads 75" in warning
+
+
+def test_cached_work_is_kept_apart_per_visitor(engines, presets, gold):
+    """One visitor's cache hits (and their speed) say nothing about another visitor's photos."""
+    engine = engines["tiny"]
+    request = build_request(presets["general"]["tiny"], prompt="x", references=[gold], steps=1, seed=5)
+    first = engine.generate(request, scope="visitor-a")
+    other = engine.generate(request, scope="visitor-b")
+    again = engine.generate(request, scope="visitor-a")
+    assert (first.diagnostics["encoder_calls"], other.diagnostics["encoder_calls"]) == (1, 1)
+    assert other.diagnostics["cache_hits"] == 0
+    assert again.diagnostics["cache_hits"] == 1 and again.diagnostics["encoder_calls"] == 0
+    assert np.array_equal(pixels(first.image), pixels(other.image))

@@ -159,3 +159,10 @@ def test_faceid_lora_follows_a_base_swap(families, tiny_root, presets):
     assert on_anime.metadata["base"] == "anime" and engine.base_name == "anime"
     assert pixels(on_anime.image).shape == first.shape  # LoRA re-loaded into the new UNet
     assert np.array_equal(pixels(engine.generate(request).image), first)
+
+
+def test_face_detections_are_kept_apart_per_visitor(families, tiny_root, presets):
+    engine = Engine(families["tiny"], tiny_root=tiny_root)
+    request = build_request(presets["face"]["tiny"], prompt="x", seed=1, references=[ALICE], steps=1)
+    counts = [engine.generate(request, scope=s).diagnostics["face_detections"] for s in ("a", "b", "a")]
+    assert counts == [1, 1, 0]  # visitor b's run detects again: nothing tells it that a used this photo

@@ -55,3 +55,55 @@ def test_decompression_bomb_is_refused():
 def test_cmyk_and_palette_become_rgb(gold):
     assert load_reference(encode(gold.convert("CMYK"), "JPEG")).image.mode == "RGB"
     assert load_reference(encode(gold.convert("P"))).image.mode == "RGB"
+
+
+def _bench():
+    """bench/decode_memory.py as a module: the test measures what the benchmark reports."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "decode_memory.py"
+    spec = importlib.util.spec_from_file_location("decode_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_ico_cannot_hide_a_huge_png():
+    bench = _bench()
+    huge = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(huge, format="PNG")  # 144 MP: Pillow only warns; the ICO claims 16 x 16
+    with pytest.raises(ReferenceImageError, match=r"too large \(12000x12000 pixels"):
+        load_reference(bench.ico_with_png(huge.getvalue()))
+    small = io.BytesIO()
+    Image.new("RGB", (48, 48), (0, 200, 0)).save(small, format="PNG")
+    assert load_reference(bench.ico_with_png(small.getvalue(), claimed=48)).image.getpixel((5, 5)) == (0, 200, 0)
+
+
+def test_formats_outside_the_list_are_never_parsed(gold):
+    for fmt in ("TGA", "PCX", "SGI"):  # Pillow reads them; people do not upload them; their parsers stay shut
+        with pytest.raises(ReferenceImageError, match="not a readable image"):
+            load_reference(encode(gold, fmt))
+
+
+def test_webp_has_half_the_pixel_budget():
+    from pipelines.images import MAX_DECODE_PIXELS, _check_budget
+
+    _check_budget((8192, 8192), "PNG", "reference 1")
+    _check_budget((8192, 4096), "WEBP", "reference 1")
+    with pytest.raises(ReferenceImageError, match="at most 33,554,432 pixels for WEBP"):
+        _check_budget((8192, 4097), "WEBP", "reference 1")
+    assert MAX_DECODE_PIXELS == 8192 * 8192
+
+
+@pytest.mark.parametrize("case", ["PNG RGBA (alpha)", "PNG 16-bit grey", "ICO with an embedded PNG", "GIF"])
+def test_peak_decode_memory_is_under_4x_the_rgb_size(tmp_path, case):
+    """Measured in a fresh process (2048 x 2048, 12 MiB of RGB); the benchmark gives the numbers at the cap."""
+    bench = _bench()
+    encode_case = bench.cases(2048)[case]
+    path, warm = tmp_path / "ref", tmp_path / "warm"
+    path.write_bytes(encode_case(2048))
+    warm.write_bytes(encode_case(64))
+    kib, size = bench.peak_extra_kib(path, warm)
+    assert size == (2048, 2048)
+    assert kib / 1024 < 4 * 2048 * 2048 * 3 / 2**20, f"{kib / 1024:.0f} MiB"

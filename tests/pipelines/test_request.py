@@ -56,3 +56,19 @@ def test_control_characters_are_dropped(preset):
 def test_too_many_references(preset, gold):
     with pytest.raises(InvalidRequestError, match="at most 8 images per input"):
         build_request(preset, prompt="x", references=[gold] * 9)
+
+
+def test_prompts_have_a_length_limit_checked_before_tokenising(preset):
+    from pipelines.request import MAX_PROMPT_CHARS
+
+    build_request(preset, prompt="x" * MAX_PROMPT_CHARS)
+    with pytest.raises(InvalidRequestError, match="The prompt is 2,001 characters long; at most 2,000"):
+        build_request(preset, prompt="x" * (MAX_PROMPT_CHARS + 1))
+    with pytest.raises(InvalidRequestError, match="The negative prompt is 100,000 characters long"):
+        build_request(preset, prompt="x", negative_prompt="y" * 100_000)
+
+
+def test_messages_never_echo_a_whole_payload(preset):
+    with pytest.raises(InvalidRequestError) as err:
+        build_request(preset, prompt="x", variant="v" * 10_000)
+    assert len(str(err.value)) < 200

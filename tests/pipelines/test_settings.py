@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -56,3 +57,61 @@ def test_png_without_our_metadata(tmp_path):
 
 def test_unknown_keys_are_ignored():
     assert parse_settings({"mode": "anime", "prompt": "x", "packages": {}}) == ("anime", {"prompt": "x"})
+
+
+def _write(tmp_path, data: bytes, name: str = "crafted"):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 16 levels deep"),
+        (b'{"mode": "general", "x": ' + b"[" * 40 + b"]" * 40 + b"}", "nested more than 16 levels deep"),
+        (b'{"mode": "general", "seed": ' + b"9" * 5000 + b"}", "a number in it has too many digits"),
+        (b'{"mode": "general", "prompt": 5}', "prompt must be text, got 5"),
+        (b'{"mode": "general", "steps": "4"}', "steps must be a whole number, got '4'"),
+        (b'{"mode": "general", "steps": 4.5}', "steps must be a whole number, got 4.5"),
+        (b'{"mode": "general", "layout": "yes"}', "layout must be true or false"),
+        (b'{"mode": "general", "strength": true}', "strength must be a number, got True"),
+        (b'{"mode": ["general"]}', r"it names mode \['general'\]"),
+        (b"\xff\xfe not text", "neither a PNG made by this app nor a JSON settings file"),
+        (b" " * (300 * 1024), "larger than 256 KB"),
+    ],
+)
+def test_crafted_settings_get_a_clear_message(tmp_path, data, message):
+    with pytest.raises(InvalidRequestError, match=f"^This settings file is not valid: .*{message}"):
+        read_settings_file(_write(tmp_path, data))
+
+
+def test_crafted_png_text_chunks(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    bomb = PngInfo()
+    bomb.add_text("image_prompt", "0" * (8 * 2**20), zip=True)  # 8 MB inflating from a few KB
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG", pnginfo=bomb)
+    with pytest.raises(InvalidRequestError, match="its PNG chunks cannot be read"):
+        read_settings_file(_write(tmp_path, buf.getvalue(), "bomb.png"))
+    good = PngInfo()
+    good.add_text("image_prompt", json.dumps({"mode": "general", "prompt": "x"}))
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, format="PNG", pnginfo=good)
+    data = bytearray(buf.getvalue())
+    at = data.index(b"tEXt")
+    data[at + 8] ^= 0xFF  # a changed byte: the chunk's CRC no longer matches
+    with pytest.raises(InvalidRequestError, match="its PNG chunks cannot be read"):
+        read_settings_file(_write(tmp_path, bytes(data), "broken.png"))
+    assert read_settings_file(_write(tmp_path, buf.getvalue(), "good.png")) == ("general", {"prompt": "x"})
+
+
+def test_validated_settings_are_what_the_controls_get(presets):
+    from pipelines.settings import validated_settings
+
+    general = presets["general"]["tiny"]
+    clean = validated_settings(general, {"prompt": "a \u202ecat\u0007", "seed": 7.0, "width": 70})
+    assert clean == {"prompt": "a cat", "seed": 7, "width": 64}  # control characters gone, 70 snapped to 64
+    with pytest.raises(InvalidRequestError, match=r"This settings file is not valid: strength = 9\.0 is outside"):
+        validated_settings(general, {"strength": 9.0})
