@@ -43,7 +43,8 @@ MAX_FILES_PER_REQUEST = 17  # 8 references + 8 face close-ups + a settings file
 MAX_BYTES_PER_REQUEST = 64 * 2**20  # all files of one request together (each is also capped at upload: 25 MB)
 MAX_JOBS_PER_SESSION = 3  # queued or running jobs one browser tab / API client may hold at once
 MAX_JOBS_PER_IP = 8  # the same for one address (several tabs, or people behind one NAT)
-LISTENER_GRACE_S = 1.0  # a job waits this long for its client to open the result stream before it is dropped
+LISTENER_GRACE_S = 2.0  # from its join, a job waits at most this long for its client to open the result stream
+# (a browser opens it one round trip after the join; slow links need the margin)
 OUTPUT_MAX_AGE_S = 15 * 60  # results are copied into Gradio's cache when returned: our own copy can go soon
 OUTPUT_MAX_FILES = 256
 GRADIO_CACHE_LIMITS = (600, 3600)  # Gradio's delete_cache: every 10 minutes, files older than an hour
@@ -164,6 +165,7 @@ class ClientGate:
         self.counters: Counter[str] = Counter()  # refused_session, refused_ip, dropped_gone
         self._streams: Counter[str] = Counter()
         self._rest_sessions: dict[str, float] = {}  # REST `/call/` jobs: results may be fetched after they finish
+        self._joined: dict[str, float] = {}  # when each session last had a job accepted
         self._lock = threading.Lock()
         self.tracking = False  # True once the middleware sees traffic: without it no job is dropped
 
@@ -178,8 +180,11 @@ class ClientGate:
             if refusal is not None:
                 return False, refusal, "error"
             result = await push(body, request, username)
-            if result[0] and getattr(body, "simple_format", False):
-                self._rest(body.session_hash)  # push has set it (the event id when the caller sent none)
+            if result[0]:
+                with self._lock:
+                    self._joined[body.session_hash] = time.monotonic()  # push has set it when the caller sent none
+                if getattr(body, "simple_format", False):
+                    self._rest(body.session_hash)
             return result
 
         queue.push = limited_push
@@ -226,9 +231,10 @@ class ClientGate:
         now = time.monotonic()
         with self._lock:
             self._rest_sessions[session] = now
-            for key, since in list(self._rest_sessions.items()):
-                if now - since > 3600:
-                    del self._rest_sessions[key]
+            for table in (self._rest_sessions, self._joined):
+                for key, since in list(table.items()):
+                    if now - since > 3600:
+                        del table[key]
 
     def listening(self, session: str | None) -> bool:
         """Whether a result stream is open for `session` (or it is a REST job, whose results wait for a GET)."""
@@ -236,10 +242,16 @@ class ClientGate:
             return session is not None and (self._streams[session] > 0 or session in self._rest_sessions)
 
     def check_listening(self, session: str | None, grace_s: float = LISTENER_GRACE_S) -> None:
-        """Raise ClientGoneError when nobody listens for this session's results (after a short grace)."""
+        """Raise ClientGoneError when nobody listens for this session's results.
+
+        A client opens its stream right after joining: the grace runs from the session's last accepted join, so a
+        job that waited in the queue is judged at once and a flood's jobs hold the GPU slot for no time.
+        """
         if not self.tracking or session is None:
             return  # served without the middleware (a bare `demo.launch()`), or called directly: nothing to know
-        deadline = time.monotonic() + grace_s
+        with self._lock:
+            joined = self._joined.get(session, time.monotonic())
+        deadline = joined + grace_s
         while not self.listening(session):
             if time.monotonic() >= deadline:
                 self.counters["dropped_gone"] += 1
