@@ -64,3 +64,18 @@ def test_comparison_shows_the_grid(page, files):
     assert cells.count() >= 5
     assert panel.get_by_text("strength 0.75").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "general-compare.png"), full_page=True)
+
+
+def test_a_crafted_settings_file_shows_as_text_not_markup(page, tmp_path):
+    """The error toast renders HTML: a settings file's markup must come out as the characters it is."""
+    import json
+
+    crafted = tmp_path / "crafted.json"
+    crafted.write_text(json.dumps({"mode": "general", "variant": "<img src=x id=injected><b>bold</b>"}))
+    page.get_by_text("Load settings (a PNG made here, or a settings file)").click()
+    page.locator("input[type=file][accept*='.json']").set_input_files(str(crafted))
+    toast = page.get_by_test_id("toast-body").filter(has_text="This settings file is not valid")
+    toast.first.wait_for(state="visible")
+    assert "<img src=x id=injected><b>bold</b>" in toast.first.inner_text()
+    assert page.locator("#injected").count() == 0 and toast.first.locator("b").count() == 0
+    page.screenshot(path=str(ARTIFACTS / "crafted-settings.png"), full_page=True)
