@@ -25,16 +25,23 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Runs in the child: the peak resident memory (KiB on Linux) added by decoding `path`.
+# Runs in the child: the peak resident memory (KiB) added by decoding `path`. A child's peak starts at its parent's
+# resident size (fork), so the peak is reset first (Linux's /proc/self/clear_refs) and read from /proc/self/status.
 CHILD = """
-import resource, sys
+import sys
 sys.path.insert(0, {root!r})
 from pipelines.images import load_reference
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
 load_reference({warm!r})  # codecs and first-use allocations: not the reference's cost
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak (VmHWM) to the current resident size
+before = status("VmRSS")
 ref = load_reference({path!r})
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(after - before, ref.image.size[0], ref.image.size[1])
+print(status("VmHWM") - before, ref.image.size[0], ref.image.size[1])
 """
 
 

@@ -150,8 +150,15 @@ def load_reference(
     finally:
         if opened is not None:
             opened.close()  # animated formats keep their file open until closed
-    digest = hashlib.sha256(f"{img.width}x{img.height}:".encode() + img.tobytes()).hexdigest()
-    return ReferenceImage(image=img, sha256=digest)
+    return ReferenceImage(image=img, sha256=pixel_hash(img))
+
+
+def pixel_hash(img: Image.Image) -> str:
+    """SHA-256 of the size and RGB bytes, hashed a strip at a time (no full-size copy of the pixels)."""
+    digest = hashlib.sha256(f"{img.width}x{img.height}:".encode())
+    for y in range(0, img.height, STRIP_ROWS):
+        digest.update(img.crop((0, y, img.width, min(y + STRIP_ROWS, img.height))).tobytes())
+    return digest.hexdigest()
 
 
 PAD_COLOUR = (128, 128, 128)  # neutral grey: padding adds as little colour to the image prompt as possible
