@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 import random
+import shutil
+import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipelines.tiny_faces import draw_face
-
-from .common import output_path
 
 
 def _gold() -> Image.Image:
@@ -67,8 +68,16 @@ DRAWINGS = {"gold": _gold, "painting": _painting, "character": _character, "face
 
 
 @functools.cache
+def _folder() -> Path:
+    """The examples' own folder (the results folder is pruned; examples must stay), removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix="image-prompt-studio-examples-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+@functools.cache
 def reference_path(name: str) -> str:
-    """The drawing `name` saved once per process as a PNG in the app's temp folder."""
-    path = Path(output_path(f"example-{name}"))
+    """The drawing `name` saved once per process as a PNG in the examples' folder."""
+    path = _folder() / f"example-{name}.png"
     DRAWINGS[name]().save(path)
     return str(path)
