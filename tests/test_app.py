@@ -117,11 +117,11 @@ def test_compare_endpoint_cells_grid_and_ab(client, gold_file):
         prompt="a gold vase", reference=gallery(gold_file), strengths="0, 1", seed=77, steps=2,
         api_name="/general_compare",
     )  # fmt: skip
-    assert [cell["caption"] for cell in gallery_out] == ["strength 0", "strength 1"]
+    assert [cell["caption"] for cell in gallery_out] == ["0", "1"]  # short captions: readable at any count
     assert seed == 77 and meta["strengths"] == [0.0, 1.0]
     assert read_png_metadata(grid)["strengths"] == [0.0, 1.0]  # the grid PNG carries the whole sweep
     assert Image.open(grid).width == 2 * 64
-    assert slider["visible"] is True and len(slider["value"]) == 2  # two strengths: an A/B slider
+    assert len(slider) == 2 and all(Path(p).is_file() for p in slider)  # two strengths: the A/B pair, plain paths
     assert "batch 2" in diagnostics
     cell_b = np.asarray(Image.open(gallery_out[1]["image"]).convert("RGB")).astype(int)
     single, *_ = client.predict(

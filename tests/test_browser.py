@@ -62,7 +62,10 @@ def test_comparison_shows_the_grid(page, files):
     cells = page.locator("#general-cells img")
     cells.nth(4).wait_for(state="visible")
     assert cells.count() >= 5
-    assert panel.get_by_text("strength 0.75").count() >= 1
+    caption = panel.get_by_text("0.75", exact=True).first
+    assert caption.evaluate("e => e.scrollWidth <= e.clientWidth")  # the whole caption shows, not "0.…"
+    fit = cells.first.evaluate("e => getComputedStyle(e).objectFit")
+    assert fit == "contain"  # cells are never cropped
     page.screenshot(path=str(ARTIFACTS / "general-compare.png"), full_page=True)
 
 

@@ -24,6 +24,7 @@ TEXT = TabText(
     strength_label="Identity strength",
     variant_labels={"faceid": "FaceID (identity only)", "faceid-plusv2": "FaceID Plus v2 (identity + face structure)"},
     notice=LICENCE,
+    variant_only={"structure": ("faceid-plusv2",)},  # plain FaceID has no structure input
 )
 
 

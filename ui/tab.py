@@ -48,6 +48,7 @@ class TabHandle:
     demo: gr.Blocks
     controls: dict[str, gr.components.Component]
     mode: str
+    strengths: gr.Textbox | None = None  # the comparison's strengths (a grid PNG's settings restore them)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class TabText:
     strength_label: str
     variant_labels: dict[str, str] = field(default_factory=dict)
     notice: str | None = None  # e.g. a licence notice
+    # Controls that matter only for some variants: hidden for the others (e.g. structure: FaceID Plus only).
+    variant_only: dict[str, tuple[str, ...]] = field(default_factory=dict)
     example_references: tuple[str, ...] = ()  # names of ui.examples drawings, paired with the preset's prompts
 
 
@@ -123,7 +126,7 @@ def build_tab(
                 c["prompt"] = gr.Textbox(label="Prompt", lines=2, placeholder="What to draw")
                 c["reference"] = gr.Gallery(
                     label=text.reference_label, type="filepath", interactive=True, columns=4, height=200,
-                    file_types=["image"],
+                    file_types=["image"], object_fit="contain",
                 )  # fmt: skip
                 c["strength"] = gr.Slider(
                     label=text.strength_label, minimum=preset.strength.min, maximum=preset.strength.max,
@@ -135,6 +138,8 @@ def build_tab(
                 )  # fmt: skip
                 if extra is not None:
                     c.update(extra(preset))
+                for name, variants in text.variant_only.items():
+                    c[name].visible = preset.variant in variants
                 run = gr.Button("Start drawing", variant="primary")
                 with gr.Accordion("Settings", open=False):
                     c["negative_prompt"] = gr.Textbox(label="Negative prompt", value=preset.negative_prompt, lines=2)
@@ -166,9 +171,11 @@ def build_tab(
                 result = gr.Image(
                     label="Result", type="filepath", format="png", interactive=False, elem_id=f"{mode}-result"
                 )
-                used_seed = gr.Number(label="Seed used", precision=0, interactive=False)
+                used_seed = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
                 diagnostics = gr.Markdown(label="diagnostics")
-                preview = gr.Gallery(label="What the adapter sees", columns=4, height=140, interactive=False)
+                preview = gr.Gallery(
+                    label="What the adapter sees", columns=4, height=140, interactive=False, object_fit="contain"
+                )
                 with gr.Accordion("Compare strengths (same seed, one batched pass)", open=False):
                     strengths = gr.Textbox(
                         label="Strengths (comma-separated; two give an A/B slider)",
@@ -176,8 +183,9 @@ def build_tab(
                     )
                     compare = gr.Button("Compare strengths")
                     cells = gr.Gallery(
-                        label="Comparison", columns=5, height=260, interactive=False, elem_id=f"{mode}-cells"
-                    )
+                        label="Comparison (the strength under each cell)", columns=5, height=260,
+                        interactive=False, elem_id=f"{mode}-cells", object_fit="contain",
+                    )  # fmt: skip
                     ab = gr.ImageSlider(label="A/B", type="filepath", visible=False)
                     grid_file = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
                     compare_diagnostics = gr.Markdown(label="compare_diagnostics")
@@ -192,21 +200,20 @@ def build_tab(
             result_ = engine.generate(request, on_step=_progress_callback(progress), scope=visitor_scope())
             path = write_png(result_.image, result_.metadata)
             report = format_diagnostics(result_.diagnostics, result_.warnings)
-            previews = result_.previews or gr.skip()
+            previews = result_.previews
+            if not previews and request.references:  # what the encoder saw (preprocessing only: no encoder call)
+                previews = engine.encoder_preview(request, request.variant, scope=visitor_scope())
             return path, request.seed, report, result_.metadata, previews
 
         def sweep(values: dict[str, Any], progress: Any) -> tuple:
             chosen = parse_strengths(values.get("strengths"), preset)
             request = request_from(preset, values, strength=chosen[0])
             out = engine.generate_sweep(request, chosen, on_step=_progress_callback(progress), scope=visitor_scope())
-            captions = [f"strength {s:g}" for s in out.strengths]
+            captions = [f"{s:g}" for s in out.strengths]  # short: readable under the smallest cell
             paths = [write_png(img, m) for img, m in zip(out.images, out.cell_metadata, strict=True)]
-            grid = save_png(make_grid(out.images, captions), out.metadata, output_path(f"{mode}-compare"))
-            slider = (
-                gr.ImageSlider(value=(paths[0], paths[1]), visible=True)
-                if len(paths) == 2
-                else gr.ImageSlider(value=None, visible=False)
-            )
+            labels = [f"strength {c}" for c in captions]
+            grid = save_png(make_grid(out.images, labels), out.metadata, output_path(f"{mode}-compare"))
+            slider = (paths[0], paths[1]) if len(paths) == 2 else None
             gallery = list(zip(paths, captions, strict=True))
             report = format_diagnostics(out.diagnostics, out.warnings)
             return gallery, slider, str(grid), request.seed, report, out.metadata
@@ -220,7 +227,7 @@ def build_tab(
         def encoder_view(values: dict[str, Any], progress: Any) -> list:
             request = request_from(preset, values)
             if not request.references:
-                raise gr.Error("Add a reference image first.")
+                return []  # nothing to see (and nothing stale left showing)
             return engine.encoder_preview(request, request.variant, scope=visitor_scope())
 
         def duration(images: int) -> Callable[[dict[str, Any], Any], int]:
@@ -242,6 +249,9 @@ def build_tab(
         with example_slot:
             _examples(preset, text, c, result, lambda values: single(values, None)[0])
         gpu = {"concurrency_id": GPU_CONCURRENCY_ID, "concurrency_limit": 1}
+        private = {"api_visibility": "private", "queue": False}
+        for button, outputs in ((run, [used_seed, diagnostics]), (compare, [used_seed, compare_diagnostics])):
+            button.click(lambda: (None, ""), outputs=outputs, **private)  # a failed run leaves nothing stale
         run.click(
             _endpoint(names, single), inputs=inputs, outputs=[result, used_seed, diagnostics, metadata, preview],
             api_name=mode, **gpu,
@@ -253,10 +263,24 @@ def build_tab(
             outputs=[cells, ab, grid_file, used_seed, compare_diagnostics, metadata],
             api_name=f"{mode}_compare",
             **gpu,
-        )
+        ).success(_ab_label, inputs=[ab, metadata], outputs=ab, **private)
         preview_button.click(
             _endpoint(names, encoder_view), inputs=inputs, outputs=preview, api_name=f"{mode}_preview", **gpu
         )
+        # What the adapter sees follows the references and crop by itself: cleared at once, then redrawn.
+        auto_view = _endpoint(names, encoder_view)
+        for name in ("reference", "face_reference", "crop", "variant"):
+            if name in c:
+                c[name].change(lambda: [], outputs=preview, **private)
+                c[name].change(auto_view, inputs=inputs, outputs=preview, api_visibility="private",
+                               trigger_mode="always_last", **gpu)  # fmt: skip
+        _keep_in_budget(preset, c["width"], c["height"], private)
+        if text.variant_only:
+            hidden = list(text.variant_only)
+            c["variant"].change(
+                lambda v: [gr.update(visible=v in text.variant_only[n]) for n in hidden],
+                inputs=c["variant"], outputs=[c[n] for n in hidden], **private,
+            )  # fmt: skip
         settings_button.click(
             _endpoint(names, download_settings), inputs=inputs, outputs=settings_file, api_name=f"{mode}_settings",
             **IO_CONCURRENCY,
@@ -273,7 +297,28 @@ def build_tab(
             footer()  # more UI of the mode's own, inside this tab
         random_seed.click(lambda: RANDOM_SEED, outputs=c["seed"], api_visibility="private", queue=False)
         reuse_seed.click(lambda s: s, inputs=used_seed, outputs=c["seed"], api_visibility="private", queue=False)
-    return TabHandle(demo, c, mode)
+    return TabHandle(demo, c, mode, strengths)
+
+
+def _ab_label(pair: Any, metadata: dict | None) -> Any:
+    """Show the A/B slider for two cells only, labelled with the strength on each side."""
+    sweep = (metadata or {}).get("strengths") or []
+    if not pair or len(sweep) != 2:
+        return gr.update(visible=False)
+    return gr.update(visible=True, label=f"A/B: left = strength {sweep[0]:g}, right = strength {sweep[1]:g}")
+
+
+def _keep_in_budget(preset: ModePreset, width: gr.Slider, height: gr.Slider, private: dict) -> None:
+    """When one size slider pushes width x height past the preset's pixel budget, the other one gives way."""
+
+    def fit(changed: float, other: float, other_range: Any) -> Any:
+        if changed is None or other is None or changed * other <= preset.max_pixels:
+            return gr.skip()
+        fitting = preset.max_pixels // int(changed) // int(other_range.step) * int(other_range.step)
+        return max(int(other_range.min), fitting)
+
+    width.release(lambda w, h: fit(w, h, preset.height), inputs=[width, height], outputs=height, **private)
+    height.release(lambda h, w: fit(h, w, preset.width), inputs=[height, width], outputs=width, **private)
 
 
 def _examples(
