@@ -21,7 +21,8 @@ import torch
 
 from pipelines import Engine, ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
-from pipelines.settings import SETTINGS_KEYS, read_settings_file, validated_settings
+from pipelines.request import parse_strengths
+from pipelines.settings import SETTINGS_KEYS, SettingsFileError, read_settings_file, validated_settings
 from ui import anime, face, general, style
 from ui.common import IO_CONCURRENCY
 from ui.serving import GATE, GRADIO_CACHE_LIMITS, as_code, boundary
@@ -67,27 +68,52 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
                     handles.append(module.create_demo(engine, presets[mode][family]))
         targets = [(h, name) for h in handles for name in h.controls if name in SETTINGS_KEYS]
 
-        def load_settings(path: list[str]) -> list:
+        loaded = gr.JSON(visible=False)  # what the API returns; the page's controls are filled from it
+
+        def load_settings(path: list[str]) -> tuple[str, dict]:
+            """Read a PNG made here or a settings file: (a note for the person, the validated settings)."""
             if not path:
-                return [gr.skip()] * (2 + len(targets))
+                raise gr.Error("Choose a PNG made here or a settings file.")
             mode, raw = read_settings_file(path[0])
-            values = validated_settings(presets[mode][family], raw)  # this family's bounds; cleaned text
+            preset = presets[mode][family]
+            values = validated_settings(preset, raw)  # this family's bounds; cleaned text
+            strengths = None
+            if raw.get("strengths") is not None:  # a comparison grid PNG: its sweep
+                try:
+                    strengths = list(parse_strengths(raw["strengths"], preset))
+                except ImagePromptError as e:
+                    raise SettingsFileError(str(e)) from e
             shown = {name for h, name in targets if h.mode == mode}
-            updates = [
-                gr.update(value=values[name]) if h.mode == mode and name in values else gr.skip() for h, name in targets
-            ]
-            note = f"Loaded **{mode}** settings (seed {values.get('seed', 'random')}). Add the reference images again."
             missing = sorted(shown - set(values))
+            note = f"Loaded **{mode}** settings (seed {values.get('seed', 'random')}). Add the reference images again."
+            if strengths:
+                note += f" Comparison strengths: {', '.join(f'{v:g}' for v in strengths)}."
             if missing:
                 note += f" Not in the file, left as they were: {', '.join(as_code(m) for m in missing)}."
-            return [gr.Tabs(selected=mode), note, *updates]
+            return note, {"mode": mode, "settings": values, "strengths": strengths, "missing": missing}
 
+        def fill_controls(data: dict) -> list:
+            """Put loaded settings into their tab's controls; every other control stays as it is."""
+            mode, values, strengths = data["mode"], data["settings"], data.get("strengths")
+            updates = [values[name] if h.mode == mode and name in values else gr.skip() for h, name in targets]
+            sweeps = [
+                ", ".join(f"{v:g}" for v in strengths) if h.mode == mode and strengths else gr.skip() for h in handles
+            ]
+            return [gr.Tabs(selected=mode), *updates, *sweeps]
+
+        # A failed load raises before `.success`: the controls are left untouched (no error on each of them).
         settings_file.upload(
             boundary(load_settings, files={"path": "settings file"}),
             inputs=settings_file,
-            outputs=[tabs, settings_status, *[h.controls[name] for h, name in targets]],
+            outputs=[settings_status, loaded],
             api_name="load_settings",
             **IO_CONCURRENCY,
+        ).success(
+            fill_controls,
+            inputs=loaded,
+            outputs=[tabs, *[h.controls[name] for h, name in targets], *[h.strengths for h in handles]],
+            api_visibility="private",
+            queue=False,
         )
     demo.queue(max_size=QUEUE_SIZE)
     GATE.install(demo)  # one client holds a few queued jobs at most; others still get in while it floods

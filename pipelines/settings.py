@@ -99,6 +99,11 @@ def parse_settings(data: Any) -> tuple[str, dict[str, Any]]:
         if not _type_ok(kind, value):
             raise SettingsFileError(f"{key} must be {_PHRASES[kind]}, got {shown(value)}.")
         values[key] = value
+    strengths = data.get("strengths")  # a comparison grid's sweep (checked against a preset by the caller)
+    if strengths is not None:
+        if not isinstance(strengths, list) or not all(_type_ok("number", v) for v in strengths):
+            raise SettingsFileError(f"strengths must be a list of numbers, got {shown(strengths)}.")
+        values["strengths"] = strengths
     return mode, values
 
 
@@ -107,6 +112,7 @@ def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, 
 
     Keys the file lacks take the preset's defaults for the check and are left out of the result.
     """
+    values = {k: v for k, v in values.items() if k in SETTINGS_TYPES}
     try:
         request = build_request(preset, **{"prompt": "", **values})
     except InvalidRequestError as e:

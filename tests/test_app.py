@@ -173,12 +173,24 @@ def test_download_and_load_settings(client, gold_file):
     png, *_ = client.predict(prompt="a gold vase", reference=gallery(gold_file), seed=5, api_name="/general")
     note, values = loaded_values(client.predict(handle_file(png), api_name="/load_settings"))
     assert "Loaded **general** settings (seed 5)" in note and "a gold vase" in values
+    _, _, grid, *_ = client.predict(prompt="v", strengths="0, 0.3, 0.9", steps=1, api_name="/general_compare")
+    note, data = client.predict(handle_file(grid), api_name="/load_settings")
+    assert data["strengths"] == [0.0, 0.3, 0.9] and "Comparison strengths: 0, 0.3, 0.9" in note
+
+
+def test_a_settings_file_with_missing_keys_fills_what_it_has(client, tmp_path):
+    path = tmp_path / "partial.json"
+    path.write_text('{"mode": "style", "strength": 0.7}')
+    note, data = client.predict(handle_file(str(path)), api_name="/load_settings")
+    assert data["settings"] == {"strength": 0.7}
+    assert "Not in the file, left as they were:" in note and "`prompt`" in note and "`seed`" in note
 
 
 def loaded_values(outputs: tuple) -> tuple[str, list]:
-    """The status note and the values set on controls (the tab switch is not part of the API output)."""
-    note, *updates = outputs
-    return note, [u["value"] for u in updates if isinstance(u, dict) and "value" in u]
+    """The status note and the loaded values (plain JSON: no Gradio update dicts reach an API caller)."""
+    note, data = outputs
+    assert "__type__" not in str(data)
+    return note, list(data["settings"].values())
 
 
 def test_load_settings_rejects_foreign_files(client, tmp_path):

@@ -81,4 +81,5 @@ def test_a_crafted_settings_file_shows_as_text_not_markup(page, tmp_path):
     toast.first.wait_for(state="visible")
     assert "<img src=x id=injected><b>bold</b>" in toast.first.inner_text()
     assert page.locator("#injected").count() == 0 and toast.first.locator("b").count() == 0
+    assert page.locator("#tab-general").get_by_text("Error", exact=True).count() == 0  # controls left untouched
     page.screenshot(path=str(ARTIFACTS / "crafted-settings.png"), full_page=True)

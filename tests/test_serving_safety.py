@@ -130,7 +130,7 @@ def test_settings_load_the_validated_values(client, tmp_path):
     crafted.write_text(json.dumps({"mode": "general", "prompt": "a \u202ecat\u0007 in snow", "steps": 3}))
     result = json.dumps(client.predict(path=handle_file(str(crafted)), api_name="/load_settings"))
     assert "a cat in snow" in result  # bidi and control characters are gone from what the controls get
-    assert "\\u202e" not in result and "\\u0007" not in result
+    assert "\\u202e" not in result and "\\u0007" not in result and "__type__" not in result
     for content, message in [
         ({"mode": "general", "strength": "0.5"}, "strength must be a number, got '0.5'"),
         ({"mode": "general", "steps": 10**40}, r"steps = 1000000000\d+ is outside \[1, 50\]"),
