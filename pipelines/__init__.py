@@ -1,5 +1,6 @@
 """The image-prompt library: engine, presets, requests. Never imports gradio."""
 
+from . import quiet  # noqa: F401 - first: it silences the loaders' known notes before the imports below trigger them
 from .engine import Engine, GenerationResult
 from .errors import ImagePromptError, InvalidRequestError, ModelNotAvailableError, PresetError, ReferenceImageError
 from .presets import FamilySpec, ModePreset, load_families, load_mode_presets

@@ -345,7 +345,9 @@ class Engine:
                 raise InvalidRequestError("variant", f"model family {self.family.name!r} has no face analysis")
             if self.family.source != "hub" and spec.root:
                 spec = FaceSpec(spec.pack, self._resolve(spec.root))
-            self._faces = FaceAnalyzer(spec, self.family.name, use_cuda=self.device.startswith("cuda"))
+            self._faces = FaceAnalyzer(
+                spec, self.family.name, use_cuda=self.device.startswith("cuda"), drawn_only=self.family.source != "hub"
+            )
         return self._faces
 
     def _checkpoint(self, spec: AdapterSpec) -> dict[str, dict[str, torch.Tensor]]:
@@ -657,6 +659,10 @@ class Engine:
             adapter = None
             embeds = None
             warnings: list[str] = list(prompt_warnings)
+            if not request.prompt:
+                warnings.append("The prompt is empty: the image comes from the image prompt (and the mode) alone.")
+            if not request.references:
+                warnings.append("No reference image was given: the strength had no effect (a text-only image).")
             previews: list[Image.Image] = []
             if request.references:
                 adapter = self._adapter(request.variant)

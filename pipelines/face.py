@@ -53,8 +53,11 @@ class FaceError(InvalidRequestError):
 class FaceAnalyzer:
     """One insightface `FaceAnalysis`, loaded on first use and shared; results cached by image content."""
 
-    def __init__(self, spec: FaceSpec, family: str, use_cuda: bool, cache_size: int = 256) -> None:
+    def __init__(
+        self, spec: FaceSpec, family: str, use_cuda: bool, cache_size: int = 256, drawn_only: bool = False
+    ) -> None:
         self.spec = spec
+        self.drawn_only = drawn_only  # the offline (tiny) pack: it finds drawn faces only, never a real photo
         self.family = family
         self.use_cuda = use_cuda
         self.counters: Counter[str] = Counter()  # detections, cache_hits
@@ -122,6 +125,11 @@ class FaceAnalyzer:
         results, warnings = [], []
         for i, ref in enumerate(refs, 1):
             faces = self._detect(ref, scope)
+            if not faces and self.drawn_only:
+                raise FaceError(
+                    f"No face found in {label} {i}. The offline face model only finds drawn faces like the example; "
+                    "real photos need the real insightface pack (run without --models tiny)."
+                )
             if not faces:
                 raise FaceError(f"No face found in {label} {i}. Use a photo where one face is clearly visible.")
             face = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))

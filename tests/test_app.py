@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,8 @@ def test_face_endpoint(client, tmp_path):
     assert meta["mode"] == "face" and meta["structure"] == 1.5 and meta["face_model"] == "tiny_faces"
     assert "Reference 2 shows 2 faces; the largest one is used." in report
     assert len(seen) == 4  # each photo with its face box, then each aligned crop
-    with pytest.raises(Exception, match=r"No face found in reference 2\. Use a photo where one face is clearly"):
+    offline = r"No face found in reference 2\. The offline face model only finds drawn faces like the example; real"
+    with pytest.raises(Exception, match=offline):
         client.predict(prompt="x", reference=gallery(str(alice), str(empty)), api_name="/face")
 
 
@@ -231,3 +233,36 @@ def test_example_drawings_are_valid_references():
 
     for name in DRAWINGS:
         assert load_reference(reference_path(name)).image.mode == "RGB"
+
+
+def test_a_quiet_console(tmp_path):
+    """`python app.py --models tiny`: no progress bars or known library notes; a bad request logs one line."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = tmp_path / "console.txt"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "app.py", "--models", "tiny", "--port", str(port)], cwd=ROOT, env=env, stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            for _ in range(120):
+                if "Running on local URL" in log.read_text():
+                    break
+                time.sleep(0.5)
+            with pytest.raises(Exception, match="steps must be a whole number"):
+                Client(f"http://127.0.0.1:{port}/", verbose=False).predict(prompt="x", steps=2.5, api_name="/general")
+            time.sleep(0.5)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    console = log.read_text()
+    assert "Running on local URL" in console
+    for noise in ("Traceback", "Loading weights", "Loading pipeline components", "requires torchvision",
+                  "kept in float32", "HTTP Request"):  # fmt: skip
+        assert noise not in console, noise
+    assert console.count("steps must be a whole number") == 1

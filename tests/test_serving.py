@@ -139,7 +139,9 @@ def test_login_is_required_with_auth(engines, reference_files):
 def test_empty_and_whitespace_prompts_draw_from_the_image_prompt_alone(served, refs):
     client = Client(served, verbose=False)
     for prompt in ("", "   \n\t "):
-        _, _, _, meta, _ = client.predict(
+        _, _, report, meta, _ = client.predict(
             prompt=prompt, reference=[{"image": handle_file(refs["gold"])}], seed=9, api_name="/general"
         )
-        assert meta["prompt"] == ""
+        assert meta["prompt"] == "" and "The prompt is empty: the image comes from the image prompt" in report
+    _, _, report, _, seen = client.predict(prompt="a vase", seed=9, api_name="/general")
+    assert "No reference image was given: the strength had no effect" in report and seen == []

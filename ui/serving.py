@@ -379,10 +379,12 @@ def boundary(fn: Callable[..., Any], files: Mapping[str, str] | None = None) -> 
             return fn(*bound.args, **bound.kwargs)
         except ClientGoneError:
             log.info("dropped a job whose client went away before it started")
-            raise gr.Error("This request was dropped: its page or client went away before it started.") from None
-        except ImagePromptError as e:
+            raise gr.Error(
+                "This request was dropped: its page or client went away before it started.", print_exception=False
+            ) from None
+        except ImagePromptError as e:  # the person's to fix: one log line, no traceback
             log.info("refused: %s", str(e)[:200])
-            raise gr.Error(escape(str(e))) from e
+            raise gr.Error(escape(str(e)), print_exception=False) from e
         except gr.Error:
             raise
         except Exception as e:

@@ -73,7 +73,8 @@ def test_pixel_cap(presets):
 def test_long_prompt_is_truncated_and_the_person_told(engines, presets):
     prompt = "a very long prompt " * 10  # one token per character with the tiny byte-level tokenizer
     result = engines["tiny"].generate(build_request(presets["general"]["tiny"], prompt=prompt))
-    (warning,) = result.warnings
+    warning, no_reference = result.warnings
+    assert no_reference.startswith("No reference image was given: the strength had no effect")
     assert warning.startswith("The prompt is ") and "the text encoder reads 75, so the end was ignored" in warning
 
 

@@ -1,0 +1,35 @@
+"""Silence, at their source, the messages the libraries print on every load that tell a person nothing."""
+
+from __future__ import annotations
+
+import logging
+
+
+def quiet_libraries() -> None:
+    """Silence what the libraries print on every load and that tells a person nothing, at its source.
+
+    - the progress bars of diffusers' and transformers' loaders (a tiny load prints six of them);
+    - diffusers' "modules ... should be kept in float32: []" (an empty list: nothing is affected);
+    - transformers' "requires torchvision ... falling back to the PIL processor" (the PIL one is what we use).
+    """
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+    class _Drop(logging.Filter):
+        def __init__(self, *fragments: str) -> None:
+            super().__init__()
+            self.fragments = fragments
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            message = record.getMessage()
+            return not any(f in message for f in self.fragments)
+
+    logging.getLogger("diffusers.models.modeling_utils").addFilter(_Drop("should be kept in float32: []"))
+    logging.getLogger("transformers.utils.import_utils").addFilter(_Drop("requires torchvision"))
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks log every request
+
+
+quiet_libraries()
