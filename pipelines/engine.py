@@ -498,8 +498,12 @@ class Engine:
                 ident = torch.from_numpy(identity(results)).to(self.device, self.dtype).view(1, 1, 1, -1)
                 item = _Embeds(cond=ident, uncond=torch.zeros_like(ident))  # (1, 1, 1, 512): one averaged identity
                 if component.spec.embeds == "faceid-plus":
+                    order = component.spec.face_crop_channels  # preset data, with the evidence in models.toml
                     crops = [
-                        ReferenceImage(r.aligned, f"aligned:{img.sha256}")
+                        ReferenceImage(
+                            Image.fromarray(np.asarray(r.aligned)[:, :, ::-1].copy()) if order == "bgr" else r.aligned,
+                            f"aligned-{order}:{img.sha256}",
+                        )
                         for r, img in zip(results, images, strict=True)
                     ]
                     hidden = self._clip_features(component, crops, "center", "hidden", scope)  # (1, n, tokens, dim)

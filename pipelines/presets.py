@@ -54,6 +54,7 @@ class AdapterSpec:
     image_encoder: ImageEncoderSpec | None  # None: FaceID (fed by insightface embeddings only)
     embeds: str  # "pooled" (plain), "hidden" (Plus), "faceid" or "faceid-plus" (FaceID Plus: both)
     lora_weight: float = 0.0  # weight of the LoRA inside the checkpoint (FaceID); 0 leaves it off
+    face_crop_channels: str = "bgr"  # FaceID Plus: channel order of the aligned crop given to CLIP (see models.toml)
 
     @property
     def uses_faces(self) -> bool:
@@ -259,6 +260,9 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
                 image_encoder=encoder,
                 embeds=embeds,
                 lora_weight=float(lora_weight),
+                face_crop_channels=a.text("face_crop_channels", ("bgr", "rgb"))
+                if a.has("face_crop_channels")
+                else "bgr",
             )
             a.done()
         ad_table.done()

@@ -170,3 +170,27 @@ def test_face_detections_are_kept_apart_per_visitor(families, tiny_root, presets
     request = build_request(presets["face"]["tiny"], prompt="x", seed=1, references=[ALICE], steps=1)
     counts = [engine.generate(request, scope=s).diagnostics["face_detections"] for s in ("a", "b", "a")]
     assert counts == [1, 1, 0]  # visitor b's run detects again: nothing tells it that a used this photo
+
+
+@pytest.mark.parametrize("order", ["bgr", "rgb"])
+def test_faceid_plus_gets_the_crop_in_the_channel_order_its_weights_expect(families, tiny_root, presets, order,
+                                                                          monkeypatch):  # fmt: skip
+    """The released FaceID Plus weights were demonstrated with insightface's BGR crop (see presets/models.toml)."""
+    import dataclasses
+
+    family = families["tiny"]
+    assert family.adapters["faceid-plusv2"].face_crop_channels == "bgr"  # preset data, for every family
+    spec = dataclasses.replace(family.adapters["faceid-plusv2"], face_crop_channels=order)
+    engine = Engine(dataclasses.replace(family, adapters={**family.adapters, "faceid-plusv2": spec}),
+                    tiny_root=tiny_root)  # fmt: skip
+    seen = []
+    real = Engine._encoder_pixels
+    monkeypatch.setattr(
+        Engine, "_encoder_pixels", lambda self, c, imgs, crop: seen.extend(imgs) or real(self, c, imgs, crop)
+    )
+    request = build_request(presets["face"]["tiny"], prompt="x", references=[ALICE], variant="faceid-plusv2", steps=1)
+    result = engine.generate(request)
+    aligned = np.asarray(result.previews[-1])  # the preview shows the crop as a person sees it (RGB)
+    fed = np.asarray(seen[0].image)
+    assert np.array_equal(fed, aligned[:, :, ::-1] if order == "bgr" else aligned)
+    assert not np.array_equal(aligned, aligned[:, :, ::-1])  # the drawn face is not grey: the test can fail
