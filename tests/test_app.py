@@ -235,6 +235,25 @@ def test_example_drawings_are_valid_references():
         assert load_reference(reference_path(name)).image.mode == "RGB"
 
 
+def test_every_tab_has_three_distinct_examples_that_run_offline(engines, presets):
+    """Each tab offers at least three examples with distinct drawn references; each one draws (offline)."""
+    import gradio as gr
+
+    from pipelines.images import load_reference
+
+    demo = app.create_app(engines["tiny"])
+    examples = [b for b in demo.blocks.values() if isinstance(b, gr.Dataset) and len(b.samples[0]) == 2]
+    assert len(examples) == 4  # one example set with references per tab
+    for mode, dataset in zip(("general", "face", "anime", "style"), examples, strict=True):
+        rows = dataset.samples
+        assert len(rows) >= 3
+        paths = [row[1][0]["image"]["path"] for row in rows]
+        assert len({load_reference(p).sha256 for p in paths}) == len(rows)  # distinct references
+        for (prompt, _), path in zip(rows, paths, strict=True):
+            request = build_request(presets[mode]["tiny"], prompt=prompt, steps=1, references=[path])
+            assert engines["tiny"].generate(request).image.size == (64, 64)
+
+
 def test_a_quiet_console(tmp_path):
     """`python app.py --models tiny`: no progress bars or known library notes; a bad request logs one line."""
     import socket

@@ -15,7 +15,7 @@ TEXT = TabText(
     intro="Keep a character's look (hair, eyes, outfit, palette) in new scenes and poses. IP-Adapter Plus reads "
     "fine detail from the reference; add a face close-up and choose Plus + Plus-Face to hold the face more "
     "closely (crop it yourself: face detectors do not see anime faces).",
-    example_references=("character",),
+    example_references=("character", "character-blue", "character-red"),
     reference_label="Character references (full figure or character sheet)",
     strength_label="Character strength",
     variant_labels={"plus": "IP-Adapter Plus", "plus+plus-face": "Plus + Plus-Face (needs a face close-up)"},

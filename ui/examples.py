@@ -44,27 +44,91 @@ def _painting() -> Image.Image:
     return img.filter(ImageFilter.SMOOTH)
 
 
-def _character() -> Image.Image:
-    """A flat-colour character: pink hair, green eyes, navy outfit (tall, as character sheets are)."""
+def _tiles() -> Image.Image:
+    """Blue and white ceramic tiles with a glaze highlight, for the General tab."""
+    img = Image.new("RGB", (256, 256), (245, 245, 240))
+    d = ImageDraw.Draw(img)
+    for i in range(4):
+        for j in range(4):
+            x, y = 64 * i, 64 * j
+            d.rectangle([x + 2, y + 2, x + 61, y + 61], fill=(30, 70, 160) if (i + j) % 2 else (235, 240, 250))
+            d.ellipse([x + 16, y + 16, x + 47, y + 47], outline=(200, 170, 60), width=3)
+    return img.filter(ImageFilter.GaussianBlur(0.8))
+
+
+def _sunset() -> Image.Image:
+    """A sunset sky: orange to violet bands over a dark sea, for the General tab."""
+    img = Image.new("RGB", (256, 256))
+    d = ImageDraw.Draw(img)
+    for y in range(160):
+        t = y / 160
+        d.line([(0, y), (255, y)], fill=(int(250 - 120 * t), int(150 - 110 * t), int(60 + 120 * t)))
+    d.rectangle([0, 160, 255, 255], fill=(20, 30, 60))
+    d.ellipse([100, 120, 156, 176], fill=(255, 210, 90))
+    return img
+
+
+def _ink() -> Image.Image:
+    """Black ink washes and dry-brush strokes on rice paper, for the Style tab."""
+    rnd = random.Random(3)
+    img = Image.new("RGB", (256, 256), (236, 228, 208))
+    draw = ImageDraw.Draw(img)
+    for _ in range(40):
+        x, y, r = rnd.randrange(256), rnd.randrange(256), rnd.randrange(6, 30)
+        grey = rnd.randrange(20, 120)
+        draw.ellipse([x - r, y - r // 3, x + r, y + r // 3], fill=(grey, grey, grey))
+    return img.filter(ImageFilter.GaussianBlur(2))
+
+
+def _mosaic() -> Image.Image:
+    """Irregular coloured glass pieces with dark leading, for the Style tab."""
+    rnd = random.Random(4)
+    img = Image.new("RGB", (256, 256), (30, 30, 30))
+    draw = ImageDraw.Draw(img)
+    palette = [(200, 40, 60), (250, 190, 40), (40, 120, 200), (60, 170, 90), (150, 60, 170)]
+    for i in range(8):
+        for j in range(8):
+            x, y = 32 * i + rnd.randrange(-4, 5), 32 * j + rnd.randrange(-4, 5)
+            draw.polygon([(x, y), (x + 30, y + 2), (x + 28, y + 30), (x + 1, y + 28)], fill=rnd.choice(palette))
+    return img
+
+
+def _character(
+    hair: tuple = (240, 130, 170), eyes: tuple = (40, 170, 110), outfit: tuple = (40, 50, 110)
+) -> Image.Image:
+    """A flat-colour character (tall, as character sheets are); the defaults: pink hair, green eyes, navy outfit."""
     img = Image.new("RGB", (192, 320), (250, 250, 255))
     d = ImageDraw.Draw(img)
-    d.ellipse([46, 30, 146, 140], fill=(240, 130, 170))  # hair
+    d.ellipse([46, 30, 146, 140], fill=hair)
     d.ellipse([60, 55, 132, 135], fill=(255, 225, 205))  # face
-    d.ellipse([74, 85, 88, 101], fill=(40, 170, 110))  # eyes
-    d.ellipse([104, 85, 118, 101], fill=(40, 170, 110))
-    d.polygon([(56, 150), (136, 150), (156, 300), (36, 300)], fill=(40, 50, 110))  # outfit
+    d.ellipse([74, 85, 88, 101], fill=eyes)
+    d.ellipse([104, 85, 118, 101], fill=eyes)
+    d.polygon([(56, 150), (136, 150), (156, 300), (36, 300)], fill=outfit)
     d.rectangle([86, 135, 106, 150], fill=(255, 225, 205))  # neck
     return img
 
 
-def _face() -> Image.Image:
+def _face(side: int = 128, eyes: tuple = (60, 90, 160), background: tuple = (60, 70, 80)) -> Image.Image:
     """A face the offline (tiny) face detector finds; real detectors need a real photo."""
-    img = Image.new("RGB", (640, 640), (60, 70, 80))
-    draw_face(img, (320, 320), 128, (60, 90, 160))
+    img = Image.new("RGB", (640, 640), background)
+    draw_face(img, (320, 320), side, eyes)
     return img
 
 
-DRAWINGS = {"gold": _gold, "painting": _painting, "character": _character, "face": _face}
+DRAWINGS = {
+    "gold": _gold,
+    "tiles": _tiles,
+    "sunset": _sunset,
+    "painting": _painting,
+    "ink": _ink,
+    "mosaic": _mosaic,
+    "character": _character,
+    "character-blue": lambda: _character(hair=(60, 110, 220), eyes=(200, 60, 60), outfit=(230, 230, 235)),
+    "character-red": lambda: _character(hair=(200, 40, 40), eyes=(240, 190, 40), outfit=(30, 30, 30)),
+    "face": _face,
+    "face-green-eyes": lambda: _face(eyes=(40, 160, 70), background=(90, 60, 50)),
+    "face-small": lambda: _face(side=64, eyes=(150, 40, 40), background=(40, 80, 70)),
+}
 
 
 @functools.cache

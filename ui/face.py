@@ -44,5 +44,9 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
 def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
     # The drawn example face is found by the offline detector only; real detectors need a real photo.
-    text = TEXT if engine.family.source == "hub" else replace(TEXT, example_references=("face",))
+    text = (
+        TEXT
+        if engine.family.source == "hub"
+        else replace(TEXT, example_references=("face", "face-green-eyes", "face-small"))
+    )
     return build_tab(engine, preset, text, _extra)

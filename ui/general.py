@@ -10,7 +10,7 @@ from .tab import TabHandle, TabText, build_tab
 TEXT = TabText(
     intro="Carry the colour, texture and composition of a reference into a new image. "
     "Around 0.5 the colour and texture come through while the shape does not.",
-    example_references=("gold",),
+    example_references=("gold", "tiles", "sunset"),
     reference_label="Reference images (several are combined into one image prompt)",
     strength_label="Strength (how much of the reference carries over)",
     variant_labels={"plain": "IP-Adapter (colour, texture, composition)", "plus": "IP-Adapter Plus (finer detail)"},

@@ -12,7 +12,7 @@ from .tab import TabHandle, TabText, build_tab
 TEXT = TabText(
     intro="Transfer the **style** of a reference (palette, brushwork, texture) but not its content: the image "
     "prompt acts only on the UNet's style layers (InstantStyle). Turn on layout to also carry its composition.",
-    example_references=("painting",),
+    example_references=("painting", "ink", "mosaic"),
     reference_label="Style references",
     strength_label="Style strength",
     variant_labels={"plain": "IP-Adapter"},

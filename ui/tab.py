@@ -337,9 +337,9 @@ def _examples(
     if not text.example_references:
         gr.Examples(examples=[[p] for p in preset.examples], inputs=[c["prompt"]], label="Example prompts")
         return
-    refs = [reference_path(text.example_references[i % len(text.example_references)]) for i in
-            range(len(preset.examples))]  # fmt: skip
-    rows = [[prompt, [ref]] for prompt, ref in zip(preset.examples, refs, strict=True)]
+    drawings, prompts = text.example_references, preset.examples
+    count = max(len(prompts), len(drawings))  # every drawing appears, each with a prompt
+    rows = [[prompts[i % len(prompts)], [reference_path(drawings[i % len(drawings)])]] for i in range(count)]
 
     def example(prompt: str, reference: Any) -> str:
         return render({**preset_values(preset), "prompt": prompt, "reference": reference, "seed": 0})
