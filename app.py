@@ -159,6 +159,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --share)")
     parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="also serve the endpoints as MCP tools (on a Space: GRADIO_MCP_SERVER=True)",
+    )
+    parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default="auto", help="auto: bf16 (or fp16) on a GPU, fp32 on CPU"
     )
     parser.add_argument("--offload", action="store_true", help="model CPU offload: less GPU memory, a bit slower")
@@ -209,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.auth:
             print("Tip: add --auth USER:PASS to ask for a login.")
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    app.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth, **launch_options())
+    mcp = True if args.mcp else None  # None: Gradio reads GRADIO_MCP_SERVER (how a Space turns it on)
+    app.launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth, mcp_server=mcp, **launch_options()
+    )
     return 0
 
 

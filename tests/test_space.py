@@ -29,7 +29,8 @@ def front_matter() -> dict[str, object]:
 
 def pins() -> dict[str, str]:
     lines = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    return dict(line.split("==") for line in lines if "==" in line)
+    pairs = (line.split("==") for line in lines if "==" in line)
+    return {name.split("[")[0]: version for name, version in pairs}  # "gradio[mcp]" pins gradio
 
 
 def test_space_metadata_matches_the_pins():
@@ -72,4 +73,4 @@ def test_every_checkpoint_is_listed(families):
 @pytest.mark.parametrize("name", ["torch", "gradio", "diffusers", "transformers", "insightface", "onnxruntime-gpu"])
 def test_pins_are_exact(name):
     assert re.fullmatch(r"\d+(\.\d+)+", pins()[name])
-    assert "onnxruntime" not in pins()  # onnxruntime-gpu alone (see shared/OFFLINE.md)
+    assert "onnxruntime" not in pins()  # onnxruntime-gpu alone: both packages share one import folder

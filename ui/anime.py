@@ -12,6 +12,7 @@ from .tab import TabHandle, TabText, build_tab
 BASE_LABELS = {"default": "Default base", "anime": "Anime fine-tune"}
 
 TEXT = TabText(
+    title="Anime character",
     intro="Keep a character's look (hair, eyes, outfit, palette) in new scenes and poses. IP-Adapter Plus reads "
     "fine detail from the reference; add a face close-up and choose Plus + Plus-Face to hold the face more "
     "closely (crop it yourself: face detectors do not see anime faces).",

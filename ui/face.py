@@ -17,6 +17,7 @@ LICENCE = (
 )
 
 TEXT = TabText(
+    title="Consistent face",
     intro="New images of the same person in new scenes. insightface finds the face in each photo (the largest one "
     "if there are several) and gives its identity embedding; several photos of one person are averaged into one "
     "identity. Strength decides how strongly the identity is held.",

@@ -8,6 +8,7 @@ from pipelines.presets import ModePreset
 from .tab import TabHandle, TabText, build_tab
 
 TEXT = TabText(
+    title="General",
     intro="Carry the colour, texture and composition of a reference into a new image. "
     "Around 0.5 the colour and texture come through while the shape does not.",
     example_references=("gold", "tiles", "sunset"),

@@ -10,6 +10,7 @@ from pipelines.presets import ModePreset
 from .tab import TabHandle, TabText, build_tab
 
 TEXT = TabText(
+    title="Style",
     intro="Transfer the **style** of a reference (palette, brushwork, texture) but not its content: the image "
     "prompt acts only on the UNet's style layers (InstantStyle). Turn on layout to also carry its composition.",
     example_references=("painting", "ink", "mosaic"),

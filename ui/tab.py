@@ -55,6 +55,7 @@ class TabHandle:
 class TabText:
     """What a mode says about itself in the UI."""
 
+    title: str  # the tab's name, as endpoints describe themselves ("General: draw one image ...")
     intro: str
     reference_label: str
     strength_label: str
@@ -65,8 +66,35 @@ class TabText:
     example_references: tuple[str, ...] = ()  # names of ui.examples drawings, paired with the preset's prompts
 
 
-def _endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any]) -> Callable[..., Any]:
-    """A function whose signature is `names` (+ progress): Gradio names the API parameters after it."""
+# What each API parameter means: the docstring of every endpoint (and so its MCP tool description) is built from it.
+PARAMETER_DOCS = {
+    "prompt": "What to draw (text, at most 2,000 characters; may be empty).",
+    "reference": "Reference images whose look carries over: a list of {'image': file}; several are combined.",
+    "face_reference": "Anime tab: face close-ups for the Plus-Face adapter (a list of {'image': file}).",
+    "strength": "How much of the reference carries over: 0 = text only; around 0.5 keeps colour and texture.",
+    "strengths": "Comparison: strengths to render with the same seed, comma-separated (e.g. '0, 0.5, 1').",
+    "variant": "Which adapter of this mode to use (see the tab's choices).",
+    "structure": "Face tab, FaceID Plus v2: how much of the face's shape carries over (s_scale).",
+    "layout": "Style tab: also drive the layout layers (true/false).",
+    "base": "Anime tab: the base model for this request, 'default' or 'anime'.",
+    "negative_prompt": "What to avoid (text).",
+    "seed": "Random seed; -1 picks one (the seed used is returned).",
+    "steps": "Denoising steps.",
+    "guidance": "Classifier-free guidance scale.",
+    "width": "Image width in pixels (a multiple of 8; width x height within the model's pixel budget).",
+    "height": "Image height in pixels.",
+    "stop_at": "Share of the steps during which the image prompt acts (1 = all).",
+    "crop": "How a non-square reference becomes square: 'center', 'pad' or 'squash'.",
+}
+
+
+def _endpoint(
+    names: list[str], body: Callable[[dict[str, Any], Any], Any], api_name: str = "endpoint", summary: str = ""
+) -> Callable[..., Any]:
+    """A function whose signature is `names` (+ progress): Gradio names the API parameters after it.
+
+    `api_name` and `summary` become its name and docstring: what API pages and MCP clients show for the tool.
+    """
 
     def endpoint(*args: Any, **kwargs: Any) -> Any:
         bound = signature.bind(*args, **kwargs)
@@ -78,6 +106,9 @@ def _endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any]) -> C
     params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     signature = inspect.Signature(params)
     endpoint.__signature__ = signature  # type: ignore[attr-defined] - inspect reads it; type checkers do not know it
+    endpoint.__name__ = endpoint.__qualname__ = api_name
+    args = "\n".join(f"    {n}: {PARAMETER_DOCS[n]}" for n in names if n in PARAMETER_DOCS)
+    endpoint.__doc__ = f"{summary}\n\nArgs:\n{args}\n" if summary else None
     return boundary(endpoint, files={n: label for n, label in FILE_INPUTS.items() if n in names})
 
 
@@ -253,19 +284,31 @@ def build_tab(
         for button, outputs in ((run, [used_seed, diagnostics]), (compare, [used_seed, compare_diagnostics])):
             button.click(lambda: (None, ""), outputs=outputs, **private)  # a failed run leaves nothing stale
         run.click(
-            _endpoint(names, single), inputs=inputs, outputs=[result, used_seed, diagnostics, metadata, preview],
+            _endpoint(names, single, mode, f"{text.title}: draw one image from a prompt and reference images."),
+            inputs=inputs, outputs=[result, used_seed, diagnostics, metadata, preview],
             api_name=mode, **gpu,
         )  # fmt: skip
         compare_names = [n for n in names if n != "strength"] + ["strengths"]
         compare.click(
-            _endpoint(compare_names, sweep),
+            _endpoint(
+                compare_names,
+                sweep,
+                f"{mode}_compare",
+                f"{text.title}: the same seed at several strengths, side by side, in one batched pass.",
+            ),
             inputs=[c[n] for n in names if n != "strength"] + [strengths],
             outputs=[cells, ab, grid_file, used_seed, compare_diagnostics, metadata],
             api_name=f"{mode}_compare",
             **gpu,
         ).success(_ab_label, inputs=[ab, metadata], outputs=ab, **private)
         preview_button.click(
-            _endpoint(names, encoder_view), inputs=inputs, outputs=preview, api_name=f"{mode}_preview", **gpu
+            _endpoint(
+                names, encoder_view, f"{mode}_preview", f"{text.title}: what the adapter sees of the references."
+            ),
+            inputs=inputs,
+            outputs=preview,
+            api_name=f"{mode}_preview",
+            **gpu,
         )
         # What the adapter sees follows the references and crop by itself: cleared at once, then redrawn.
         auto_view = _endpoint(names, encoder_view)
@@ -282,7 +325,8 @@ def build_tab(
                 inputs=c["variant"], outputs=[c[n] for n in hidden], **private,
             )  # fmt: skip
         settings_button.click(
-            _endpoint(names, download_settings), inputs=inputs, outputs=settings_file, api_name=f"{mode}_settings",
+            _endpoint(names, download_settings, f"{mode}_settings", f"{text.title}: a settings file for these values."),
+            inputs=inputs, outputs=settings_file, api_name=f"{mode}_settings",
             **IO_CONCURRENCY,
         )  # fmt: skip
         defaults = preset_values(preset)
