@@ -91,7 +91,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
 
 
 def write_tokenizer(folder: Path) -> None:
-    """A byte-level BPE vocabulary with no merges: every byte is a token (see shared/OFFLINE.md)."""
+    """A byte-level BPE vocabulary with no merges: every byte is a token."""
     folder.mkdir(parents=True)
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
     bs += list(range(ord("®"), ord("ÿ") + 1))
