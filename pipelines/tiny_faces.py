@@ -1,10 +1,11 @@
 """A tiny stand-in for the insightface `buffalo_l` pack: an SCRFD-shaped detector and an ArcFace-shaped recognizer.
 
-Both are ONNX files with the signatures insightface routes on (a detector has 5 or more outputs, a recognizer one output and a square input), loaded by the real
-`FaceAnalysis`. The detector is built by hand, not trained, so tests can draw faces it will find:
-a "face" is a square of `SKIN` colour whose side is 32, 64 or 128 px (4 strides at stride 8, 16 or 32) on a
-640 x 640 image, centred on a multiple of its stride. Squares of other sizes or colours are not faces. Coloured
-"eyes" inside the square change the recognizer's embedding, so different drawn people get different identities.
+Both are ONNX files with the signatures insightface routes on (a detector has 5 or more outputs, a recognizer one
+output and a square input), loaded by the real `FaceAnalysis`. The detector is built by hand, not trained, so
+tests can draw faces it will find: a "face" is a square of `SKIN` colour whose side is 32, 64 or 128 px (4 strides
+at stride 8, 16 or 32) on a 640 x 640 image, centred on a multiple of its stride. Squares of other sizes or colours
+are not faces. Coloured "eyes" inside the square change the recognizer's embedding, so different drawn people get
+different identities.
 """
 
 from __future__ import annotations
