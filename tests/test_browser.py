@@ -23,17 +23,34 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def page(app_url):
+def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1800})
-        page.set_default_timeout(60_000)
-        page.goto(app_url)
-        page.get_by_role("tab", name="General").wait_for()
-        yield page
+        yield browser
         browser.close()
+
+
+def open_app(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.get_by_role("tab", name="General").wait_for()
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, app_url):
+    return open_app(browser, app_url)
+
+
+@pytest.fixture
+def fresh(browser, app_url):
+    """A page as a new visitor sees it."""
+    page = open_app(browser, app_url)
+    yield page
+    page.close()
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +100,65 @@ def test_a_crafted_settings_file_shows_as_text_not_markup(page, tmp_path):
     assert page.locator("#injected").count() == 0 and toast.first.locator("b").count() == 0
     assert page.locator("#tab-general").get_by_text("Error", exact=True).count() == 0  # controls left untouched
     page.screenshot(path=str(ARTIFACTS / "crafted-settings.png"), full_page=True)
+
+
+def test_a_new_visitor_sees_no_stale_values_and_only_controls_that_apply(fresh):
+    assert not fresh.locator("#general-seed-used").is_visible()  # no "Seed used: 0" before a run
+    fresh.get_by_role("tab", name="Consistent face").click()
+    face = fresh.locator("#tab-face")
+    face.get_by_text("Settings", exact=True).click()
+    structure = face.get_by_text("Structure (FaceID Plus v2", exact=False)
+    assert structure.count() == 0 or not structure.first.is_visible()  # plain FaceID (the tiny default): hidden
+    face.get_by_text("FaceID Plus v2 (identity + face structure)").click()
+    structure.first.wait_for(state="visible")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    fresh.screenshot(path=str(ARTIFACTS / "face-structure-shown.png"), full_page=True)
+
+
+def test_what_the_adapter_sees_follows_the_references_and_crop(fresh, files):
+    panel = fresh.locator("#tab-general")
+    preview = fresh.locator("#general-preview")
+    tall = ARTIFACTS / "tall.png"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    Image.new("RGB", (60, 180), (20, 160, 220)).save(tall)
+    panel.locator("input[type=file]").first.set_input_files(str(tall))
+    first = preview.locator("img").first
+    first.wait_for(state="visible")  # drawn without pressing "Show what the adapter sees"
+    before = first.get_attribute("src")
+    panel.get_by_text("Settings", exact=True).click()
+    panel.get_by_text("Pad to square").click()
+    for _ in range(100):
+        if preview.locator("img").first.get_attribute("src") != before:
+            break
+        fresh.wait_for_timeout(100)
+    assert preview.locator("img").first.get_attribute("src") != before  # redrawn for the new crop
+    fresh.screenshot(path=str(ARTIFACTS / "adapter-view-pad.png"), full_page=True)
+
+
+def test_size_sliders_stay_in_the_pixel_budget(fresh):
+    panel = fresh.locator("#tab-general")
+    panel.get_by_text("Settings", exact=True).click()
+    height = panel.get_by_label("number input for Height")
+    width = panel.get_by_label("number input for Width")
+    height.fill("128")
+    height.press("Enter")
+    width.fill("256")
+    width.press("Enter")
+    for _ in range(100):
+        if height.input_value() == "64":
+            break
+        fresh.wait_for_timeout(100)
+    assert int(width.input_value()) * int(height.input_value()) <= 128 * 128  # the tiny preset's budget
+    fresh.screenshot(path=str(ARTIFACTS / "size-budget.png"), full_page=True)
+
+
+def test_the_ab_slider_says_which_side_is_which(page):
+    page.get_by_role("tab", name="General").click()
+    panel = page.locator("#tab-general")
+    box = panel.get_by_label("Strengths (comma-separated; two give an A/B slider)")
+    box.fill("0, 1")
+    panel.get_by_role("button", name="Compare strengths", exact=True).click()
+    panel.get_by_text("A/B: left = strength 0, right = strength 1").wait_for(state="visible")
+    page.screenshot(path=str(ARTIFACTS / "general-ab.png"), full_page=True)

@@ -202,11 +202,14 @@ def build_tab(
                 result = gr.Image(
                     label="Result", type="filepath", format="png", interactive=False, elem_id=f"{mode}-result"
                 )
-                used_seed = gr.Number(label="Seed used", value=None, precision=0, interactive=False)
+                # Shown once there is one (an empty number box would read "0").
+                used_seed = gr.Number(label="Seed used", precision=0, interactive=False, visible=False,
+                                      elem_id=f"{mode}-seed-used")  # fmt: skip
                 diagnostics = gr.Markdown(label="diagnostics")
                 preview = gr.Gallery(
-                    label="What the adapter sees", columns=4, height=140, interactive=False, object_fit="contain"
-                )
+                    label="What the adapter sees", columns=4, height=140, interactive=False, object_fit="contain",
+                    elem_id=f"{mode}-preview",
+                )  # fmt: skip
                 with gr.Accordion("Compare strengths (same seed, one batched pass)", open=False):
                     strengths = gr.Textbox(
                         label="Strengths (comma-separated; two give an A/B slider)",
@@ -287,7 +290,7 @@ def build_tab(
             _endpoint(names, single, mode, f"{text.title}: draw one image from a prompt and reference images."),
             inputs=inputs, outputs=[result, used_seed, diagnostics, metadata, preview],
             api_name=mode, **gpu,
-        )  # fmt: skip
+        ).success(lambda: gr.update(visible=True), outputs=used_seed, **private)  # fmt: skip
         compare_names = [n for n in names if n != "strength"] + ["strengths"]
         compare.click(
             _endpoint(
@@ -300,7 +303,9 @@ def build_tab(
             outputs=[cells, ab, grid_file, used_seed, compare_diagnostics, metadata],
             api_name=f"{mode}_compare",
             **gpu,
-        ).success(_ab_label, inputs=[ab, metadata], outputs=ab, **private)
+        ).success(_ab_label, inputs=[ab, metadata], outputs=ab, **private).success(
+            lambda: gr.update(visible=True), outputs=used_seed, **private
+        )
         preview_button.click(
             _endpoint(
                 names, encoder_view, f"{mode}_preview", f"{text.title}: what the adapter sees of the references."
@@ -321,7 +326,7 @@ def build_tab(
         if text.variant_only:
             hidden = list(text.variant_only)
             c["variant"].change(
-                lambda v: [gr.update(visible=v in text.variant_only[n]) for n in hidden],
+                lambda v: {c[n]: gr.update(visible=v in text.variant_only[n]) for n in hidden},
                 inputs=c["variant"], outputs=[c[n] for n in hidden], **private,
             )  # fmt: skip
         settings_button.click(
@@ -361,8 +366,8 @@ def _keep_in_budget(preset: ModePreset, width: gr.Slider, height: gr.Slider, pri
         fitting = preset.max_pixels // int(changed) // int(other_range.step) * int(other_range.step)
         return max(int(other_range.min), fitting)
 
-    width.release(lambda w, h: fit(w, h, preset.height), inputs=[width, height], outputs=height, **private)
-    height.release(lambda h, w: fit(h, w, preset.width), inputs=[height, width], outputs=width, **private)
+    width.input(lambda w, h: fit(w, h, preset.height), inputs=[width, height], outputs=height, **private)
+    height.input(lambda h, w: fit(h, w, preset.width), inputs=[height, width], outputs=width, **private)
 
 
 def _examples(
