@@ -285,3 +285,28 @@ def test_a_quiet_console(tmp_path):
                   "kept in float32", "HTTP Request"):  # fmt: skip
         assert noise not in console, noise
     assert console.count("steps must be a whole number") == 1
+
+
+def test_every_endpoint_returns_plain_values(client, gold_file):
+    """No Gradio update dicts reach an API caller: paths, numbers, text and JSON only."""
+    ref = gallery(gold_file)
+    outputs = [
+        client.predict(prompt="x", reference=ref, steps=1, api_name="/general"),
+        client.predict(prompt="x", steps=1, api_name="/general"),  # no reference: an empty adapter view
+        client.predict(prompt="x", reference=ref, strengths="0, 1", steps=1, api_name="/general_compare"),
+        client.predict(prompt="x", reference=ref, strengths="0, 0.5, 1", steps=1, api_name="/general_compare"),
+        client.predict(prompt="x", reference=ref, api_name="/general_preview"),
+        client.predict(prompt="x", api_name="/general_preview"),
+        client.predict(prompt="x", reference=ref, api_name="/general_settings"),
+    ]
+    outputs.append(client.predict(handle_file(outputs[-1]), api_name="/load_settings"))
+    for out in outputs:
+        assert "__type__" not in str(out)
+    assert outputs[1][4] == [] and outputs[5] == []
+    assert outputs[3][1] is None  # three strengths: no A/B pair
+
+
+def test_max_bases_flag():
+    assert app.parse_args(["--max-bases", "2"]).max_bases == 2 and app.parse_args([]).max_bases == 1
+    with pytest.raises(SystemExit):
+        app.parse_args(["--max-bases", "0"])
