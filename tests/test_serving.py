@@ -101,6 +101,7 @@ def test_soak_mixed_requests(served, refs, tmp_path):
             client.predict(prompt="x", reference=[{"image": handle_file(refs["alice"])}], steps=2, api_name="/face")
         if i % 50 == 0:
             rss.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(f"soak: peak RSS {rss[1] / 1024:.0f} MB after warm-up, {rss[-1] / 1024:.0f} MB after 300 requests")
     assert rss[-1] - rss[1] < 300 * 1024  # KiB: peak memory grows by less than 300 MB after warm-up
 
 
