@@ -1,6 +1,6 @@
 """Serving strangers safely: the one boundary every endpoint goes through, a fair queue, and bounded files.
 
-- `Boundary` wraps every endpoint: file inputs must be files Gradio received (inside its upload folder, regular,
+- `boundary` wraps every endpoint: file inputs must be files Gradio received (inside its upload folder, regular,
   not linked), a request carries a bounded number and size of files, a job whose client went away is dropped
   before it runs, and errors become messages with any markup escaped.
 - `ClientGate` limits how many jobs one client (browser session, and IP address) holds in the queue at once, and
@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import functools
@@ -155,8 +154,9 @@ class ClientGate:
     session may hold `per_session` jobs and one address `per_ip` at once, and a flood is refused at the door
     (HTTP 400 with the reason) while others still get in. The ASGI middleware from `middleware()` counts each
     session's open result streams (`/queue/data`), so a job can tell that its client went away (or never
-    listened) and is dropped before it runs. (A client that closes its stream while queued is removed by Gradio
-    itself.) REST `/call/` jobs are exempt: their callers may fetch the result after it is done.
+    listened) and is dropped before it runs. (Gradio removes a job whose stream closed only when its stream loop
+    next wakes, up to seconds later: measured, it ran such jobs.) REST `/call/` jobs are exempt: their callers may
+    fetch the result after it is done.
     """
 
     def __init__(self, per_session: int = MAX_JOBS_PER_SESSION, per_ip: int = MAX_JOBS_PER_IP) -> None:
@@ -166,6 +166,7 @@ class ClientGate:
         self._streams: Counter[str] = Counter()
         self._rest_sessions: dict[str, float] = {}  # REST `/call/` jobs: results may be fetched after they finish
         self._joined: dict[str, float] = {}  # when each session last had a job accepted
+        self._pruned = 0.0
         self._lock = threading.Lock()
         self.tracking = False  # True once the middleware sees traffic: without it no job is dropped
 
@@ -180,11 +181,8 @@ class ClientGate:
             if refusal is not None:
                 return False, refusal, "error"
             result = await push(body, request, username)
-            if result[0]:
-                with self._lock:
-                    self._joined[body.session_hash] = time.monotonic()  # push has set it when the caller sent none
-                if getattr(body, "simple_format", False):
-                    self._rest(body.session_hash)
+            if result[0]:  # push has set the session when the caller sent none (REST: the event id)
+                self._accepted(body.session_hash, rest=getattr(body, "simple_format", False))
             return result
 
         queue.push = limited_push
@@ -227,13 +225,17 @@ class ClientGate:
             if self._streams[session] <= 0:
                 del self._streams[session]
 
-    def _rest(self, session: str) -> None:
+    def _accepted(self, session: str, rest: bool = False) -> None:
+        """Note a session's accepted join (and whether it came through REST); forget entries an hour old."""
         now = time.monotonic()
         with self._lock:
-            self._rest_sessions[session] = now
-            for table in (self._rest_sessions, self._joined):
-                for key, since in list(table.items()):
-                    if now - since > 3600:
+            self._joined[session] = now
+            if rest:
+                self._rest_sessions[session] = now
+            if now - self._pruned > 60:
+                self._pruned = now
+                for table in (self._rest_sessions, self._joined):
+                    for key in [k for k, since in table.items() if now - since > 3600]:
                         del table[key]
 
     def listening(self, session: str | None) -> bool:
@@ -279,8 +281,6 @@ class _StreamTracker:
         self.gate._opened(session)
         try:
             return await self.app(scope, receive, send)
-        except asyncio.CancelledError:
-            raise
         finally:
             self.gate._closed(session)
 

@@ -84,6 +84,6 @@ def test_a_job_without_a_listener_is_dropped_after_the_grace():
     gate._opened("s1")
     gate.check_listening("s1", grace_s=0.05)
     gate._closed("s1")
-    gate._rest("rest-job")  # a REST `/call/` job: its caller fetches the result later
+    gate._accepted("rest-job", rest=True)  # a REST `/call/` job: its caller fetches the result later
     gate.check_listening("rest-job", grace_s=0.01)
     assert gate.counters["dropped_gone"] == 1
