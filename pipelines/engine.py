@@ -309,6 +309,9 @@ class Engine:
             pipe.unet.compile()  # in place: processors stay swappable (a variant switch recompiles once)
         pipe.set_progress_bar_config(disable=True)
         pipe.unet.register_forward_pre_hook(self._count_unet_call)
+        for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if encoder is not None:
+                encoder.register_forward_pre_hook(self._count_text_encoder_call)
         processors = dict(pipe.unet.attn_processors)
         # The UNet's own attention layers by processor name, so a variant switch sets each one directly instead of
         # walking the module tree twice (diffusers' set_attn_processor): about 10x faster.
@@ -324,6 +327,26 @@ class Engine:
 
     def _count_unet_call(self, module: torch.nn.Module, args: Any) -> None:
         self.counters["unet_calls"] += 1
+
+    def _count_text_encoder_call(self, module: torch.nn.Module, args: Any) -> None:
+        self.counters["text_encoder_calls"] += 1
+
+    def _encode_text(self, request: GenerationRequest, guided: bool) -> dict[str, torch.Tensor]:
+        """The prompt's text embeddings for one sample, once per request: every chunk of a sweep reuses them.
+
+        The same `encode_prompt` call the pipeline makes; the pipeline repeats them for each image of a batch.
+        """
+        pipe = self.pipe
+        with torch.inference_mode():
+            out = pipe.encode_prompt(
+                prompt=request.full_prompt,
+                device=pipe._execution_device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=guided,
+                negative_prompt=request.negative_prompt or None,
+            )
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        return {name: value for name, value in zip(names, out, strict=False) if value is not None}
 
     def _encoder(self, spec: ImageEncoderSpec) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessor]:
         """A CLIP vision tower, loaded once and shared by every adapter that names it."""
@@ -678,6 +701,7 @@ class Engine:
                 self._activate(None)
             chunks = [strengths[i : i + self.max_batch] for i in range(0, len(strengths), self.max_batch)]
             total_steps = request.steps * len(chunks)
+            text = self._encode_text(request, guided)  # (1, tokens, dim) each: shared by every chunk
             images: list[Image.Image] = []
             for n, chunk in enumerate(chunks):
                 offset = n * request.steps
@@ -686,7 +710,9 @@ class Engine:
                     scales = None
                     if adapter is not None:
                         scales = sample_scales(chunk, guided, self.device, self.dtype, weights)
-                    return self._denoise(request, len(chunk), adapter, embeds, scales, offset, total_steps, on_step)
+                    return self._denoise(
+                        request, text, len(chunk), adapter, embeds, scales, offset, total_steps, on_step
+                    )
 
                 images += self._guarded(denoise, warnings)
             seconds = time.perf_counter() - start
@@ -696,6 +722,7 @@ class Engine:
                 "steps_per_second": round(total_steps / seconds, 2) if seconds > 0 else None,
                 "unet_calls": used["unet_calls"],
                 "encoder_calls": used["encoder_calls"],
+                "text_encoder_calls": used["text_encoder_calls"],
                 "cache_hits": used["embed_cache_hits"],
                 "batch_size": max(len(c) for c in chunks),
                 "batches": len(chunks),
@@ -785,6 +812,7 @@ class Engine:
     def _denoise(
         self,
         request: GenerationRequest,
+        text: dict[str, torch.Tensor],
         batch: int,
         adapter: _Adapter | None,
         embeds: list[_Embeds] | None,
@@ -820,8 +848,7 @@ class Engine:
                     return callback_kwargs
 
                 out = self.pipe(
-                    prompt=request.full_prompt,
-                    negative_prompt=request.negative_prompt or None,
+                    **text,
                     num_inference_steps=request.steps,
                     guidance_scale=request.guidance,
                     width=request.width,

@@ -95,3 +95,17 @@ def test_parse_strengths(presets, value, expected):
 def test_bad_strengths(presets, value, message):
     with pytest.raises(InvalidRequestError, match=message):
         parse_strengths(value, presets["general"]["tiny"])
+
+
+@pytest.mark.parametrize("family_name", ["tiny", "tiny-sd15"])
+def test_a_chunked_sweep_encodes_the_prompt_once(families, tiny_root, presets, gold, family_name):
+    """Text embeddings are computed once per request and reused by every chunk of a sweep."""
+    engine = Engine(families[family_name], tiny_root=tiny_root, max_batch=2)
+    request = build_request(presets["general"][family_name], prompt="a vase", references=[gold], steps=2, seed=3)
+    single = engine.generate(request).diagnostics["text_encoder_calls"]
+    sweep = engine.generate_sweep(request, [0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    assert sweep.diagnostics["batches"] == 3
+    assert sweep.diagnostics["text_encoder_calls"] == single > 0  # one encode (per text tower), not one per chunk
+    cell = engine.generate(build_request(presets["general"][family_name], prompt="a vase", references=[gold],
+                                         steps=2, seed=3, strength=1.25)).image  # fmt: skip
+    assert np.abs(np.asarray(cell, np.int16) - np.asarray(sweep.images[-1], np.int16)).max() <= 2
