@@ -1,7 +1,7 @@
 """Image-prompt studio: a text prompt plus a reference image, with a strength for how much carries over.
 
-Composition root only: parse flags, build one engine, compose the tabs, launch. Importing this module builds
-`demo` (for `gradio app.py` and tests) without loading weights or launching.
+Composition root only: parse flags, build one engine, compose the tabs, launch. `app.demo` (for `gradio app.py`
+and tests) is built on first access, without loading weights or launching; `python app.py` builds its UI once.
 """
 
 from __future__ import annotations
@@ -221,13 +221,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_demo_engine = Engine(_validate_family(default_family()))  # weights load on the first request, not at import
-demo = create_app(_demo_engine)
+_demo: gr.Blocks | None = None  # built on first access of `app.demo`: `python app.py` builds only its own UI
+_demo_engine: Engine | None = None
+
+
+def __getattr__(name: str) -> gr.Blocks:
+    """`app.demo` (for `gradio app.py`, Spaces tooling and tests) is built when first asked for, without weights."""
+    global _demo, _demo_engine
+    if name != "demo":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _demo is None:
+        _demo_engine = Engine(_validate_family(default_family()))  # weights load on the first request
+        _demo = create_app(_demo_engine)
+    return _demo
 
 
 def demo_engine_loaded() -> bool:
-    """Whether the import-time `demo` has loaded weights yet (it should not have, until a request)."""
-    return _demo_engine.loaded
+    """Whether the `demo` built on access has loaded weights yet (it should not have, until a request)."""
+    return _demo_engine is not None and _demo_engine.loaded
 
 
 if __name__ == "__main__":

@@ -310,3 +310,16 @@ def test_max_bases_flag():
     assert app.parse_args(["--max-bases", "2"]).max_bases == 2 and app.parse_args([]).max_bases == 1
     with pytest.raises(SystemExit):
         app.parse_args(["--max-bases", "0"])
+
+
+def test_python_app_py_builds_the_ui_once(monkeypatch):
+    """`python app.py` builds one UI (its own), not a second one for `app.demo`."""
+    import gradio as gr
+
+    builds = []
+    real = app.create_app
+    monkeypatch.setattr(app, "create_app", lambda *a, **k: builds.append(1) or real(*a, **k))
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    monkeypatch.setattr(app, "_demo", None)
+    assert app.main(["--models", "tiny"]) == 0
+    assert len(builds) == 1 and app._demo is None  # `app.demo` was never built
