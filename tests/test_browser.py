@@ -162,3 +162,13 @@ def test_the_ab_slider_says_which_side_is_which(page):
     panel.get_by_role("button", name="Compare strengths", exact=True).click()
     panel.get_by_text("A/B: left = strength 0, right = strength 1").wait_for(state="visible")
     page.screenshot(path=str(ARTIFACTS / "general-ab.png"), full_page=True)
+
+
+def test_clicking_an_example_shows_its_result(fresh):
+    fresh.get_by_role("tab", name="Style").click()
+    panel = fresh.locator("#tab-style")
+    panel.get_by_text("a lighthouse on a cliff", exact=True).click()
+    image = fresh.locator("#style-result img")
+    image.wait_for(state="visible")
+    assert "/file=" in (image.get_attribute("src") or "")
+    fresh.screenshot(path=str(ARTIFACTS / "style-example.png"), full_page=True)

@@ -32,6 +32,7 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
             columns=4,
             height=140,
             file_types=["image"],
+            object_fit="contain",
         )
     }
     # The base is part of each request (and of its metadata): choosing one changes nobody else's images.

@@ -396,9 +396,10 @@ def _examples(
     example = boundary(example, files={"reference": "reference"})
 
     on_space = bool(os.environ.get("SPACE_ID"))
+    # Clicking an example draws it: from the lazy cache on a Space, by running it (a few seconds) elsewhere.
     gr.Examples(
         examples=rows, inputs=[c["prompt"], c["reference"]], outputs=result, fn=example, label="Examples",
-        cache_examples=on_space, cache_mode="lazy",
+        cache_examples=on_space, cache_mode="lazy", run_on_click=not on_space,
     )  # fmt: skip
 
 
