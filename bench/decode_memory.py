@@ -28,8 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs in the child: the peak resident memory (KiB) added by decoding `path`. A child's peak starts at its parent's
 # resident size (fork), so the peak is reset first (Linux's /proc/self/clear_refs) and read from /proc/self/status.
 CHILD = """
-import sys
-sys.path.insert(0, {root!r})
+import sys, types
+# The package without its __init__ (which loads the models' libraries): only images.py and errors.py are needed.
+package = types.ModuleType("pipelines")
+package.__path__ = [{root!r} + "/pipelines"]
+sys.modules["pipelines"] = package
 from pipelines.images import load_reference
 
 def status(key):
