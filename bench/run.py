@@ -103,10 +103,10 @@ def bench_cache(engine, request, repeats: int) -> dict:
 
     def miss() -> None:
         engine.clear_embed_cache()
-        engine._embed(adapter, request)
+        engine._embed(adapter, request, "")
 
     def hit() -> None:
-        engine._embed(adapter, request)
+        engine._embed(adapter, request, "")
 
     def render_miss() -> None:
         engine.clear_embed_cache()

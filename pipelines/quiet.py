@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 
 def quiet_libraries() -> None:
@@ -10,7 +11,10 @@ def quiet_libraries() -> None:
 
     - the progress bars of diffusers' and transformers' loaders (a tiny load prints six of them);
     - diffusers' "modules ... should be kept in float32: []" (an empty list: nothing is affected);
-    - transformers' "requires torchvision ... falling back to the PIL processor" (the PIL one is what we use).
+    - transformers' "requires torchvision ... falling back to the PIL processor" (the PIL one is what we use);
+    - diffusers' "No LoRA keys associated to CLIPTextModel..." when the FaceID LoRA (UNet only, by design) loads;
+    - scikit-image's FutureWarning that `estimate` is deprecated, raised inside insightface's face alignment (our
+      pinned versions work; the fix belongs to insightface).
     """
     import diffusers.utils.logging as diffusers_logging
     import transformers.utils.logging as transformers_logging
@@ -29,6 +33,10 @@ def quiet_libraries() -> None:
 
     logging.getLogger("diffusers.models.modeling_utils").addFilter(_Drop("should be kept in float32: []"))
     logging.getLogger("transformers.utils.import_utils").addFilter(_Drop("requires torchvision"))
+    warnings.filterwarnings("ignore", message="`estimate` is deprecated", category=FutureWarning,
+                            module="insightface.utils.face_align")  # fmt: skip
+    for name in ("diffusers.loaders.lora_base", "diffusers.loaders.lora_pipeline", "diffusers.loaders.peft"):
+        logging.getLogger(name).addFilter(_Drop("No LoRA keys associated to"))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks log every request
 
 

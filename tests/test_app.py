@@ -273,8 +273,14 @@ def test_a_quiet_console(tmp_path):
                 if "Running on local URL" in log.read_text():
                     break
                 time.sleep(0.5)
+            served = Client(f"http://127.0.0.1:{port}/", verbose=False)
             with pytest.raises(Exception, match="steps must be a whole number"):
-                Client(f"http://127.0.0.1:{port}/", verbose=False).predict(prompt="x", steps=2.5, api_name="/general")
+                served.predict(prompt="x", steps=2.5, api_name="/general")
+            from tests.pipelines.test_face import ALICE
+
+            ALICE.save(tmp_path / "alice.png")  # FaceID Plus: loads its LoRA and aligns a face (both used to warn)
+            served.predict(prompt="x", reference=gallery(str(tmp_path / "alice.png")), variant="faceid-plusv2",
+                           steps=1, api_name="/face")  # fmt: skip
             time.sleep(0.5)
         finally:
             proc.terminate()
@@ -282,7 +288,7 @@ def test_a_quiet_console(tmp_path):
     console = log.read_text()
     assert "Running on local URL" in console
     for noise in ("Traceback", "Loading weights", "Loading pipeline components", "requires torchvision",
-                  "kept in float32", "HTTP Request"):  # fmt: skip
+                  "kept in float32", "HTTP Request", "No LoRA keys", "is deprecated"):  # fmt: skip
         assert noise not in console, noise
     assert console.count("steps must be a whole number") == 1
 
