@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
+from gradio.context import Context
 
 from pipelines.engine import Engine
 from pipelines.grid import make_grid
@@ -45,7 +46,7 @@ ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
 class TabHandle:
     """A built tab: its Blocks (launchable alone) and its controls by parameter name."""
 
-    demo: gr.Blocks
+    demo: gr.Blocks | gr.Column  # a Blocks when built alone (launchable), a Column inside the app
     controls: dict[str, gr.components.Component]
     mode: str
     strengths: gr.Textbox | None = None  # the comparison's strengths (a grid PNG's settings restore them)
@@ -147,7 +148,9 @@ def build_tab(
 ) -> TabHandle:
     """The mode's UI; endpoints `<mode>`, `<mode>_compare`, `<mode>_preview` and `<mode>_settings`."""
     mode = preset.mode
-    with gr.Blocks() as demo:
+    # Alone, a tab is its own Blocks; inside the app, a Column: every Blocks builds a whole web app when it closes
+    # (about 0.15 s each in Gradio 6), which four nested tabs would repeat for nothing.
+    with gr.Blocks() if Context.root_block is None else gr.Column() as demo:
         gr.Markdown(text.intro)
         if text.notice:
             gr.Markdown(text.notice)
