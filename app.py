@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 try:  # Hugging Face ZeroGPU: `spaces` must be imported before torch initialises CUDA
     import spaces
@@ -19,8 +20,12 @@ except ImportError:
 import gradio as gr
 import torch
 
-from pipelines import Engine, ImagePromptError, load_families, load_mode_presets
+import pipelines
+from pipelines import ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
 from pipelines.request import parse_strengths
 from pipelines.settings import SETTINGS_KEYS, SettingsFileError, read_settings_file, validated_settings
 from ui import anime, face, general, style
@@ -192,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     family = _validate_family(args.models or default_family())
-    engine = Engine(
+    engine = pipelines.Engine(
         family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile, max_batch=args.max_batch,
         max_bases=args.max_bases,
     )  # fmt: skip
@@ -231,7 +236,7 @@ def __getattr__(name: str) -> gr.Blocks:
     if name != "demo":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _demo is None:
-        _demo_engine = Engine(_validate_family(default_family()))  # weights load on the first request
+        _demo_engine = pipelines.Engine(_validate_family(default_family()))  # weights load on the first request
         _demo = create_app(_demo_engine)
     return _demo
 

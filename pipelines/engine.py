@@ -20,17 +20,14 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
 from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
-from diffusers.models.model_loading_utils import load_state_dict
 from diffusers.utils import _get_model_file
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import sample_scales, wrap_ip_processors
 from .errors import BlockMapError, GenerationError, InvalidRequestError, ModelNotAvailableError
@@ -39,7 +36,10 @@ from .images import ReferenceImage, square_for_encoder
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import AdapterSpec, FamilySpec, ImageEncoderSpec
 from .request import MAX_PROMPT_CHARS, GenerationRequest
-from .tiny import ensure_tiny_models
+
+if TYPE_CHECKING:  # the model classes are imported where a model loads: the app serves its page before that
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 WARNING_PREFIX_CHARS = 1000  # the length warning tokenises at most this much of a prompt (75 tokens need far less)
@@ -220,6 +220,8 @@ class Engine:
     def _resolve(self, repo: str) -> str:
         """A Hub id as is; for the tiny family its generated folder; for a local mirror `tiny_root/<repo>`."""
         if self.family.source == "tiny":
+            from .tiny import ensure_tiny_models  # builds models from configs: loads the model classes
+
             return str(ensure_tiny_models(self.tiny_root) / repo)
         if self.family.source == "local":
             return str(Path(self.tiny_root) / repo)
@@ -288,6 +290,8 @@ class Engine:
         self._current = self._bases[name] = self._load_base(name)
 
     def _load_base(self, name: str) -> _Base:
+        from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
+
         cls = StableDiffusionXLPipeline if self.family.pipeline == "sdxl" else StableDiffusionPipeline
         repo = self.family.bases[name]
         kwargs: dict[str, Any] = {"dtype": self.dtype}
@@ -350,6 +354,8 @@ class Engine:
 
     def _encoder(self, spec: ImageEncoderSpec) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessor]:
         """A CLIP vision tower, loaded once and shared by every adapter that names it."""
+        from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+
         if spec not in self._encoders:
             encoder = self._from_pretrained(
                 CLIPVisionModelWithProjection.from_pretrained, spec.repo, subfolder=spec.subfolder, dtype=self.dtype
@@ -382,6 +388,8 @@ class Engine:
             )  # fmt: skip
         except OSError as e:
             raise ModelNotAvailableError(spec.id, self.family.name, str(e)[:200]) from e
+        from diffusers.models.model_loading_utils import load_state_dict
+
         return load_state_dict(path)
 
     def _adapter(self, name: str) -> _Adapter:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gradio as gr
 
-from pipelines.engine import Engine
 from pipelines.presets import ModePreset
 
 from .tab import TabHandle, TabText, build_tab
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
 
 BASE_LABELS = {"default": "Default base", "anime": "Anime fine-tune"}
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import gradio as gr
 
-from pipelines.engine import Engine
 from pipelines.presets import ModePreset
 
 from .tab import TabHandle, TabText, build_tab
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
 
 LICENCE = (
     "**Licence:** the insightface models (`buffalo_l`) and the IP-Adapter FaceID weights are released for "

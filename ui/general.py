@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from pipelines.engine import Engine
+from typing import TYPE_CHECKING
+
 from pipelines.presets import ModePreset
 
 from .tab import TabHandle, TabText, build_tab
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
 
 TEXT = TabText(
     title="General",

@@ -11,12 +11,11 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 from gradio.context import Context
 
-from pipelines.engine import Engine
 from pipelines.grid import make_grid
 from pipelines.metadata import save_png
 from pipelines.presets import CROP_MODES, ModePreset
@@ -36,6 +35,9 @@ from .common import (
 )
 from .examples import reference_path
 from .serving import boundary, visitor_scope
+
+if TYPE_CHECKING:
+    from pipelines.engine import Engine
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
 FILE_INPUTS = {"reference": "reference", "face_reference": "face close-up"}  # parameter -> label in messages
