@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 try:  # Hugging Face ZeroGPU: `spaces` must be imported before torch initialises CUDA
@@ -201,18 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile, max_batch=args.max_batch,
         max_bases=args.max_bases,
     )  # fmt: skip
-    try:
-        engine.load()
-        check_block_maps(engine)
-        engine.use_variant(PRESETS["general"][family.name].variant)  # warm: the first click draws at once
-    except ImagePromptError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if family.faces is not None:
-        try:
-            engine.face_analyzer().load()  # insightface downloads its pack on first use: do it before any click
-        except ImagePromptError as e:
-            print(f"warning: the Consistent face tab will not work: {e}", file=sys.stderr)
     app = create_app(engine)
     if args.share:
         print("Sharing: the gradio.live link is public; anyone with it can use this app and your GPU.")
@@ -220,10 +209,40 @@ def main(argv: list[str] | None = None) -> int:
             print("Tip: add --auth USER:PASS to ask for a login.")
     auth = tuple(args.auth.split(":", 1)) if args.auth else None
     mcp = True if args.mcp else None  # None: Gradio reads GRADIO_MCP_SERVER (how a Space turns it on)
+    # The page is served at once while the models load (a request waits for them under the engine lock); a model
+    # that cannot be had still stops the app with one clear message.
+    failure: list[ImagePromptError] = []
+    warm = threading.Thread(target=lambda: failure.extend(warm_up(engine)), name="warm-up", daemon=True)
+    warm.start()
     app.launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth, mcp_server=mcp, **launch_options()
-    )
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth, mcp_server=mcp,
+        prevent_thread_lock=True, **launch_options(),
+    )  # fmt: skip
+    warm.join()
+    if failure:
+        print(f"error: {failure[0]}", file=sys.stderr)
+        app.close()
+        return 2
+    app.block_thread()
     return 0
+
+
+def warm_up(engine: Engine) -> list[ImagePromptError]:
+    """Load the base, check the block maps, load the default adapter and the face pack: the first click draws at
+    once. Returns the error that stops the app, if any (a missing face pack only disables its tab)."""
+    family = engine.family
+    try:
+        engine.load()
+        check_block_maps(engine)
+        engine.use_variant(PRESETS["general"][family.name].variant)
+    except ImagePromptError as e:
+        return [e]
+    if family.faces is not None:
+        try:
+            engine.face_analyzer().load()  # insightface downloads its pack on first use: do it before any click
+        except ImagePromptError as e:
+            print(f"warning: the Consistent face tab will not work: {e}", file=sys.stderr)
+    return []
 
 
 _demo: gr.Blocks | None = None  # built on first access of `app.demo`: `python app.py` builds only its own UI

@@ -97,10 +97,18 @@ def test_family_from_environment(monkeypatch):
     )
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_cli_without_hub_stops_with_one_clear_message(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}  # an empty cache
     proc = subprocess.run(
-        [sys.executable, "app.py", "--models", "sd15", "--port", "0"],
+        [sys.executable, "app.py", "--models", "sd15", "--port", str(free_port())],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -256,11 +264,7 @@ def test_every_tab_has_three_distinct_examples_that_run_offline(engines, presets
 
 def test_a_quiet_console(tmp_path):
     """`python app.py --models tiny`: no progress bars or known library notes; a bad request logs one line."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     log = tmp_path / "console.txt"
     with log.open("w") as out:
@@ -326,6 +330,7 @@ def test_python_app_py_builds_the_ui_once(monkeypatch):
     real = app.create_app
     monkeypatch.setattr(app, "create_app", lambda *a, **k: builds.append(1) or real(*a, **k))
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: None)
     monkeypatch.setattr(app, "_demo", None)
     assert app.main(["--models", "tiny"]) == 0
     assert len(builds) == 1 and app._demo is None  # `app.demo` was never built
