@@ -151,6 +151,14 @@ def check_block_maps(engine: Engine) -> None:
                 raise type(e)(f"presets/{mode}.toml: [{engine.family.name}].block_maps.{name}: {e}") from e
 
 
+def _max_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a whole number of at least 1")
+    return int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -174,7 +182,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--offload", action="store_true", help="model CPU offload: less GPU memory, a bit slower")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow first image)")
-    parser.add_argument("--max-batch", type=int, default=None, help="images per denoising pass in comparisons")
+    parser.add_argument(
+        "--max-batch", type=_max_batch, default="auto",
+        help="images per denoising pass in comparisons; auto (default): chosen by timing this device at each size",
+    )  # fmt: skip
     parser.add_argument(
         "--max-bases", type=int, default=1, help="base models kept in memory (a request for another one swaps it in)"
     )
@@ -199,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     family = _validate_family(args.models or default_family())
     engine = pipelines.Engine(
-        family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile, max_batch=args.max_batch,
+        family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile,
+        max_batch=None if args.max_batch == "auto" else args.max_batch,
         max_bases=args.max_bases,
     )  # fmt: skip
     app = create_app(engine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import itertools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .attention import sample_scales, wrap_ip_processors
+from .batching import BatchPlanner
 from .errors import BlockMapError, GenerationError, InvalidRequestError, ModelNotAvailableError
 from .face import FaceAnalyzer, FaceSpec, face_views, identity
 from .images import ReferenceImage, square_for_encoder
@@ -196,8 +198,10 @@ class Engine:
         self.tiny_root = tiny_root
         self.offload = offload  # model CPU offload: each model moves to the GPU only while it runs
         self.compile = compile  # torch.compile the UNet
-        # Samples per denoising pass in a comparison; larger sweeps are split (each batch doubles under guidance).
-        self.max_batch = max_batch or 8
+        # Samples per denoising pass in a comparison (each doubles under guidance): a number, or None to choose the
+        # chunks by measuring this device at the request's size (pipelines/batching.py).
+        self.max_batch = max_batch
+        self.planner = BatchPlanner()
         self._embed_cache = _LRU(embed_cache_size)  # image-prompt embeddings by image content
         self._block_weights: dict[str, dict[str, float]] = {}
         if max_bases < 1:
@@ -699,6 +703,8 @@ class Engine:
             if not request.references:
                 warnings.append("No reference image was given: the strength had no effect (a text-only image).")
             previews: list[Image.Image] = []
+            text = self._encode_text(request, guided)  # (1, tokens, dim) each: shared by every chunk
+            sizes, calibrated = self._chunk_sizes(request, text, len(strengths))
             if request.references:
                 adapter = self._adapter(request.variant)
                 self._activate(request.variant)
@@ -707,9 +713,9 @@ class Engine:
                 weights = self.block_weights(request.block_map)
             else:
                 self._activate(None)
-            chunks = [strengths[i : i + self.max_batch] for i in range(0, len(strengths), self.max_batch)]
+            bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            chunks = [strengths[a:b] for a, b in itertools.pairwise(bounds)]
             total_steps = request.steps * len(chunks)
-            text = self._encode_text(request, guided)  # (1, tokens, dim) each: shared by every chunk
             images: list[Image.Image] = []
             for n, chunk in enumerate(chunks):
                 offset = n * request.steps
@@ -734,6 +740,8 @@ class Engine:
                 "cache_hits": used["embed_cache_hits"],
                 "batch_size": max(len(c) for c in chunks),
                 "batches": len(chunks),
+                "batch_plan": "+".join(str(len(c)) for c in chunks),
+                "batch_choice": "fixed" if self.max_batch else ("measured now" if calibrated else "measured"),
                 "images": len(strengths),
                 "device": self.device,
                 "base": request.base,
@@ -746,6 +754,40 @@ class Engine:
             cells = [{**base, "strength": s} for s in strengths]
             sweep_meta = {**base, "strength": None, "strengths": strengths}
             return SweepResult(images, strengths, cells, sweep_meta, diagnostics, warnings, previews)
+
+    def _chunk_sizes(self, request: GenerationRequest, text: dict[str, torch.Tensor], n: int) -> tuple[list[int], bool]:
+        """How many images each pass of a sweep of `n` holds, and whether this call measured the device for it.
+
+        A fixed `max_batch` splits evenly; otherwise the planner chooses from one timed denoising step per batch
+        size at this width, height, dtype and guidance (measured once, text only: the adapter's share is small).
+        Measuring passes are not counted as the request's UNet calls.
+        """
+        if self.max_batch:
+            return [min(self.max_batch, n - i) for i in range(0, n, self.max_batch)], False
+        guided = request.guidance > 1
+        key = (request.width, request.height, str(self.dtype), guided, request.base)
+        measured = []
+
+        def measure(batch: int) -> float:
+            unet_calls = self.counters["unet_calls"]
+            self._activate(None)
+            run = dict(text, width=request.width, height=request.height, num_inference_steps=1,
+                       guidance_scale=request.guidance, output_type="latent")  # fmt: skip
+            try:
+                if not measured:
+                    self.pipe(**run, num_images_per_prompt=1)  # warm-up: first-use allocations are not the batch's
+                start = time.perf_counter()
+                self.pipe(**run, num_images_per_prompt=batch)
+                seconds = time.perf_counter() - start
+            except torch.OutOfMemoryError:
+                self._free_memory()
+                seconds = math.inf  # does not fit: never chosen
+            finally:
+                self.counters["unet_calls"] = unet_calls
+            measured.append(batch)
+            return seconds
+
+        return self.planner.chunks(key, n, measure), bool(measured)
 
     def _guarded(self, denoise: Callable[[], list[Image.Image]], warnings: list[str]) -> list[Image.Image]:
         """Run a denoising pass; NaN/black output retries once with the VAE in fp32; out of memory is cleaned up."""

@@ -316,6 +316,13 @@ def test_every_endpoint_returns_plain_values(client, gold_file):
     assert outputs[3][1] is None  # three strengths: no A/B pair
 
 
+def test_max_batch_flag():
+    assert app.parse_args([]).max_batch == "auto" and app.parse_args(["--max-batch", "4"]).max_batch == 4
+    for bad in ("0", "-2", "many"):
+        with pytest.raises(SystemExit):
+            app.parse_args(["--max-batch", bad])
+
+
 def test_max_bases_flag():
     assert app.parse_args(["--max-bases", "2"]).max_bases == 2 and app.parse_args([]).max_bases == 1
     with pytest.raises(SystemExit):

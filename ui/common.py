@@ -75,7 +75,8 @@ def format_diagnostics(diagnostics: dict[str, Any], warnings: list[str] | None =
         f"UNet calls {diagnostics['unet_calls']}",
         f"encoder calls {diagnostics['encoder_calls']}",
         f"cache hits {diagnostics['cache_hits']}",
-        f"batch {diagnostics['batch_size']}" + (f" x {diagnostics['batches']}" if diagnostics["batches"] > 1 else ""),
+        f"batch {diagnostics.get('batch_plan', diagnostics['batch_size'])}"
+        + (" (measured)" if diagnostics.get("batch_choice", "fixed") != "fixed" and diagnostics["images"] > 1 else ""),
         diagnostics["device"],
     ]
     if diagnostics.get("face_detections") is not None:
