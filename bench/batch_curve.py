@@ -63,9 +63,8 @@ def main() -> None:
     for n in (5, 10):
         plan = planner.chunks("bench", n, lambda b: curve.get(b, float("inf")))
         cost = sum(predict(curve, b) for b in plan)
-        print(
-            f"| {n} images | {'+'.join(map(str, plan))} | {cost:.3f} | {n * curve[1]:.3f} | {cost / (n * curve[1]):.2f} |"
-        )
+        alone = n * curve[1]
+        print(f"| {n} images | {'+'.join(map(str, plan))} | {cost:.3f} | {alone:.3f} | {cost / alone:.2f} |")
 
 
 if __name__ == "__main__":
