@@ -24,14 +24,14 @@ import torch
 import pipelines
 from pipelines import ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
-
-if TYPE_CHECKING:
-    from pipelines.engine import Engine
 from pipelines.request import parse_strengths
 from pipelines.settings import SETTINGS_KEYS, SettingsFileError, read_settings_file, validated_settings
 from ui import anime, face, general, style
 from ui.common import IO_CONCURRENCY
 from ui.serving import GATE, GRADIO_CACHE_LIMITS, as_code, boundary
+
+if TYPE_CHECKING:  # the engine module loads on first use (pipelines.Engine): the page is served before that
+    from pipelines.engine import Engine
 
 FAMILY_ENV = "IMAGE_PROMPT_MODELS"  # default family for Spaces, where flags cannot be passed
 QUEUE_SIZE = 64  # requests waiting beyond this are refused with "queue is full" (one client holds at most 3)
