@@ -1,0 +1,22 @@
+"""The benchmarks cannot rot: the GPU suite runs on CPU at tiny sizes (`--dry`), as CI runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_gpu_suite_runs_dry_on_cpu():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.run([sys.executable, "bench/versus.py", "--gpu-suite", "--dry"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for row in ("diffusers, 1 image", "engine, 1 image", "diffusers, 5 strengths (a loop of set_ip_adapter_scale)",
+                "diffusers, lower bound (one call, 5 images)", "engine, 5-strength sweep (one pass)",
+                "the lower bound", "every General and Anime adapter loaded", "TFLOP/s"):  # fmt: skip
+        assert row in out, row
