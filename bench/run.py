@@ -2,6 +2,7 @@
 
     python bench/run.py                       # tiny family on this machine (CPU here)
     python bench/run.py --full-size           # also full-size SDXL / SD1.5 UNets (bf16 on a GPU; see --help)
+    python bench/run.py --gpu-suite [--dry]   # the GPU compass rows against stock diffusers (bench/versus.py)
 
 Sections:
 - sweep: a 5-strength comparison as one batched pass vs 5 sequential renders (time, UNet calls, encoder calls);
@@ -255,6 +256,11 @@ def bench_unet(
 
 
 def main() -> None:
+    if "--gpu-suite" in sys.argv:  # the GPU compass rows (bench/versus.py), with its own flags (--dry, --rounds)
+        import versus  # beside this file: the script's folder is on sys.path
+
+        versus.main()
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny", help="family for the engine sections (default: tiny)")
     parser.add_argument("--steps", type=int, default=8)

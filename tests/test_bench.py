@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_gpu_suite_runs_dry_on_cpu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.run([sys.executable, "bench/versus.py", "--gpu-suite", "--dry"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "bench/run.py", "--gpu-suite", "--dry"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
