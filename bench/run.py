@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 STRENGTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -163,17 +162,10 @@ def bench_overhead(
         return build_request(preset, prompt="a vase", references=[reference], seed=1, steps=steps, strength=0.6,
                              width=size, height=size)  # fmt: skip
 
+    from versus import stock_pipeline  # beside this file: the script's folder is on sys.path
+
     request = request_now()
-    spec = family.adapters[request.variant]
-    cls = StableDiffusionXLPipeline if family.pipeline == "sdxl" else StableDiffusionPipeline
-    local = family.source == "tiny"
-    pipe = cls.from_pretrained(engine._resolve(family.base), dtype=engine.dtype, local_files_only=local)
-    pipe.to(engine.device)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.load_ip_adapter(
-        engine._resolve(spec.repo), subfolder=spec.subfolder, weight_name=spec.weight_name,
-        image_encoder_folder=spec.image_encoder.subfolder, local_files_only=local,
-    )  # fmt: skip
+    pipe = stock_pipeline(engine, family, request.variant)
     pipe.set_ip_adapter_scale(request.strength)
 
     def direct() -> None:
