@@ -139,7 +139,8 @@ class SweepResult:
     metadata: dict[str, Any]  # the whole sweep (for the grid PNG)
     diagnostics: dict[str, Any]
     warnings: list[str] = field(default_factory=list)  # shown to the person (e.g. several faces found)
-    previews: list[Image.Image] = field(default_factory=list)  # what the adapter sees (face boxes and crops)
+    previews: list[Image.Image] = field(default_factory=list)  # what the adapter sees: face boxes and crops, or
+    # each CLIP encoder's input after crop mode, resize and centre crop
 
 
 class _LRU:
@@ -269,10 +270,13 @@ class Engine:
 
     def use_base(self, name: str) -> None:
         """Make `name` the base in use (loading it if needed); requests name their own base, this is for warm-up."""
-        if name not in self.family.bases:
-            raise InvalidRequestError("base", f"base {name!r} is not one of {list(self.family.bases)}")
+        self._check_base(name)
         with self._lock:
             self._ensure_base(name)
+
+    def _check_base(self, name: str) -> None:
+        if name not in self.family.bases:
+            raise InvalidRequestError("base", f"base {name!r} is not one of {list(self.family.bases)}")
 
     def _ensure_base(self, name: str | None = None) -> None:
         """Put base `name` (default: the one in use, else "default") in use, loading it when it is not in memory.
@@ -519,9 +523,8 @@ class Engine:
         reference costs no encoder call and no detection. Both caches are kept apart per `scope` (one visitor),
         so nobody can learn from timings or counters whether someone else used the same photo.
         """
-        groups = [request.references, request.face_references]
         embeds, warnings, previews = [], [], []
-        for component, images in zip(adapter.components, groups, strict=False):
+        for component, images in zip(adapter.components, self._groups(request), strict=False):
             if not images:
                 raise InvalidRequestError(
                     "face_reference", "This adapter needs a face close-up: add one, or choose the adapter without face."
@@ -592,18 +595,25 @@ class Engine:
         with self._lock:
             self._ensure_base()
             adapter = self._adapter(variant)
-            groups = [request.references, request.face_references]
             views: list[Image.Image] = []
-            batches = []
-            for component, images in zip(adapter.components, groups, strict=False):
-                if not images:
-                    continue
-                if component.spec.uses_faces:
+            for component, images in zip(adapter.components, self._groups(request), strict=False):
+                if images and component.spec.uses_faces:
                     results, _ = self.face_analyzer().analyze(images, scope=scope)
                     views += face_views(images, results)
-                else:
-                    batches.append((component, self._encoder_pixels(component, images, request.crop).float().cpu()))
-        for component, pixels in batches:
+            return views + self._clip_views(adapter, request)
+
+    @staticmethod
+    def _groups(request: GenerationRequest) -> list[tuple[ReferenceImage, ...]]:
+        """The images each component of a variant sees: the references, then (Plus-Face) the face close-ups."""
+        return [request.references, request.face_references]
+
+    def _clip_views(self, adapter: _Adapter, request: GenerationRequest) -> list[Image.Image]:
+        """The CLIP components' inputs after crop mode, resize and centre crop, as pictures (preprocessing only)."""
+        views = []
+        for component, images in zip(adapter.components, self._groups(request), strict=False):
+            if not images or component.spec.uses_faces:
+                continue
+            pixels = self._encoder_pixels(component, images, request.crop).float().cpu()  # (n, 3, S, S)
             proc = component.image_processor
             mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
             std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
@@ -684,8 +694,7 @@ class Engine:
         strengths = [float(s) for s in strengths]
         if not strengths:
             raise ValueError("no strengths given")
-        if request.base not in self.family.bases:
-            raise InvalidRequestError("base", f"base {request.base!r} is not one of {list(self.family.bases)}")
+        self._check_base(request.base)  # a request built without `build_request` is checked here too
         prompt_warnings = self.prompt_warnings(request)  # outside the engine lock: it never waits for a render
         with self._lock:
             self._ensure_base(request.base)
@@ -709,6 +718,7 @@ class Engine:
                 adapter = self._adapter(request.variant)
                 self._activate(request.variant)
                 embeds, notes, previews = self._embed(adapter, request, scope)
+                previews = previews or self._clip_views(adapter, request)  # what the adapter sees, in every mode
                 warnings += notes
                 weights = self.block_weights(request.block_map)
             else:

@@ -239,10 +239,7 @@ def build_tab(
             result_ = engine.generate(request, on_step=_progress_callback(progress), scope=visitor_scope())
             path = write_png(result_.image, result_.metadata)
             report = format_diagnostics(result_.diagnostics, result_.warnings)
-            previews = result_.previews
-            if not previews and request.references:  # what the encoder saw (preprocessing only: no encoder call)
-                previews = engine.encoder_preview(request, request.variant, scope=visitor_scope())
-            return path, request.seed, report, result_.metadata, previews
+            return path, request.seed, report, result_.metadata, result_.previews
 
         def sweep(values: dict[str, Any], progress: Any) -> tuple:
             chosen = parse_strengths(values.get("strengths"), preset)
