@@ -99,14 +99,14 @@ def bench_sweep(engine, request, repeats: int) -> dict:
 
 
 def bench_cache(engine, request, repeats: int) -> dict:
-    adapter = engine._adapter(request.variant)
+    adapter = engine.adapter(request.variant)
 
     def miss() -> None:
         engine.clear_embed_cache()
-        engine._embed(adapter, request, "")
+        engine.encoder.embed(adapter.components, request.primary.groups, request.crop, "")
 
     def hit() -> None:
-        engine._embed(adapter, request, "")
+        engine.encoder.embed(adapter.components, request.primary.groups, request.crop, "")
 
     def render_miss() -> None:
         engine.clear_embed_cache()

@@ -70,11 +70,11 @@ def stock_pipeline(engine, family, variant: str):
     spec = family.adapters[variant]
     cls = StableDiffusionXLPipeline if family.pipeline == "sdxl" else StableDiffusionPipeline
     local = family.source != "hub"
-    pipe = cls.from_pretrained(engine._resolve(family.base), dtype=engine.dtype, local_files_only=local)
+    pipe = cls.from_pretrained(engine.source.resolve(family.base), dtype=engine.dtype, local_files_only=local)
     pipe.to(engine.device)
     pipe.set_progress_bar_config(disable=True)
     pipe.load_ip_adapter(
-        engine._resolve(spec.repo), subfolder=spec.subfolder, weight_name=spec.weight_name,
+        engine.source.resolve(spec.repo), subfolder=spec.subfolder, weight_name=spec.weight_name,
         image_encoder_folder=spec.image_encoder.subfolder, local_files_only=local,
     )  # fmt: skip
     return pipe

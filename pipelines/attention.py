@@ -9,54 +9,131 @@ and one batch can hold several strengths (a strength sweep in one denoising pass
 
 from __future__ import annotations
 
+import contextlib
+import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.image_processor import IPAdapterMaskProcessor
+from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+
+from .errors import BlockMapError
+
+
+@dataclass
+class PromptScale:
+    """One image prompt of a call: its per-sample strengths, layer weights, steps window and region.
+
+    `strengths`: one per sample of the batch (the sweep's cells). `block_weights`: processor name -> layer weight
+    (InstantStyle); None means 1.0 on every layer. The prompt acts on steps `start <= i < stop` (None: to the end).
+    `mask`: (1, height, width) at the image's size, 1 where the prompt acts (None: the whole image); it is sized per
+    layer as diffusers' `IPAdapterMaskProcessor.downsample` sizes `ip_adapter_masks`.
+    """
+
+    strengths: Sequence[float]
+    block_weights: Mapping[str, float] | None = None
+    start: int = 0
+    stop: int | None = None
+    mask: torch.Tensor | None = None
 
 
 class SampleScales:
     """The image-prompt strengths of one pipeline call; never shared between calls.
 
-    `values`: strength per row of the UNet batch, (B,) or (2B,) as [uncond x B, cond x B] under guidance.
-    `block_weights`: processor name -> layer weight (InstantStyle); None means 1.0 on every layer.
-    `active` is switched off by the engine after the "stop at" step, so later steps are text-only.
+    `values`: (prompts, rows) strength per prompt and row of the UNet batch, rows = B or 2B ([uncond x B, cond x B]
+    under guidance). `prompt_of[j]` is the image prompt that adapter component j belongs to (a variant such as
+    "plus+plus-face" has two components and one prompt). The engine calls `set_step(i)` before each step, so a
+    prompt acts only inside its window; `active = False` switches every prompt off.
     """
 
-    def __init__(self, values: torch.Tensor, any_nonzero: bool, block_weights: Mapping[str, float] | None) -> None:
+    def __init__(
+        self, values: torch.Tensor, prompts: Sequence[PromptScale], prompt_of: Sequence[int] | None, guided: bool
+    ) -> None:
         self.values = values
-        self.any_nonzero = any_nonzero  # precomputed on the host: the hot path never syncs with the GPU
-        self.block_weights = block_weights
+        self.prompts = list(prompts)
+        self.prompt_of = list(prompt_of) if prompt_of is not None else None
+        # precomputed on the host: the hot path never syncs with the GPU
+        self.nonzero = [any(s != 0 for s in p.strengths) for p in self.prompts]
         self.active = True
+        self._step = 0
+        self._masks: dict[tuple[int, int], torch.Tensor] = {}
 
-    def weight(self, layer_name: str, default: float) -> float:
-        if self.block_weights is None:
+    @property
+    def any_nonzero(self) -> bool:
+        return any(self.nonzero)
+
+    def set_step(self, step: int) -> None:
+        self._step = step
+
+    def prompt(self, component: int) -> int:
+        return 0 if self.prompt_of is None else self.prompt_of[component]
+
+    def acting(self, p: int) -> bool:
+        """Whether prompt `p` adds anything at this step (strength 0 everywhere: exactly nothing)."""
+        window = self.prompts[p]
+        return (
+            self.active
+            and self.nonzero[p]
+            and window.start <= self._step
+            and (window.stop is None or self._step < window.stop)
+        )
+
+    def weight(self, p: int, layer_name: str, default: float) -> float:
+        weights = self.prompts[p].block_weights
+        if weights is None:
             return default
-        return self.block_weights.get(layer_name, 0.0)
+        return weights.get(layer_name, 0.0)
+
+    def mask(self, p: int, num_queries: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Prompt `p`'s region at a layer with `num_queries` positions: (1, num_queries, 1), or None."""
+        mask = self.prompts[p].mask
+        if mask is None:
+            return None
+        key = (p, num_queries)
+        if key not in self._masks:
+            with warnings.catch_warnings():  # the aspect-ratio note: the same padding diffusers applies
+                warnings.simplefilter("ignore", UserWarning)
+                down = IPAdapterMaskProcessor.downsample(mask, 1, num_queries, 1)
+            self._masks[key] = down.to(device=self.values.device, dtype=dtype)
+        return self._masks[key]
 
 
 _SCALES: ContextVar[SampleScales | None] = ContextVar("ip_adapter_sample_scales", default=None)
 
 
 @contextmanager
+def prompt_scales(
+    prompts: Sequence[PromptScale],
+    guided: bool,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    prompt_of: Sequence[int] | None = None,
+) -> Iterator[SampleScales]:
+    """Within this block, IP-Adapter component j uses prompt `prompt_of[j]`'s strength `strengths[i]` for sample i."""
+    rows = [list(p.strengths) * (2 if guided else 1) for p in prompts]
+    scales = SampleScales(torch.tensor(rows, device=device, dtype=dtype), prompts, prompt_of, guided)
+    token = _SCALES.set(scales)
+    try:
+        yield scales
+    finally:
+        _SCALES.reset(token)
+
+
 def sample_scales(
     strengths: Sequence[float],
     guided: bool,
     device: torch.device | str,
     dtype: torch.dtype,
     block_weights: Mapping[str, float] | None = None,
-) -> Iterator[SampleScales]:
-    """Within this block, IP-Adapter attention uses `strengths[i]` for sample i (both guidance halves)."""
-    rows = list(strengths) * (2 if guided else 1)
-    scales = SampleScales(torch.tensor(rows, device=device, dtype=dtype), any(s != 0 for s in strengths), block_weights)
-    token = _SCALES.set(scales)
-    try:
-        yield scales
-    finally:
-        _SCALES.reset(token)
+) -> contextlib.AbstractContextManager[SampleScales]:
+    """One image prompt (every component): IP-Adapter attention uses `strengths[i]` for sample i."""
+    return prompt_scales([PromptScale(strengths, block_weights)], guided, device, dtype)
 
 
 class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
@@ -120,13 +197,15 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         hidden_states = hidden_states.to(query.dtype)
 
         per_sample = _SCALES.get()
-        for ip_states, layer_weight, to_k_ip, to_v_ip in zip(
-            ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip, strict=True
+        for j, (ip_states, layer_weight, to_k_ip, to_v_ip) in enumerate(
+            zip(ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip, strict=True)
         ):
+            mask = None
             if per_sample is not None:
-                if not (per_sample.active and per_sample.any_nonzero):
-                    break  # exactly the text-only result: nothing is added
-                layer_weight = per_sample.weight(self.layer_name, layer_weight)
+                p = per_sample.prompt(j)
+                if not per_sample.acting(p):
+                    continue  # exactly the result without this prompt: nothing is added
+                layer_weight = per_sample.weight(p, self.layer_name, layer_weight)
             if layer_weight == 0:
                 continue
             # ip_states: (B, num_images, tokens, dim) -> keys over all images' tokens together
@@ -137,9 +216,13 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
             if per_sample is None:
                 hidden_states = hidden_states + layer_weight * ip_out
             else:
-                if per_sample.values.shape[0] != batch_size:
-                    raise RuntimeError(f"{per_sample.values.shape[0]} sample scales for a batch of {batch_size}")
-                weights = (layer_weight * per_sample.values).view(batch_size, 1, 1)  # (B, 1, 1)
+                mask = per_sample.mask(p, ip_out.shape[1], query.dtype)
+                if mask is not None:
+                    ip_out = ip_out * mask  # (1, queries, 1): the prompt's region at this layer's resolution
+                values = per_sample.values[p]
+                if values.shape[0] != batch_size:
+                    raise RuntimeError(f"{values.shape[0]} sample scales for a batch of {batch_size}")
+                weights = (layer_weight * values).view(batch_size, 1, 1)  # (B, 1, 1)
                 hidden_states = hidden_states + weights * ip_out
 
         hidden_states = attn.to_out[0](hidden_states)
@@ -159,3 +242,65 @@ def wrap_ip_processors(processors: Mapping[str, object]) -> dict[str, object]:
         else proc
         for name, proc in processors.items()
     }
+
+
+def combine_processors(parts: Sequence[Mapping[str, object]]) -> dict[str, object]:
+    """One processor map holding every part's IP-Adapter projections in order (diffusers' multi-adapter form).
+
+    Each part is the processor map of one loaded variant; the result shares their `to_k_ip` / `to_v_ip` modules,
+    so a combination costs no weights and no disk read.
+    """
+    combined: dict[str, object] = {}
+    for name, first in parts[0].items():
+        if not isinstance(first, ScaledIPAdapterAttnProcessor):
+            combined[name] = first  # self-attention and the like: the UNet's own processor
+            continue
+        procs = [p[name] for p in parts]
+        new = ScaledIPAdapterAttnProcessor.__new__(ScaledIPAdapterAttnProcessor)
+        torch.nn.Module.__init__(new)
+        new.layer_name = name
+        new.hidden_size = first.hidden_size
+        new.cross_attention_dim = first.cross_attention_dim
+        new.num_tokens = [n for p in procs for n in p.num_tokens]
+        new.scale = [s for p in procs for s in p.scale]
+        new.to_k_ip = torch.nn.ModuleList([m for p in procs for m in p.to_k_ip])
+        new.to_v_ip = torch.nn.ModuleList([m for p in procs for m in p.to_v_ip])
+        combined[name] = new
+    return combined
+
+
+def block_weights(unet: torch.nn.Module, block_map: dict) -> dict[str, float]:
+    """An InstantStyle block map as a weight per cross-attention processor of `unet`; unknown blocks are an error.
+
+    diffusers' `set_ip_adapter_scale` silently ignores a block the UNet does not have; here it raises.
+    """
+    with_attention = {
+        "down": [i for i, b in enumerate(unet.down_blocks) if hasattr(b, "attentions")],
+        "up": [i for i, b in enumerate(unet.up_blocks) if hasattr(b, "attentions")],
+    }
+    per_block = {"down": unet.config.layers_per_block, "up": unet.config.layers_per_block + 1}
+    for part, blocks in block_map.items():
+        if part == "mid":
+            continue
+        if part not in with_attention or not isinstance(blocks, dict):
+            raise BlockMapError(f"block map part {part!r} must be 'down', 'mid' or 'up' with a table of blocks")
+        for block, weights in blocks.items():
+            index = int(block.removeprefix("block_")) if block.removeprefix("block_").isdigit() else -1
+            if index not in with_attention[part]:
+                valid = [f"block_{i}" for i in with_attention[part]]
+                raise BlockMapError(f"block map names {part}.{block}, which this UNet does not have (it has {valid})")
+            if isinstance(weights, list) and len(weights) not in (1, per_block[part]):
+                raise BlockMapError(
+                    f"block map {part}.{block} has {len(weights)} weights; this UNet has {per_block[part]} layers there"
+                )
+    expanded = _maybe_expand_lora_scales(unet, [block_map], default_scale=0.0)[0]
+    weights = {}
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            weights[name] = next((float(w) for prefix, w in expanded.items() if name.startswith(prefix)), 0.0)
+    return weights
+
+
+def block_map_key(block_map: dict) -> str:
+    """A block map's cache key."""
+    return json.dumps(block_map, sort_keys=True)

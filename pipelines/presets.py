@@ -6,6 +6,7 @@ An invalid value stops the app with the file, the key, the value and what is all
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,16 @@ PIPELINE_KINDS = ("sdxl", "sd15")
 SOURCES = ("hub", "tiny", "local")  # local: a folder mirror of the Hub layout (dry runs)
 EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus")  # what feeds the adapter's image projection
 CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
-MAX_COMPARE = 16  # cells in one strength comparison
+MAX_COMPARE = 16  # strengths in one comparison (per axis)
+MAX_GRID_CELLS = 25  # cells of a 2-D comparison (5 x 5)
+REGIONS = ("whole", "left", "right", "top", "bottom")  # where an image prompt acts
+EXTRA_MODES = ("none", "general", "face", "style")  # kinds of the one more image prompt a request can carry
 
 # Hard limits that no preset may widen: they protect the server, whatever a preset says.
 HARD_LIMITS = {
     "strength": (0.0, 2.0),
     "stop_at": (0.0, 1.0),
+    "start_at": (0.0, 1.0),
     "structure": (0.0, 3.0),
     "steps": (1, 150),
     "guidance": (0.0, 30.0),
@@ -355,3 +360,13 @@ def load_mode_presets(
             )
             t.done()
     return presets
+
+
+@functools.cache
+def _default_presets() -> dict[str, dict[str, ModePreset]]:
+    return load_mode_presets(load_families())
+
+
+def preset_for(mode: str, family: str) -> ModePreset:
+    """The shipped preset of `mode` for `family` (read once): what an extra image prompt of that kind uses."""
+    return _default_presets()[mode][family]

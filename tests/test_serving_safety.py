@@ -182,7 +182,7 @@ def test_a_flood_from_one_client_is_refused_and_others_get_in(app_url, engines, 
     session = uuid.uuid4().hex
     engine = engines["tiny"]
     dropped_before, calls_before = GATE.counters["dropped_gone"], engine.counters["unet_calls"]
-    with engine._lock:  # freeze the GPU: joins pile up as they would behind a long render
+    with engine.lock:  # freeze the GPU: joins pile up as they would behind a long render
         start = time.perf_counter()
         codes = []
         with httpx.Client(timeout=10) as http:
@@ -224,7 +224,7 @@ def test_a_job_whose_client_went_away_never_runs(app_url, engines):
     engine = engines["tiny"]
     calls = engine.counters["unet_calls"]
     session = uuid.uuid4().hex
-    with engine._lock, httpx.Client(timeout=10) as http:
+    with engine.lock, httpx.Client(timeout=10) as http:
         body = {"data": data, "fn_index": fn_index, "session_hash": session, "trigger_id": None}
         assert http.post(base + "/queue/join", json=body).status_code == 200
         with http.stream("GET", base + "/queue/data", params={"session_hash": session}) as stream:
@@ -232,5 +232,5 @@ def test_a_job_whose_client_went_away_never_runs(app_url, engines):
         time.sleep(0.5)  # the client is gone before the GPU frees up
     time.sleep(2.5)
     assert engine.counters["unet_calls"] == calls
-    with engine._lock:
+    with engine.lock:
         pass  # nothing of that job is left running

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines import build_request
-from pipelines.errors import BlockMapError
+from pipelines.errors import BlockMapError, InvalidRequestError
 from tests.conftest import pixels
 
 
@@ -19,7 +19,9 @@ def test_stop_at(engines, presets, gold):
     engine, preset = engines["tiny"], presets["general"]["tiny"]
     none = render(engine, preset)
     full = render(engine, preset, references=[gold], strength=1.0, steps=6)
-    assert np.array_equal(render(engine, preset, references=[gold], strength=1.0, stop_at=0.0), none)
+    with pytest.raises(InvalidRequestError, match=r"start_at \(0\) must be below stop_at \(0\)"):
+        render(engine, preset, references=[gold], strength=1.0, stop_at=0.0)  # it would act on no step
+    assert np.array_equal(render(engine, preset, references=[gold], strength=1.0, start_at=0.99), none)  # no step
     half = render(engine, preset, references=[gold], strength=1.0, steps=6, stop_at=0.5)
     none6 = render(engine, preset, steps=6)
     assert np.abs(half - full).max() > 0 and np.abs(half - none6).max() > 0  # acts on some steps, not all

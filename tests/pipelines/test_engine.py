@@ -21,7 +21,7 @@ def render(engines, presets, family, **kwargs):
 def direct_pipeline(engine: Engine):
     """A plain diffusers pipeline from the same folder, with no adapter ever loaded."""
     cls = StableDiffusionXLPipeline if engine.family.pipeline == "sdxl" else StableDiffusionPipeline
-    pipe = cls.from_pretrained(engine._resolve(engine.family.base), local_files_only=True)
+    pipe = cls.from_pretrained(engine.source.resolve(engine.family.base), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -71,7 +71,7 @@ def test_matches_stock_diffusers_ip_adapter(engines, presets, family, gold, vari
     spec = engine.family.adapters[variant]
     pipe = direct_pipeline(engine)
     pipe.load_ip_adapter(
-        engine._resolve(spec.repo),
+        engine.source.resolve(spec.repo),
         subfolder=spec.subfolder,
         weight_name=spec.weight_name,
         image_encoder_folder=spec.image_encoder.subfolder,
@@ -144,7 +144,7 @@ def test_prompt_warnings_never_wait_for_a_render(engines, presets):
     engine = engines["tiny"]
     request = build_request(presets["general"]["tiny"], prompt="word " * 399)
     done = threading.Event()
-    with engine._lock:  # a render in progress
+    with engine.lock:  # a render in progress
         worker = threading.Thread(target=lambda: (engine.prompt_warnings(request), done.set()))
         worker.start()
         assert done.wait(timeout=10)

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines import Engine, ModelNotAvailableError, build_request
+from pipelines.encoder import ImagePromptEncoder
 from pipelines.face import FaceAnalyzer, FaceError, FaceSpec, identity
 from pipelines.images import load_reference
 from pipelines.tiny_faces import draw_face
@@ -126,7 +127,7 @@ def test_faceid_lora_is_on_in_face_mode_only(families, tiny_root, presets):
     face = presets["face"]["tiny"]
     plus = build_request(face, prompt="x", seed=1, references=[ALICE], variant="faceid-plusv2", strength=0.0)
     with_lora = pixels(engine.generate(plus).image)  # strength 0: only the checkpoint's LoRA acts
-    assert [(c.lora, c.spec.lora_weight) for c in engine._adapters["faceid-plusv2"].loras] == [
+    assert [(c.lora, c.spec.lora_weight) for c in engine.bank.loaded("faceid-plusv2").loras] == [
         ("faceid_faceid_plusv2", 1.0)
     ]
     assert np.abs(with_lora - before).max() > 0
@@ -184,9 +185,9 @@ def test_faceid_plus_gets_the_crop_in_the_channel_order_its_weights_expect(famil
     engine = Engine(dataclasses.replace(family, adapters={**family.adapters, "faceid-plusv2": spec}),
                     tiny_root=tiny_root)  # fmt: skip
     seen = []
-    real = Engine._encoder_pixels
+    real = ImagePromptEncoder.pixels
     monkeypatch.setattr(
-        Engine, "_encoder_pixels", lambda self, c, imgs, crop: seen.extend(imgs) or real(self, c, imgs, crop)
+        ImagePromptEncoder, "pixels", lambda self, c, imgs, crop: seen.extend(imgs) or real(self, c, imgs, crop)
     )
     request = build_request(presets["face"]["tiny"], prompt="x", references=[ALICE], variant="faceid-plusv2", steps=1)
     result = engine.generate(request)

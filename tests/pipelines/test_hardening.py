@@ -121,6 +121,6 @@ def test_out_of_memory_frees_the_lock(engines, presets, monkeypatch):
     monkeypatch.setattr(type(engine.pipe), "__call__", oom)
     with pytest.raises(GenerationError, match="Out of GPU memory"):
         engine.generate(request)
-    assert not engine._lock.locked()
+    assert not engine.lock.locked()
     monkeypatch.setattr(type(engine.pipe), "__call__", real_call)
     assert engine.generate(request).image.size == (64, 64)

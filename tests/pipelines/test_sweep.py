@@ -66,7 +66,7 @@ def test_cache_is_bounded(families, tiny_root, presets):
     preset = presets["general"]["tiny"]
     for seed in (10, 11, 12):
         engine.generate(build_request(preset, prompt="x", steps=1, references=[fresh_reference(seed)]))
-    assert len(engine._embed_cache) == 2
+    assert len(engine.encoder.cache) == 2
     again = engine.generate(build_request(preset, prompt="x", steps=1, references=[fresh_reference(10)]))
     assert again.diagnostics["encoder_calls"] == 1  # the oldest entry was evicted
 

@@ -1,0 +1,247 @@
+"""The adapter bank: IP-Adapter variants loaded once, combined, put on a base UNet by swapping references.
+
+Each variant is loaded once through diffusers' `load_ip_adapter` (the same call for real and tiny checkpoints); its
+attention processors and image projection are then kept in memory. A request with several image prompts uses a
+*combination* (diffusers' multi-adapter form: every processor holds each variant's projections in order), built
+once from the loaded variants' modules: no weights copied, no disk read. FaceID checkpoints carry a LoRA, kept as a
+PEFT adapter of its own and switched on whenever a combination holds a face prompt; a newly loaded base gets the
+LoRAs from memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .attention import block_map_key, block_weights, combine_processors, wrap_ip_processors
+from .errors import ModelNotAvailableError
+from .presets import AdapterSpec
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from .encoder import ImagePromptEncoder
+    from .sources import ModelSource
+
+log = logging.getLogger(__name__)
+Key = tuple[str, ...]  # a combination: one variant name per image prompt, e.g. ("faceid", "plain")
+
+
+@dataclass
+class Component:
+    """One IP-Adapter checkpoint of a variant and the image encoder that feeds it (None for FaceID)."""
+
+    spec: AdapterSpec
+    lora: str | None = None  # PEFT adapter name of the LoRA inside the checkpoint, when applied
+    lora_state: dict[str, torch.Tensor] | None = None  # that LoRA, kept to load it into another base from memory
+
+
+@dataclass
+class LoadedAdapter:
+    """A loaded variant (one adapter, or several such as "plus+plus-face") or a combination, kept in memory."""
+
+    components: list[Component]
+    processors: dict[str, Any]  # unet.attn_processors with ScaledIPAdapterAttnProcessor on cross-attention
+    image_proj: torch.nn.Module  # unet.encoder_hid_proj (MultiIPAdapterImageProjection)
+
+    @property
+    def id(self) -> str:
+        return " + ".join(c.spec.id for c in self.components)
+
+    @property
+    def uses_faces(self) -> bool:
+        return any(c.spec.uses_faces for c in self.components)
+
+    @property
+    def loras(self) -> list[Component]:
+        """The components whose LoRA is on with this adapter (one per distinct LoRA)."""
+        seen: dict[str, Component] = {}
+        for c in self.components:
+            if c.lora and c.lora not in seen:
+                seen[c.lora] = c
+        return list(seen.values())
+
+
+@dataclass
+class BaseSlot:
+    """One loaded base pipeline and what is on its UNet now."""
+
+    name: str
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
+    processors: dict[str, Any]  # the UNet's own attention processors (no image prompt)
+    layers: dict[str, torch.nn.Module]  # its attention layers by processor name, to set processors directly
+    active: Key | None = None  # the combination whose processors are on the UNet now
+    loras: set[str] = field(default_factory=set)  # PEFT adapters loaded into this UNet
+    lora_state: tuple = ()  # (name, weight) of the LoRAs on now; () = none active
+
+    @classmethod
+    def of(cls, name: str, pipe: Any) -> BaseSlot:
+        processors = dict(pipe.unet.attn_processors)
+        # The UNet's own attention layers by processor name, so a switch sets each one directly instead of walking
+        # the module tree twice (diffusers' set_attn_processor): about 10x faster.
+        layers = {
+            f"{layer}.processor": module
+            for layer, module in pipe.unet.named_modules()
+            if f"{layer}.processor" in processors
+        }
+        return cls(name, pipe, processors, layers)
+
+
+def _projection_layers(adapters: list[LoadedAdapter]) -> list[torch.nn.Module]:
+    """The image projection layers of a combination, in component order.
+
+    A FaceID Plus projection reads its CLIP features from attributes set per call: when one is used twice (two
+    faces) each use gets a shallow copy sharing its weights, so the two never overwrite each other's features.
+    """
+    layers: list[torch.nn.Module] = []
+    for adapter in adapters:
+        for layer in adapter.image_proj.image_projection_layers:
+            layers.append(copy.copy(layer) if any(layer is seen for seen in layers) else layer)
+    return layers
+
+
+class AdapterBank:
+    """Every variant and combination loaded for a family, shared by all its bases."""
+
+    def __init__(self, source: ModelSource, encoder: ImagePromptEncoder, counters: Counter[str]) -> None:
+        self.source = source
+        self.encoder = encoder
+        self.counters = counters  # adapter_loads (the engine's counter)
+        self._variants: dict[str, LoadedAdapter] = {}
+        self._combinations: dict[Key, LoadedAdapter] = {}
+        self._block_weights: dict[str, dict[str, float]] = {}  # the bases of a family share one architecture
+
+    def loaded(self, variant: str) -> LoadedAdapter | None:
+        """A variant already in memory (None when it is not)."""
+        return self._variants.get(variant)
+
+    def get(self, slot: BaseSlot, key: Key | str) -> LoadedAdapter:
+        """The variant or combination `key`, loading what is missing onto `slot` the first time only."""
+        key = (key,) if isinstance(key, str) else tuple(key)
+        if len(key) == 1:
+            return self._variant(slot, key[0])
+        if key not in self._combinations:
+            from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+            parts = [self._variant(slot, v) for v in key]
+            self._combinations[key] = LoadedAdapter(
+                [c for p in parts for c in p.components],
+                combine_processors([p.processors for p in parts]),
+                MultiIPAdapterImageProjection(_projection_layers(parts)),
+            )
+        return self._combinations[key]
+
+    def _variant(self, slot: BaseSlot, name: str) -> LoadedAdapter:
+        """The variant `name` ("plus", or "plus+plus-face" for two at once), loaded the first time only."""
+        if name in self._variants:
+            return self._variants[name]
+        family = self.source.family
+        parts = name.split("+")
+        unknown = [p for p in parts if p not in family.adapters]
+        if unknown:
+            raise KeyError(f"family {family.name!r} has no adapter {unknown[0]!r}")
+        specs = [family.adapters[p] for p in parts]
+        components = []
+        for spec in specs:
+            if spec.image_encoder is not None:
+                self.encoder.tower(spec.image_encoder)
+                if spec.embeds in ("hidden", "faceid-plus"):
+                    self.encoder.blank_hidden(spec.image_encoder)
+            components.append(Component(spec))
+        # FaceID checkpoints carry a LoRA: diffusers would apply it under a name that collides between two FaceID
+        # checkpoints ("faceid_0") and leave it on for every mode, so it is split off here and handled apart.
+        sources: list[Any] = []
+        checkpoints: dict[int, dict] = {}
+        for i, spec in enumerate(specs):
+            if spec.uses_faces:
+                full = self.source.checkpoint(spec)
+                checkpoints[i] = full
+                ip_layers = {k: v for k, v in full["ip_adapter"].items() if "_lora." not in k}
+                sources.append({"image_proj": full["image_proj"], "ip_adapter": ip_layers})
+            else:
+                sources.append(self.source.resolve(spec.repo))
+        pipe = slot.pipe
+        self.activate(slot, None)
+        first = specs[0].image_encoder
+        if first is not None:  # so load_ip_adapter does not look for an image encoder of its own
+            pipe.register_modules(image_encoder=self.encoder.tower(first)[0])
+        try:
+            pipe.load_ip_adapter(
+                sources,
+                subfolder=[s.subfolder for s in specs],
+                weight_name=[s.weight_name for s in specs],
+                image_encoder_folder=None,
+                local_files_only=self.source.local_only,
+            )
+        except OSError as e:
+            missing = " or ".join(s.id for s in specs)
+            raise ModelNotAvailableError(missing, family.name, str(e)[:200]) from e
+        for i, full in checkpoints.items():
+            if specs[i].lora_weight > 0:
+                self._load_lora(slot, components[i], full)
+        adapter = LoadedAdapter(components, wrap_ip_processors(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj)
+        self._variants[name] = adapter
+        self.counters["adapter_loads"] += 1
+        slot.active = ("loading",)  # the UNet now holds diffusers' processors: force the swap below
+        self.activate(slot, (name,))
+        return adapter
+
+    def _load_lora(self, slot: BaseSlot, component: Component, checkpoint: dict) -> None:
+        """Keep the LoRA inside a FaceID checkpoint as a PEFT adapter of its own (none when it has none)."""
+        converted = slot.pipe.unet._load_ip_adapter_loras([checkpoint])
+        if not converted:
+            log.warning("%s has no LoRA weights; lora_weight is ignored", component.spec.id)
+            return
+        component.lora = "faceid_" + component.spec.name.replace("-", "_")
+        component.lora_state = converted[0]
+        self._ensure_lora(slot, component)
+
+    @staticmethod
+    def _ensure_lora(slot: BaseSlot, component: Component) -> None:
+        """Load the component's LoRA into `slot`'s UNet (again after a base swap), from memory."""
+        if component.lora not in slot.loras:
+            # load_lora_weights may consume the dict it gets: hand it a shallow copy
+            slot.pipe.load_lora_weights(dict(component.lora_state), adapter_name=component.lora)
+            slot.loras.add(component.lora)
+
+    def activate(self, slot: BaseSlot, key: Key | str | None) -> None:
+        """Put combination `key` (None: no image prompt) on `slot`'s UNet by swapping module references."""
+        key = (key,) if isinstance(key, str) else key
+        if key == slot.active:
+            return
+        unet = slot.pipe.unet
+        if key is None:
+            adapter, processors, image_proj, hid_type = None, slot.processors, None, None
+        else:
+            adapter = self.get(slot, key)
+            processors, image_proj, hid_type = adapter.processors, adapter.image_proj, "ip_image_proj"
+        unet.encoder_hid_proj = image_proj
+        unet.config.encoder_hid_dim_type = hid_type
+        for layer_name, layer in slot.layers.items():
+            layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
+        loras = adapter.loras if adapter is not None else []
+        wanted = tuple((c.lora, c.spec.lora_weight) for c in loras)
+        if wanted != slot.lora_state:  # PEFT walks every module: only when the LoRA setting really changes
+            if loras:  # the FaceID LoRA is on whenever a face prompt is present, and only then
+                for component in loras:
+                    self._ensure_lora(slot, component)
+                slot.pipe.enable_lora()
+                slot.pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
+            else:
+                slot.pipe.disable_lora()
+            slot.lora_state = wanted
+        slot.active = key
+
+    def block_weights(self, slot: BaseSlot, block_map: dict | None) -> dict[str, float] | None:
+        """An InstantStyle block map as a weight per attention processor of `slot`'s UNet (cached)."""
+        if block_map is None:
+            return None
+        key = block_map_key(block_map)
+        if key not in self._block_weights:
+            self._block_weights[key] = block_weights(slot.pipe.unet, block_map)
+        return self._block_weights[key]
