@@ -233,7 +233,7 @@ def test_concurrent_clients_with_different_stacks_get_their_solo_results(engines
         try:
             for _ in range(2):
                 results[i] = pixels(engine.generate(build(stacks[i])).image)
-        except Exception as e:  # noqa: BLE001 - reported below
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(stacks))]
