@@ -24,11 +24,11 @@ import torch
 import pipelines
 from pipelines import ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
-from pipelines.request import parse_strengths
-from pipelines.settings import SETTINGS_KEYS, SettingsFileError, read_settings_file, validated_settings
+from pipelines.settings import SETTINGS_KEYS, read_settings_file, validated_settings
 from ui import anime, face, general, style
 from ui.common import IO_CONCURRENCY
 from ui.serving import GATE, GRADIO_CACHE_LIMITS, as_code, boundary
+from ui.tab import TabHandle
 
 if TYPE_CHECKING:  # the engine module loads on first use (pipelines.Engine): the page is served before that
     from pipelines.engine import Engine
@@ -73,6 +73,7 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
                 with gr.Tab(title, id=mode, elem_id=f"tab-{mode}"):
                     handles.append(module.create_demo(engine, presets[mode][family]))
         targets = [(h, name) for h in handles for name in h.controls if name in SETTINGS_KEYS]
+        sweeps = ("strengths", "extra_strengths")  # lists in settings files, comma-separated text in the UI
 
         loaded = gr.JSON(visible=False)  # what the API returns; the page's controls are filled from it
 
@@ -82,30 +83,35 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
                 raise gr.Error("Choose a PNG made here or a settings file.")
             mode, raw = read_settings_file(path[0])
             preset = presets[mode][family]
-            values = validated_settings(preset, raw)  # this family's bounds; cleaned text
-            strengths = None
-            if raw.get("strengths") is not None:  # a comparison grid PNG: its sweep
-                try:
-                    strengths = list(parse_strengths(raw["strengths"], preset))
-                except ImagePromptError as e:
-                    raise SettingsFileError(str(e)) from e
-            shown = {name for h, name in targets if h.mode == mode}
+            values = validated_settings(preset, raw)  # this family's bounds; cleaned text; the sweep parsed
+            strengths = values.pop("strengths", None)  # a comparison grid PNG: its sweep
+            extra_strengths = values.pop("extra_strengths", None)  # ... and a 2-D grid's columns
+            shown = {name for h, name in targets if h.mode == mode and name not in sweeps}
             missing = sorted(shown - set(values))
             note = f"Loaded **{mode}** settings (seed {values.get('seed', 'random')}). Add the reference images again."
             if strengths:
                 note += f" Comparison strengths: {', '.join(f'{v:g}' for v in strengths)}."
+            if extra_strengths:
+                note += f" Extra prompt strengths: {', '.join(f'{v:g}' for v in extra_strengths)}."
             if missing:
                 note += f" Not in the file, left as they were: {', '.join(as_code(m) for m in missing)}."
-            return note, {"mode": mode, "settings": values, "strengths": strengths, "missing": missing}
+            data = {"mode": mode, "settings": values, "strengths": strengths, "missing": missing}
+            data["extra_strengths"] = extra_strengths
+            return note, data
 
         def fill_controls(data: dict) -> list:
             """Put loaded settings into their tab's controls; every other control stays as it is."""
-            mode, values, strengths = data["mode"], data["settings"], data.get("strengths")
-            updates = [values[name] if h.mode == mode and name in values else gr.skip() for h, name in targets]
-            sweeps = [
-                ", ".join(f"{v:g}" for v in strengths) if h.mode == mode and strengths else gr.skip() for h in handles
-            ]
-            return [gr.Tabs(selected=mode), *updates, *sweeps]
+            mode = data["mode"]
+            values = {**data["settings"], **{k: data.get(k) for k in sweeps}}
+
+            def value(h: TabHandle, name: str) -> object:
+                if h.mode != mode or values.get(name) is None:
+                    return gr.skip()
+                if name in sweeps:
+                    return ", ".join(f"{v:g}" for v in values[name])
+                return values[name]
+
+            return [gr.Tabs(selected=mode), *[value(h, name) for h, name in targets]]
 
         # A failed load raises before `.success`: the controls are left untouched (no error on each of them).
         settings_file.upload(
@@ -117,7 +123,7 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
         ).success(
             fill_controls,
             inputs=loaded,
-            outputs=[tabs, *[h.controls[name] for h, name in targets], *[h.strengths for h in handles]],
+            outputs=[tabs, *[h.controls[name] for h, name in targets]],
             api_visibility="private",
             queue=False,
         )

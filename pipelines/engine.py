@@ -296,11 +296,16 @@ class Engine:
             return self.bank.block_weights(self._current, block_map)
 
     def encoder_preview(self, request: GenerationRequest, variant: str, scope: str = "") -> list[Image.Image]:
-        """What the adapter sees of the tab's own references: the encoder's inputs, or each face box and crop."""
+        """What the adapters see of each image prompt's references (the tab's own with `variant`): the encoder's
+        inputs, or each face box and aligned crop."""
         with self.lock:
             self._ensure_base()
-            adapter = self.bank.get(self._current, variant)
-            return self.encoder.views(adapter.components, request.primary.groups, request.crop, scope)
+            views: list[Image.Image] = []
+            for n, prompt in enumerate(request.image_prompts):
+                if prompt.references or n == 0:
+                    adapter = self.bank.get(self._current, variant if n == 0 else prompt.variant)
+                    views += self.encoder.views(adapter.components, prompt.groups, prompt.crop, scope)
+            return views
 
     # ------------------------------------------------------------------------------------------- generation
 

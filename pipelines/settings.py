@@ -15,32 +15,23 @@ from PIL import Image
 
 from .errors import InvalidRequestError, shown
 from .metadata import PNG_KEY, SCHEMA_VERSION
+from .parameters import SETTINGS_TYPES
 from .presets import MODES, ModePreset
 from .request import GenerationRequest, build_request
 
-# The keys a person sets, with the JSON type each must have; the same names as the API parameters and the PNG
-# metadata fields. "number" is an integer or a decimal, "integer" a whole number; neither may be true/false.
-SETTINGS_TYPES: dict[str, str] = {
-    "prompt": "text",
-    "negative_prompt": "text",
-    "strength": "number",
-    "variant": "text",
-    "seed": "integer",
-    "steps": "integer",
-    "guidance": "number",
-    "width": "integer",
-    "height": "integer",
-    "stop_at": "number",
-    "crop": "text",
-    "layout": "true or false",
-    "structure": "number",
-    "base": "text",
-}
+# The keys a person sets, with the JSON type each must have: the parameters of `pipelines.parameters` (the API's
+# keyword names and the PNG metadata fields), less the image inputs.
 SETTINGS_KEYS = tuple(SETTINGS_TYPES)
 MAX_SETTINGS_BYTES = 256 * 1024  # a settings file is a few hundred bytes; PNG text is capped by Pillow (1 MB)
 MAX_DEPTH = 16  # nesting of a settings document (ours is 3 deep: the package versions)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PHRASES = {"text": "text", "number": "a number", "integer": "a whole number", "true or false": "true or false"}
+_PHRASES = {
+    "text": "text",
+    "number": "a number",
+    "integer": "a whole number",
+    "true or false": "true or false",
+    "numbers": "a list of numbers",
+}
 
 
 class SettingsFileError(InvalidRequestError):
@@ -70,6 +61,8 @@ def _depth(data: Any) -> int:
 
 
 def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "numbers":
+        return isinstance(value, list) and all(_type_ok("number", v) for v in value)
     if kind == "text":
         return isinstance(value, str)
     if kind == "true or false":
@@ -99,18 +92,14 @@ def parse_settings(data: Any) -> tuple[str, dict[str, Any]]:
         if not _type_ok(kind, value):
             raise SettingsFileError(f"{key} must be {_PHRASES[kind]}, got {shown(value)}.")
         values[key] = value
-    strengths = data.get("strengths")  # a comparison grid's sweep (checked against a preset by the caller)
-    if strengths is not None:
-        if not isinstance(strengths, list) or not all(_type_ok("number", v) for v in strengths):
-            raise SettingsFileError(f"strengths must be a list of numbers, got {shown(strengths)}.")
-        values["strengths"] = strengths
     return mode, values
 
 
 def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, Any]:
     """The values of `values`' keys as a request built from them has them (ranges checked, text cleaned).
 
-    Keys the file lacks take the preset's defaults for the check and are left out of the result.
+    Keys the file lacks take the preset's defaults for the check and are left out of the result, as are keys that
+    do not apply (an extra prompt's values without its `extra_mode`, a grid's sweep as lists).
     """
     values = {k: v for k, v in values.items() if k in SETTINGS_TYPES}
     try:
@@ -118,7 +107,7 @@ def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, 
     except InvalidRequestError as e:
         raise SettingsFileError(str(e)) from e
     clean = settings_of(request)
-    return {key: clean[key] for key in values}
+    return {key: clean[key] for key in values if clean[key] is not None}
 
 
 def _png_text(path: Path) -> str | None:

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from gradio.context import Context
 
+from pipelines.errors import ImagePromptError
 from pipelines.grid import make_grid
 from pipelines.metadata import save_png
-from pipelines.presets import CROP_MODES, ModePreset
+from pipelines.parameters import BY_NAME, parameters_for
+from pipelines.presets import CROP_MODES, EXTRA_MODES, MAX_GRID_CELLS, REGIONS, ModePreset, preset_for
 from pipelines.request import GenerationRequest, build_request, parse_strengths
 from pipelines.settings import settings_of
 
@@ -40,7 +42,10 @@ if TYPE_CHECKING:
     from pipelines.engine import Engine
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
-FILE_INPUTS = {"reference": "reference", "face_reference": "face close-up"}  # parameter -> label in messages
+FILE_INPUTS = {  # parameter -> label in messages
+    "reference": "reference", "face_reference": "face close-up", "extra_reference": "extra reference",
+    "negative_reference": "negative image",
+}  # fmt: skip
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
 
 
@@ -69,26 +74,9 @@ class TabText:
     example_references: tuple[str, ...] = ()  # names of ui.examples drawings, paired with the preset's prompts
 
 
-# What each API parameter means: the docstring of every endpoint (and so its MCP tool description) is built from it.
-PARAMETER_DOCS = {
-    "prompt": "What to draw (text, at most 2,000 characters; may be empty).",
-    "reference": "Reference images whose look carries over: a list of {'image': file}; several are combined.",
-    "face_reference": "Anime tab: face close-ups for the Plus-Face adapter (a list of {'image': file}).",
-    "strength": "How much of the reference carries over: 0 = text only; around 0.5 keeps colour and texture.",
-    "strengths": "Comparison: strengths to render with the same seed, comma-separated (e.g. '0, 0.5, 1').",
-    "variant": "Which adapter of this mode to use (see the tab's choices).",
-    "structure": "Face tab, FaceID Plus v2: how much of the face's shape carries over (s_scale).",
-    "layout": "Style tab: also drive the layout layers (true/false).",
-    "base": "Anime tab: the base model for this request, 'default' or 'anime'.",
-    "negative_prompt": "What to avoid (text).",
-    "seed": "Random seed; -1 picks one (the seed used is returned).",
-    "steps": "Denoising steps.",
-    "guidance": "Classifier-free guidance scale.",
-    "width": "Image width in pixels (a multiple of 8; width x height within the model's pixel budget).",
-    "height": "Image height in pixels.",
-    "stop_at": "Share of the steps during which the image prompt acts (1 = all).",
-    "crop": "How a non-square reference becomes square: 'center', 'pad' or 'squash'.",
-}
+EXTRA_LABELS = {"none": "Nothing", "general": "General reference", "face": "A face", "style": "A style"}
+REGION_LABELS = {"whole": "Whole image", "left": "Left half", "right": "Right half", "top": "Top half",
+                 "bottom": "Bottom half"}  # fmt: skip
 
 
 def _endpoint(
@@ -110,24 +98,21 @@ def _endpoint(
     signature = inspect.Signature(params)
     endpoint.__signature__ = signature  # type: ignore[attr-defined] - inspect reads it; type checkers do not know it
     endpoint.__name__ = endpoint.__qualname__ = api_name
-    args = "\n".join(f"    {n}: {PARAMETER_DOCS[n]}" for n in names if n in PARAMETER_DOCS)
+    args = "\n".join(f"    {n}: {BY_NAME[n].doc}" for n in names if n in BY_NAME)
     endpoint.__doc__ = f"{summary}\n\nArgs:\n{args}\n" if summary else None
     return boundary(endpoint, files={n: label for n, label in FILE_INPUTS.items() if n in names})
 
 
-def request_from(preset: ModePreset, values: dict[str, Any], strength: Any = None) -> GenerationRequest:
+def request_from(preset: ModePreset, values: dict[str, Any]) -> GenerationRequest:
     """Build the request from named UI/API values (the seed box's -1 becomes a random seed here).
 
     File inputs arrive as lists of checked paths: the endpoint boundary (`ui.serving.boundary`) has vetted them.
     """
     values = dict(values)
-    values["references"] = values.pop("reference", None) or []
-    if "face_reference" in values:
-        values["face_references"] = values.pop("face_reference") or []
+    for name in FILE_INPUTS:
+        if name in values:
+            values[name] = values[name] or []
     values["seed"] = resolve_seed(values.get("seed"))
-    values.pop("strengths", None)
-    if strength is not None:
-        values["strength"] = strength
     return build_request(preset, **values)
 
 
@@ -176,6 +161,7 @@ def build_tab(
                     c.update(extra(preset))
                 for name, variants in text.variant_only.items():
                     c[name].visible = preset.variant in variants
+                c.update(_combine_controls(preset))
                 run = gr.Button("Start drawing", variant="primary")
                 with gr.Accordion("Settings", open=False):
                     c["negative_prompt"] = gr.Textbox(label="Negative prompt", value=preset.negative_prompt, lines=2)
@@ -190,10 +176,19 @@ def build_tab(
                         for name, label in (("width", "Width"), ("height", "Height")):
                             r = getattr(preset, name)
                             c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=r.default)
-                    c["stop_at"] = gr.Slider(
-                        label="Stop at (image prompt acts for this share of the steps)", minimum=preset.stop_at.min,
-                        maximum=preset.stop_at.max, step=preset.stop_at.step, value=preset.stop_at.default,
+                    c["negative_reference"] = gr.Gallery(
+                        label="Negative images (a look that should NOT carry over)", type="filepath", interactive=True,
+                        columns=4, height=120, file_types=["image"], object_fit="contain",
                     )  # fmt: skip
+                    with gr.Row():
+                        c["start_at"] = gr.Slider(
+                            label="Start at (share of the steps before the image prompt acts)", minimum=0.0,
+                            maximum=1.0, step=preset.stop_at.step, value=0.0,
+                        )  # fmt: skip
+                        c["stop_at"] = gr.Slider(
+                            label="Stop at (share of the steps after which it stops)", minimum=preset.stop_at.min,
+                            maximum=preset.stop_at.max, step=preset.stop_at.step, value=preset.stop_at.default,
+                        )  # fmt: skip
                     c["crop"] = gr.Radio(
                         label="Non-square references", choices=[(CROP_LABELS[m], m) for m in CROP_MODES],
                         value=preset.crop,
@@ -216,9 +211,14 @@ def build_tab(
                     elem_id=f"{mode}-preview",
                 )  # fmt: skip
                 with gr.Accordion("Compare strengths (same seed, one batched pass)", open=False):
-                    strengths = gr.Textbox(
+                    c["strengths"] = strengths = gr.Textbox(
                         label="Strengths (comma-separated; two give an A/B slider)",
                         value=", ".join(f"{s:g}" for s in preset.compare),
+                    )
+                    c["extra_strengths"] = gr.Textbox(
+                        label="Extra image prompt's strengths (optional: a grid of every pair, one row per strength)",
+                        placeholder="e.g. 0, 0.5, 1 (needs 'Combine with...')",
+                        value="",
                     )
                     compare = gr.Button("Compare strengths")
                     cells = gr.Gallery(
@@ -232,7 +232,11 @@ def build_tab(
                     metadata = gr.JSON(label="image_prompt")
         example_slot = gr.Column()
 
-        names = list(c)
+        names = parameters_for(mode, "single")  # the API's parameters, in the order of pipelines/parameters.py
+        compare_names = parameters_for(mode, "compare")
+        missing = [n for n in (*names, *compare_names) if n not in c]
+        if missing:
+            raise RuntimeError(f"the {mode} tab has no control for parameters {missing}")
 
         def single(values: dict[str, Any], progress: Any) -> tuple:
             request = request_from(preset, values)
@@ -242,13 +246,24 @@ def build_tab(
             return path, request.seed, report, result_.metadata, result_.previews
 
         def sweep(values: dict[str, Any], progress: Any) -> tuple:
-            chosen = parse_strengths(values.get("strengths"), preset)
-            request = request_from(preset, values, strength=chosen[0])
-            out = engine.generate_sweep(request, chosen, on_step=_progress_callback(progress), scope=visitor_scope())
-            captions = [f"{s:g}" for s in out.strengths]  # short: readable under the smallest cell
+            request = request_from(preset, {**values, "strengths": values.get("strengths") or preset.compare})
+            out = engine.generate_sweep(request, on_step=_progress_callback(progress), scope=visitor_scope())
             paths = [write_png(img, m) for img, m in zip(out.images, out.cell_metadata, strict=True)]
-            labels = [f"strength {c}" for c in captions]
-            grid = save_png(make_grid(out.images, labels), out.metadata, output_path(f"{mode}-compare"))
+            _, columns = out.shape
+            if columns > 1:  # a 2-D grid: rows = strengths, columns = the extra prompt's strengths
+                captions = [f"{s:g} × {e:g}" for s, e in zip(out.strengths, out.extra_strengths, strict=True)]
+                labels = [
+                    f"{mode} {s:g} · {request.extra.mode} {e:g}"
+                    for s, e in zip(out.strengths, out.extra_strengths, strict=True)
+                ]
+            else:
+                captions = [f"{s:g}" for s in out.strengths]  # short: readable under the smallest cell
+                labels = [f"strength {c}" for c in captions]
+            grid = save_png(
+                make_grid(out.images, labels, columns=columns if columns > 1 else None),
+                out.metadata,
+                output_path(f"{mode}-compare"),
+            )
             slider = (paths[0], paths[1]) if len(paths) == 2 else None
             gallery = list(zip(paths, captions, strict=True))
             report = format_diagnostics(out.diagnostics, out.warnings)
@@ -268,7 +283,7 @@ def build_tab(
 
         def duration(images: int) -> Callable[[dict[str, Any], Any], int]:
             def estimate(values: dict[str, Any], progress: Any) -> int:
-                n = len(parse_strengths(values.get("strengths"), preset)) if images == 0 else images
+                n = images or _cells(values, preset)
                 sizes = [values.get(k) or getattr(preset, k).default for k in ("steps", "width", "height")]
                 try:
                     steps, width, height = (int(float(v)) for v in sizes)
@@ -293,7 +308,6 @@ def build_tab(
             inputs=inputs, outputs=[result, used_seed, diagnostics, metadata, preview],
             api_name=mode, **gpu,
         ).success(lambda: gr.update(visible=True), outputs=used_seed, **private)  # fmt: skip
-        compare_names = [n for n in names if n != "strength"] + ["strengths"]
         compare.click(
             _endpoint(
                 compare_names,
@@ -301,13 +315,13 @@ def build_tab(
                 f"{mode}_compare",
                 f"{text.title}: the same seed at several strengths, side by side, in one batched pass.",
             ),
-            inputs=[c[n] for n in names if n != "strength"] + [strengths],
+            inputs=[c[n] for n in compare_names],
             outputs=[cells, ab, grid_file, used_seed, compare_diagnostics, metadata],
             api_name=f"{mode}_compare",
             **gpu,
         ).success(_ab_label, inputs=[ab, metadata], outputs=ab, **private).success(
-            lambda: gr.update(visible=True), outputs=used_seed, **private
-        )
+            _grid_columns, inputs=metadata, outputs=cells, **private
+        ).success(lambda: gr.update(visible=True), outputs=used_seed, **private)
         preview_button.click(
             _endpoint(
                 names, encoder_view, f"{mode}_preview", f"{text.title}: what the adapter sees of the references."
@@ -319,7 +333,15 @@ def build_tab(
         )
         # What the adapter sees follows the references and crop by itself: cleared at once, then redrawn.
         auto_view = _endpoint(names, encoder_view)
-        for name in ("reference", "face_reference", "crop", "variant"):
+        for name in (
+            "reference",
+            "face_reference",
+            "crop",
+            "variant",
+            "extra_mode",
+            "extra_reference",
+            "extra_variant",
+        ):
             if name in c:
                 c[name].change(lambda: [], outputs=preview, **private)
                 c[name].change(auto_view, inputs=inputs, outputs=preview, api_visibility="private",
@@ -336,6 +358,7 @@ def build_tab(
             inputs=inputs, outputs=settings_file, api_name=f"{mode}_settings",
             **IO_CONCURRENCY,
         )  # fmt: skip
+        _follow_extra_mode(preset, c, private)
         defaults = preset_values(preset)
         defaults_names = [n for n in names if n in defaults]
         defaults_button.click(
@@ -349,6 +372,66 @@ def build_tab(
         random_seed.click(lambda: RANDOM_SEED, outputs=c["seed"], api_visibility="private", queue=False)
         reuse_seed.click(lambda s: s, inputs=used_seed, outputs=c["seed"], api_visibility="private", queue=False)
     return TabHandle(demo, c, mode, strengths)
+
+
+def _combine_controls(preset: ModePreset) -> dict[str, gr.components.Component]:
+    """ "Combine with...": one more image prompt of another kind, its references, strength, adapter and region."""
+    own = {m: preset_for(m, preset.family) for m in EXTRA_MODES if m != "none"}
+    c: dict[str, gr.components.Component] = {}
+    with gr.Accordion("Combine with... (one more image prompt: a face, a style, another reference)", open=False):
+        c["extra_mode"] = gr.Radio(
+            label="Add", choices=[(EXTRA_LABELS[m], m) for m in EXTRA_MODES], value="none", elem_id="extra-mode",
+        )  # fmt: skip
+        c["extra_reference"] = gr.Gallery(
+            label="Its references", type="filepath", interactive=True, columns=4, height=140, file_types=["image"],
+            object_fit="contain",
+        )  # fmt: skip
+        low = min(p.strength.min for p in own.values())
+        high = max(p.strength.max for p in own.values())
+        c["extra_strength"] = gr.Slider(
+            label="Its strength", minimum=low, maximum=high, step=own["general"].strength.step,
+            value=own["general"].strength.default,
+        )  # fmt: skip
+        variants = list(dict.fromkeys(v for p in own.values() for v in p.variants))
+        c["extra_variant"] = gr.Dropdown(
+            label="Its adapter (empty: that tab's default)", choices=[("That tab's default", ""), *variants], value="",
+        )  # fmt: skip
+        with gr.Row():
+            regions = [(REGION_LABELS[r], r) for r in REGIONS]
+            c["region"] = gr.Radio(label="This tab's image prompt acts on", choices=regions, value="whole")
+            c["extra_region"] = gr.Radio(label="The extra one acts on", choices=regions, value="whole")
+        with gr.Row():
+            c["extra_start_at"] = gr.Slider(label="It starts at (share of the steps)", minimum=0.0, maximum=1.0,
+                                            step=0.05, value=0.0)  # fmt: skip
+            c["extra_stop_at"] = gr.Slider(label="It stops at", minimum=0.0, maximum=1.0, step=0.05, value=1.0)
+    return c
+
+
+def _follow_extra_mode(preset: ModePreset, c: dict[str, gr.components.Component], private: dict) -> None:
+    """Choosing a kind to combine with sets its strength to that kind's default (a person's choice only: a loaded
+    settings file keeps its own strength)."""
+    defaults = {m: preset_for(m, preset.family).strength.default for m in EXTRA_MODES if m != "none"}
+    c["extra_mode"].input(
+        lambda m: defaults.get(m, gr.skip()) if m != "none" else gr.skip(),
+        inputs=c["extra_mode"], outputs=c["extra_strength"], **private,
+    )  # fmt: skip
+
+
+def _cells(values: dict[str, Any], preset: ModePreset) -> int:
+    """How many images a comparison draws (for the GPU time estimate); bad values count as the largest grid."""
+    try:
+        rows = len(parse_strengths(values.get("strengths"), preset))
+        extra = values.get("extra_strengths")
+        columns = len([v for v in str(extra).replace(";", ",").split(",") if v.strip()]) if extra else 1
+    except ImagePromptError:
+        return MAX_GRID_CELLS
+    return min(rows * max(columns, 1), MAX_GRID_CELLS)
+
+
+def _grid_columns(metadata: dict | None) -> Any:
+    """A 2-D comparison shows one gallery row per strength."""
+    columns = len((metadata or {}).get("extra_strengths") or [])
+    return gr.update(columns=columns if columns > 1 else 5)
 
 
 def _ab_label(pair: Any, metadata: dict | None) -> Any:
@@ -411,7 +494,9 @@ def preset_values(preset: ModePreset) -> dict[str, Any]:
         "negative_prompt": preset.negative_prompt, "strength": preset.strength.default, "variant": preset.variant,
         "steps": preset.steps.default, "guidance": preset.guidance.default, "width": preset.width.default,
         "height": preset.height.default, "stop_at": preset.stop_at.default, "crop": preset.crop,
-        "seed": RANDOM_SEED, "layout": False, "base": "default",
+        "seed": RANDOM_SEED, "layout": False, "base": "default", "start_at": 0.0, "region": "whole",
+        "extra_mode": "none", "extra_strength": preset_for("general", preset.family).strength.default,
+        "extra_region": "whole", "extra_variant": "", "extra_start_at": 0.0, "extra_stop_at": 1.0,
     }  # fmt: skip
     if preset.structure is not None:
         values["structure"] = preset.structure.default
