@@ -13,6 +13,8 @@ def quiet_libraries() -> None:
     - diffusers' "modules ... should be kept in float32: []" (an empty list: nothing is affected);
     - transformers' "requires torchvision ... falling back to the PIL processor" (the PIL one is what we use);
     - diffusers' "No LoRA keys associated to CLIPTextModel..." when the FaceID LoRA (UNet only, by design) loads;
+    - diffusers' "image_encoder is not loaded since `image_encoder_folder=None`..." when a FaceID adapter loads (the
+      engine always passes image embeddings, which is what the note recommends);
     - scikit-image's FutureWarning that `estimate` is deprecated, raised inside insightface's face alignment (our
       pinned versions work; the fix belongs to insightface).
     """
@@ -37,6 +39,7 @@ def quiet_libraries() -> None:
                             module="insightface.utils.face_align")  # fmt: skip
     for name in ("diffusers.loaders.lora_base", "diffusers.loaders.lora_pipeline", "diffusers.loaders.peft"):
         logging.getLogger(name).addFilter(_Drop("No LoRA keys associated to"))
+    logging.getLogger("diffusers.loaders.ip_adapter").addFilter(_Drop("image_encoder is not loaded since"))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks log every request
 
 

@@ -172,3 +172,26 @@ def test_clicking_an_example_shows_its_result(fresh):
     image.wait_for(state="visible")
     assert "/file=" in (image.get_attribute("src") or "")
     fresh.screenshot(path=str(ARTIFACTS / "style-example.png"), full_page=True)
+
+
+def test_a_face_in_a_style_through_the_ui(fresh, files):
+    """Face tab + "Combine with... A style": one image carrying both image prompts."""
+    page = fresh
+    page.get_by_role("tab", name=TABS["face"]).click()
+    panel = page.locator("#tab-face")
+    panel.locator("input[type=file]").first.set_input_files(files["alice"])
+    panel.get_by_text("Combine with... (one more image prompt").click()
+    page.locator("#face-extra-mode").get_by_text("A style").click()
+    page.locator("#face-extra-reference input[type=file]").set_input_files(files["gold"])
+    page.locator("#face-extra-reference img").first.wait_for(state="visible")
+    panel.get_by_role("button", name="Start drawing").click()
+    page.locator("#face-result img").wait_for(state="visible")  # several inputs changed: one preview job, one run
+    panel.get_by_text("Metadata (also stored in the PNG)").click()
+    metadata = page.locator("#face-metadata")
+    metadata.get_by_text('"image_prompts"').first.wait_for()
+    text = metadata.inner_text()
+    assert '"extra_mode"' in text and '"style"' in text and '"face"' in text
+    preview = page.locator("#face-preview img")
+    preview.nth(2).wait_for(state="visible")  # the face box and crop, then the style reference as CLIP sees it
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "face-and-style.png"), full_page=True)

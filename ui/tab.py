@@ -228,7 +228,7 @@ def build_tab(
                     ab = gr.ImageSlider(label="A/B", type="filepath", visible=False)
                     grid_file = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
                     compare_diagnostics = gr.Markdown(label="compare_diagnostics")
-                with gr.Accordion("Metadata (also stored in the PNG)", open=False):
+                with gr.Accordion("Metadata (also stored in the PNG)", open=False, elem_id=f"{mode}-metadata"):
                     metadata = gr.JSON(label="image_prompt")
         example_slot = gr.Column()
 
@@ -331,21 +331,14 @@ def build_tab(
             api_name=f"{mode}_preview",
             **gpu,
         )
-        # What the adapter sees follows the references and crop by itself: cleared at once, then redrawn.
-        auto_view = _endpoint(names, encoder_view)
-        for name in (
-            "reference",
-            "face_reference",
-            "crop",
-            "variant",
-            "extra_mode",
-            "extra_reference",
-            "extra_variant",
-        ):
-            if name in c:
-                c[name].change(lambda: [], outputs=preview, **private)
-                c[name].change(auto_view, inputs=inputs, outputs=preview, api_visibility="private",
-                               trigger_mode="always_last", **gpu)  # fmt: skip
+        # What the adapter sees follows the references and crop by itself: cleared at once, then redrawn. One
+        # listener for every trigger: a person changing several inputs queues one redraw, not one per input (the
+        # gate admits a few jobs per visitor).
+        watched = [c[n] for n in ("reference", "face_reference", "crop", "variant", "extra_mode", "extra_reference",
+                                  "extra_variant") if n in c]  # fmt: skip
+        gr.on([w.change for w in watched], lambda: [], outputs=preview, **private)
+        gr.on([w.change for w in watched], _endpoint(names, encoder_view), inputs=inputs, outputs=preview,
+              api_visibility="private", trigger_mode="always_last", **gpu)  # fmt: skip
         _keep_in_budget(preset, c["width"], c["height"], private)
         if text.variant_only:
             hidden = list(text.variant_only)
@@ -380,11 +373,12 @@ def _combine_controls(preset: ModePreset) -> dict[str, gr.components.Component]:
     c: dict[str, gr.components.Component] = {}
     with gr.Accordion("Combine with... (one more image prompt: a face, a style, another reference)", open=False):
         c["extra_mode"] = gr.Radio(
-            label="Add", choices=[(EXTRA_LABELS[m], m) for m in EXTRA_MODES], value="none", elem_id="extra-mode",
+            label="Add", choices=[(EXTRA_LABELS[m], m) for m in EXTRA_MODES], value="none",
+            elem_id=f"{preset.mode}-extra-mode",
         )  # fmt: skip
         c["extra_reference"] = gr.Gallery(
             label="Its references", type="filepath", interactive=True, columns=4, height=140, file_types=["image"],
-            object_fit="contain",
+            object_fit="contain", elem_id=f"{preset.mode}-extra-reference",
         )  # fmt: skip
         low = min(p.strength.min for p in own.values())
         high = max(p.strength.max for p in own.values())
