@@ -20,3 +20,13 @@ def test_the_gpu_suite_runs_dry_on_cpu():
                 "diffusers, lower bound (one call, 5 images)", "engine, 5-strength sweep (one pass)",
                 "the lower bound", "every General and Anime adapter loaded", "TFLOP/s"):  # fmt: skip
         assert row in out, row
+
+
+def test_the_stack_benchmark_runs():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    args = ["--steps", "1", "--size", "64", "--rounds", "1", "--no-full-size"]
+    proc = subprocess.run([sys.executable, "bench/stack.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| 3 x 3 grid, batched | 1 |" in proc.stdout and "| 9 sequential renders | 9 |" in proc.stdout
+    assert "two image prompts" in proc.stdout

@@ -30,5 +30,6 @@ def test_the_readme_api_example_runs_against_the_tiny_app(app_url, tmp_path, mon
     lines = [line for line in out.getvalue().splitlines() if not line.startswith("Loaded as API")]
     assert lines[0].endswith(".png " + lines[0].split()[1] + " tiny-sdxl")  # path, seed used, base model
     assert lines[1].startswith("['0', '0.5', '1']") and lines[1].endswith(".png")
-    assert lines[2].startswith("general ")
+    assert lines[2] == "['0 × 0', '0 × 0.5', '0 × 1', '1 × 0', '1 × 0.5', '1 × 1']"  # the 2-D sweep
+    assert lines[3].startswith("general ")
     assert os.path.exists(lines[0].split()[0])

@@ -1,0 +1,160 @@
+"""Stacked image prompts: what a 2-D sweep saves and what a second image prompt costs. Prints tables.
+
+    python bench/stack.py                      # tiny family (128 px, 8 steps) + full-size SD1.5 UNet (256 px) on CPU
+    python bench/stack.py --size 512 --full-size-px 512 --rounds 5    # a GPU: the native SD1.5 size
+
+Sections (interleaved rounds: A, B, A, B, ...; never back to back):
+- 2-D sweep: a 3 x 3 grid (general strength x style strength) in batched passes vs 9 sequential single renders:
+  UNet calls and time;
+- second prompt, tiny: one render with one image prompt vs two (general + style), seconds per step;
+- second prompt, full-size SD1.5 UNet (random weights, the published shapes): one UNet call on a guided batch of
+  2 with one IP-Adapter vs two, each at a non-zero strength.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+from PIL import Image
+from versus import rounds_table, timed  # beside this file
+
+GRID = ([0.0, 0.5, 1.0], [0.0, 0.6, 1.2])  # rows: the tab's own prompt; columns: the extra (style) prompt
+
+
+def interleave(variants: dict, rounds: int, device: str) -> dict[str, list[tuple[float, float]]]:
+    """Every variant once per round, in the same order; one warm-up round first."""
+    for fn in variants.values():
+        fn()
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            out[name].append(timed(fn, device))
+    return out
+
+
+def engine_sections(args: argparse.Namespace) -> dict:
+    import app
+    from pipelines import Engine, build_request
+
+    family = app.FAMILIES["tiny"]
+    engine = Engine(family, max_batch=9)  # the whole 3 x 3 grid in one pass
+    engine.load()
+    rng = np.random.default_rng(0)
+    gold = Image.fromarray((rng.random((160, 128, 3)) * 255).astype(np.uint8))
+    paint = Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8))
+    preset = app.PRESETS["general"]["tiny"]
+    common = dict(prompt="a vase", reference=[gold], seed=1, steps=args.steps, width=args.size, height=args.size)
+    stack = dict(common, extra_mode="style", extra_reference=[paint])
+    grid = build_request(preset, **stack, strengths=GRID[0], extra_strengths=GRID[1])
+    singles = [build_request(preset, **stack, strength=s, extra_strength=e) for s in GRID[0] for e in GRID[1]]
+    results: dict = {}
+
+    calls = {}
+
+    def count(name: str, fn) -> None:
+        before = engine.counters["unet_calls"]
+        fn()
+        calls[name] = engine.counters["unet_calls"] - before
+
+    def sweep() -> None:
+        engine.generate_sweep(grid)
+
+    def sequential() -> None:
+        for r in singles:
+            engine.generate(r)
+
+    count("3 x 3 grid, batched", sweep)
+    count("9 sequential renders", sequential)
+    runs = interleave({"3 x 3 grid, batched": sweep, "9 sequential renders": sequential}, args.rounds, engine.device)
+    rounds_table(f"2-D sweep, tiny, {args.size} px, {args.steps} steps, {engine.device}", runs,
+                 {"9 sequential renders": "3 x 3 grid, batched"})  # fmt: skip
+    print("\n| variant | UNet calls |\n|---|---|")
+    for name, n in calls.items():
+        print(f"| {name} | {n} |")
+    results["grid"] = {"calls": calls, "seconds": {k: statistics.median(w for w, _ in v) for k, v in runs.items()}}
+
+    one = build_request(preset, **common, strength=0.6)
+    two = build_request(preset, **stack, strength=0.6, extra_strength=0.8)
+    variants = {"one image prompt": lambda: engine.generate(one), "two image prompts": lambda: engine.generate(two)}
+    runs = interleave(variants, args.rounds, engine.device)
+    rounds_table(f"Second image prompt, tiny, {args.size} px, {args.steps} steps (one render)", runs,
+                 {"two image prompts": "one image prompt"})  # fmt: skip
+    results["second_tiny"] = {k: statistics.median(w for w, _ in v) / args.steps for k, v in runs.items()}
+    return results
+
+
+def full_size_section(args: argparse.Namespace) -> dict:
+    """One guided UNet call at the full-size SD1.5 shapes: one IP-Adapter vs two (the engine's combination)."""
+    from pipelines.attention import PromptScale, combine_processors, prompt_scales, wrap_ip_processors
+    from pipelines.full_size import VIT_H, build_unet, ip_adapter_state_dict, unet_inputs
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    unet = build_unet("sd15", dtype, device)
+    unet._load_ip_adapter_weights([ip_adapter_state_dict("sd15", "pooled", seed=1)], low_cpu_mem_usage=False)
+    first = wrap_ip_processors(unet.attn_processors), unet.encoder_hid_proj
+    unet._load_ip_adapter_weights([ip_adapter_state_dict("sd15", "pooled", seed=2)], low_cpu_mem_usage=False)
+    second = wrap_ip_processors(unet.attn_processors), unet.encoder_hid_proj
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
+    both = (
+        combine_processors([first[0], second[0]]),
+        MultiIPAdapterImageProjection([*first[1].image_projection_layers, *second[1].image_projection_layers]),
+    )
+    unet.to(device=device, dtype=dtype)
+    inputs = unet_inputs("sd15", 2, args.full_size_px, dtype, device)
+    embeds = torch.randn(2, 1, VIT_H["projection_dim"], device=device, dtype=dtype)
+
+    def call(setup, prompts: int):
+        def run() -> None:
+            unet.set_attn_processor(dict(setup[0]))  # it pops from the dict it gets
+            unet.encoder_hid_proj = setup[1]
+            kwargs = dict(inputs, added_cond_kwargs={"image_embeds": [embeds] * prompts})
+            scales = [PromptScale([0.7]), PromptScale([0.5])][:prompts]
+            with torch.inference_mode(), prompt_scales(scales, True, device, dtype, list(range(prompts))):
+                unet(**kwargs)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        return run
+
+    runs = interleave({"one image prompt": call(first, 1), "two image prompts": call(both, 2)}, args.rounds, device)
+    rounds_table(
+        f"Second image prompt, full-size SD1.5 UNet (random weights), {args.full_size_px} px, one guided step, "
+        f"{device} {str(dtype).removeprefix('torch.')}",
+        runs,
+        {"two image prompts": "one image prompt"},
+    )
+    return {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--full-size-px", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-full-size", action="store_true")
+    args = parser.parse_args()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, gpu {gpu}, "
+          f"torch {torch.__version__}")  # fmt: skip
+    engine_sections(args)
+    if not args.no_full_size:
+        full_size_section(args)
+
+
+if __name__ == "__main__":
+    main()
