@@ -37,6 +37,7 @@ from .face import FaceAnalyzer
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import FamilySpec
 from .request import MAX_PROMPT_CHARS, GenerationRequest, ImagePrompt
+from .scoring import Scorer, suggest
 from .sources import ModelSource
 
 if TYPE_CHECKING:  # the model classes are imported where a model loads: the app serves its page before that
@@ -82,6 +83,8 @@ class SweepResult:
     # each CLIP encoder's input after crop mode, resize and centre crop
     extra_strengths: list[float] = field(default_factory=list)
     shape: tuple[int, int] = (1, 1)
+    scores: list[dict[str, Any]] = field(default_factory=list)  # per cell: its strength(s) and scores (if scored)
+    suggested: dict[str, Any] | None = None  # the suggested cell (pipelines/scoring.py), if scored
 
 
 @dataclass
@@ -164,6 +167,7 @@ class Engine:
         self.source = ModelSource(family, tiny_root)
         self.encoder = ImagePromptEncoder(self.source, self.device, self.dtype, self.counters, embed_cache_size)
         self.bank = AdapterBank(self.source, self.encoder, self.counters)
+        self.scorer = Scorer(self.source, self.encoder, self.counters)
         self._bases: OrderedDict[str, BaseSlot] = OrderedDict()  # least recently used first
         self._current: BaseSlot | None = None
         self.lock = threading.Lock()  # every use of a pipeline or the model state happens under it
@@ -327,12 +331,14 @@ class Engine:
         *,
         scope: str = "",
         extra_strengths: Sequence[float] | None = None,
+        score: bool = False,
     ) -> SweepResult:
         """The same seed and noise at several strengths, in batched denoising passes (at most `max_batch` each).
 
         `strengths` (default: the request's) sweep the tab's own image prompt; `extra_strengths` (default: the
         request's, else its one extra strength) the extra one: with both, every pair is a cell (rows = strengths).
-        References are encoded once; the UNet runs `steps` times per batch, not per cell.
+        References are encoded once; the UNet runs `steps` times per batch, not per cell. `score` also scores every
+        cell (likeness, adherence, identity: pipelines/scoring.py) in one batched pass and suggests a cell.
         """
         strengths = [float(s) for s in (strengths if strengths is not None else request.strengths)]
         if not strengths:
@@ -345,7 +351,7 @@ class Engine:
         else:
             columns = [float(e) for e in (extra_strengths or request.extra_strengths or (request.extra.strength,))]
             cells = [(s, e) for s in strengths for e in columns]
-        sweep = self._run(request, cells, on_step, scope)
+        sweep = self._run(request, cells, on_step, scope, score)
         sweep.strengths = strengths if request.extra is None else [c[0] for c in cells]
         sweep.extra_strengths = [c[1] for c in cells] if request.extra is not None else []
         sweep.shape = (len(strengths), len(columns) if len(columns) > 1 else 1)
@@ -353,7 +359,24 @@ class Engine:
             sweep.metadata["extra_strengths"] = columns
             sweep.metadata["extra_strength"] = None
         sweep.metadata["strengths"] = strengths
+        if score:
+            keys = ("strength",) if request.extra is None else ("strength", "extra_strength")
+            sweep.scores = [
+                {**dict(zip(keys, cell, strict=True)), **values}
+                for cell, values in zip(cells, sweep.scores, strict=True)
+            ]
+            swept = [""] if len(strengths) > 1 or len(columns) <= 1 else []
+            swept += ["extra_"] if len(columns) > 1 else []
+            sweep.suggested = suggest(sweep.scores, swept)
+            sweep.metadata["scores"] = sweep.scores
+            sweep.metadata["suggested"] = sweep.suggested
         return sweep
+
+    def score(self, image: Image.Image, request: GenerationRequest, scope: str = "") -> tuple[dict[str, Any], list]:
+        """One image's scores against `request`'s references and prompt (the same object as a scored cell's)."""
+        with self.lock:
+            values, notes = self.scorer.score([image], request, scope)
+            return values[0], notes
 
     def _stack(self, request: GenerationRequest, scope: str, warnings: list[str]) -> tuple[_Stack, list]:
         """The request's acting image prompts on one combined adapter, with their embeddings and previews."""
@@ -390,6 +413,7 @@ class Engine:
         cells: list[tuple[float, ...]],
         on_step: StepCallback | None,
         scope: str,
+        score: bool = False,
     ) -> SweepResult:
         """Render `cells` (one strength per declared image prompt each) in batched passes from the same noise."""
         self._check_base(request.base)  # a request built without `build_request` is checked here too
@@ -421,6 +445,13 @@ class Engine:
                     return self._denoise(request, text, chunk, stack, offset, total_steps, on_step)
 
                 images += self._guarded(denoise, warnings)
+            scores: list[dict[str, Any]] = []
+            score_seconds = None
+            if score:  # after the sweep: every cell in one batched encoder pass
+                scored_at = time.perf_counter()
+                scores, notes = self.scorer.score(images, request, scope)
+                warnings += notes
+                score_seconds = round(time.perf_counter() - scored_at, 4)
             seconds = time.perf_counter() - start
             used = self.counters - before
             diagnostics = {
@@ -439,13 +470,17 @@ class Engine:
                 "device": self.device,
                 "base": request.base,
             }
+            if score_seconds is not None:
+                diagnostics["score_seconds"] = score_seconds
             if stack.adapter is not None and stack.adapter.uses_faces:
                 diagnostics["face_detections"] = self.encoder.face_detections - faces_before
             if self.device.startswith("cuda"):
                 diagnostics["peak_memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             metas = [self._metadata(request, stack, cell) for cell in cells]
             sweep_meta = {**self._metadata(request, stack, cells[0]), "strength": None}
-            return SweepResult(images, [c[0] for c in cells], metas, sweep_meta, diagnostics, warnings, previews)
+            result = SweepResult(images, [c[0] for c in cells], metas, sweep_meta, diagnostics, warnings, previews)
+            result.scores = scores
+            return result
 
     def _chunk_sizes(self, request: GenerationRequest, text: dict[str, torch.Tensor], n: int) -> tuple[list[int], bool]:
         """How many images each pass of a sweep of `n` holds, and whether this call measured the device for it.

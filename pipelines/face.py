@@ -113,6 +113,17 @@ class FaceAnalyzer:
                 self._cache.popitem(last=False)
             return faces
 
+    def largest_embedding(self, image: Image.Image) -> np.ndarray | None:
+        """The unit ArcFace embedding of the largest face in `image` (a generated image: not cached), or None."""
+        with self._lock:
+            app = self._load()
+            faces = app.get(np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]))
+            self.counters["detections"] += 1
+        if not faces:
+            return None
+        face = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
+        return np.asarray(face.normed_embedding, dtype=np.float32)
+
     def analyze(
         self, refs: Sequence[ReferenceImage], label: str = "reference", scope: str = ""
     ) -> tuple[list[FaceResult], list[str]]:

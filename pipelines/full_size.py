@@ -219,3 +219,23 @@ def write_mirror(root: Path, family: FamilySpec, tokenizer_files: Path, dtype: t
             save_file(flat, str(folder / spec.weight_name))
         else:
             torch.save(checkpoint, folder / spec.weight_name)
+    if family.scoring is not None:
+        write_scoring_clip(root / family.scoring.text_encoder, tokenizer, dtype)
+
+
+def write_scoring_clip(folder: Path, tokenizer: object, dtype: torch.dtype) -> None:
+    """The scorer's CLIP checkpoint as laion/CLIP-ViT-H-14-laion2B-s32B-b79K holds it: a whole `CLIPModel` (text and
+    vision towers, projections to 1024) and its tokenizer. Like the base pipelines' text encoders here, both towers
+    keep their real widths with two layers each; the scorer reads the text tower from it."""
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=2, num_attention_heads=16,
+                max_position_embeddings=77, vocab_size=49408, bos_token_id=49406, eos_token_id=49407,
+                pad_token_id=1)  # fmt: skip
+    vision = {**VIT_H_CONFIG, "num_hidden_layers": 2}
+    vision.pop("projection_dim")
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=VIT_H_CONFIG["projection_dim"])
+    with default_dtype(dtype):
+        model = CLIPModel(config)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))

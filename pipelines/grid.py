@@ -17,8 +17,11 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def make_grid(images: Sequence[Image.Image], captions: Sequence[str], columns: int | None = None) -> Image.Image:
-    """Cells left to right, a caption strip under each; all cells share the first image's size."""
+def make_grid(
+    images: Sequence[Image.Image], captions: Sequence[str], columns: int | None = None, highlight: int | None = None
+) -> Image.Image:
+    """Cells left to right, a caption strip under each; all cells share the first image's size. The cell at
+    `highlight` (a suggested strength) gets an orange frame."""
     if not images or len(images) != len(captions):
         raise ValueError("need one caption per image and at least one image")
     w, h = images[0].size
@@ -32,4 +35,6 @@ def make_grid(images: Sequence[Image.Image], captions: Sequence[str], columns: i
         x, y = (i % columns) * w, (i // columns) * (h + strip)
         grid.paste(img.convert("RGB").resize((w, h)), (x, y))
         draw.text((x + w // 2, y + h + strip // 2), caption, fill="black", font=font, anchor="mm")
+        if i == highlight:
+            draw.rectangle([x, y, x + w - 1, y + h + strip - 1], outline=(255, 127, 14), width=max(2, w // 32))
     return grid

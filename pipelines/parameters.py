@@ -24,7 +24,7 @@ class Parameter:
     kind: str
     doc: str  # what the API page and MCP tool description say of it
     modes: tuple[str, ...] = MODES  # the tabs that offer it
-    role: str = "both"  # "single": one image only; "compare": comparisons only; "both"
+    role: str = "both"  # "single": one image only; "compare": comparisons only; "both"; "score": scoring only
 
     @property
     def setting(self) -> bool:
@@ -96,6 +96,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "Comparison: strengths to render with the same seed, comma-separated (e.g. '0, 0.5, 1').",
         role="compare",
     ),
+    Parameter("image", "images", "Scoring: the image to score (a file; made here or elsewhere).", role="score"),
     Parameter(
         "extra_strengths",
         "numbers",
@@ -104,11 +105,14 @@ PARAMETERS: tuple[Parameter, ...] = (
         role="compare",
     ),
 )
+SCORE_PARAMETERS = ("image", "prompt", "reference", "extra_mode", "extra_reference")  # `<mode>_score`
 BY_NAME = {p.name: p for p in PARAMETERS}
 SETTINGS_TYPES: dict[str, str] = {p.name: p.kind for p in PARAMETERS if p.setting}
 FILE_PARAMETERS = tuple(p.name for p in PARAMETERS if p.kind == "images")
 
 
 def parameters_for(mode: str, role: str) -> list[str]:
-    """The parameter names of `mode`'s endpoint for `role` ("single" or "compare"), in API order."""
+    """The parameter names of `mode`'s endpoint for `role` ("single", "compare" or "score"), in API order."""
+    if role == "score":
+        return [n for n in SCORE_PARAMETERS if mode in BY_NAME[n].modes]
     return [p.name for p in PARAMETERS if mode in p.modes and p.role in ("both", role)]

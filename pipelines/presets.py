@@ -23,6 +23,9 @@ SOURCES = ("hub", "tiny", "local")  # local: a folder mirror of the Hub layout (
 EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus")  # what feeds the adapter's image projection
 CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
 MAX_COMPARE = 16  # strengths in one comparison (per axis)
+# What the scoring text tower loads from its repository (config, weights, tokenizer).
+SCORING_TEXT_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "special_tokens_map.json",
+                      "vocab.json", "merges.txt")  # fmt: skip
 MAX_GRID_CELLS = 25  # cells of a 2-D comparison (5 x 5)
 REGIONS = ("whole", "left", "right", "top", "bottom")  # where an image prompt acts
 EXTRA_MODES = ("none", "general", "face", "style")  # kinds of the one more image prompt a request can carry
@@ -73,6 +76,14 @@ class AdapterSpec:
 
 
 @dataclass(frozen=True)
+class ScoringSpec:
+    """What scores a comparison: the adapters' CLIP image encoder and the text half of the same CLIP model."""
+
+    image_encoder: ImageEncoderSpec
+    text_encoder: str  # a CLIP checkpoint whose text tower `CLIPTextModelWithProjection.from_pretrained` reads
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """A model family: one base pipeline and the adapters that fit it."""
 
@@ -85,6 +96,7 @@ class FamilySpec:
     faces: FaceSpec | None = None  # the insightface pack for the face mode
     weights_variant: str | None = None  # e.g. "fp16": the files to load when running in half precision
     vae_fp16: str | None = None  # a VAE that is safe in fp16 (SDXL), used when running in fp16
+    scoring: ScoringSpec | None = None  # scored comparisons (likeness, adherence)
 
     def hub_checkpoints(self) -> list[tuple[str, str | None]]:
         """Every (repository, file or None for a whole pipeline folder) this family loads, for Space preloading."""
@@ -95,6 +107,8 @@ class FamilySpec:
             out.append((spec.repo, "/".join(p for p in (spec.subfolder, spec.weight_name) if p)))
             if spec.image_encoder is not None:
                 out.append((spec.image_encoder.repo, spec.image_encoder.subfolder + "/"))
+        if self.scoring is not None:  # the text tower's files only (the repository also holds OpenCLIP copies)
+            out += [(self.scoring.text_encoder, f) for f in SCORING_TEXT_FILES]
         return list(dict.fromkeys(out))
 
     @property
@@ -281,6 +295,11 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             alt = t.table("alt_bases")
             alt_bases = {key: alt.text(key) for key in list(alt.data)}
             alt.done()
+        scoring = None
+        if t.has("scoring"):
+            sc = t.table("scoring")
+            scoring = ScoringSpec(encoders[sc.text("image_encoder", tuple(encoders))], sc.text("text_encoder"))
+            sc.done()
         families[name] = FamilySpec(
             name=name,
             pipeline=t.text("pipeline", PIPELINE_KINDS),
@@ -291,6 +310,7 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             faces=faces,
             weights_variant=t.text("weights_variant") if t.has("weights_variant") else None,
             vae_fp16=t.text("vae_fp16") if t.has("vae_fp16") else None,
+            scoring=scoring,
         )
         t.done()
     return families

@@ -13,6 +13,8 @@ def quiet_libraries() -> None:
     - diffusers' "modules ... should be kept in float32: []" (an empty list: nothing is affected);
     - transformers' "requires torchvision ... falling back to the PIL processor" (the PIL one is what we use);
     - diffusers' "No LoRA keys associated to CLIPTextModel..." when the FaceID LoRA (UNet only, by design) loads;
+    - transformers' load report for the scorer's text tower, which lists the vision half of the whole CLIP checkpoint
+      it is read from as unexpected (kept when a key is missing or mismatched: that would matter);
     - diffusers' "image_encoder is not loaded since `image_encoder_folder=None`..." when a FaceID adapter loads (the
       engine always passes image embeddings, which is what the note recommends);
     - scikit-image's FutureWarning that `estimate` is deprecated, raised inside insightface's face alignment (our
@@ -39,6 +41,15 @@ def quiet_libraries() -> None:
                             module="insightface.utils.face_align")  # fmt: skip
     for name in ("diffusers.loaders.lora_base", "diffusers.loaders.lora_pipeline", "diffusers.loaders.peft"):
         logging.getLogger(name).addFilter(_Drop("No LoRA keys associated to"))
+
+    class _TextTowerReport(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            message = record.getMessage()
+            if "CLIPTextModelWithProjection LOAD REPORT" not in message:
+                return True
+            return "MISSING" in message or "MISMATCH" in message
+
+    logging.getLogger("transformers.modeling_utils").addFilter(_TextTowerReport())
     logging.getLogger("diffusers.loaders.ip_adapter").addFilter(_Drop("image_encoder is not loaded since"))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up checks log every request
 

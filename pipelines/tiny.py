@@ -35,7 +35,7 @@ from transformers import (
 from .tiny_faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v4"
+TINY_VERSION = "v5"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -45,6 +45,7 @@ IP_ADAPTER_REPO = "tiny-ip-adapter"
 FACEID_REPO = "tiny-ip-adapter-faceid"  # mirrors h94/IP-Adapter-FaceID (.bin files with an embedded LoRA)
 FACE_ROOT = "insightface"  # FaceAnalysis(root=...): packs live in <root>/models/<pack>
 FACE_PACK = "tiny_faces"
+CLIP_REPO = "tiny-clip-vit-h"  # mirrors laion/CLIP-ViT-H-14-laion2B-s32B-b79K: a whole CLIP model + tokenizer
 LORA_RANK = 4
 
 TEXT_HIDDEN = 32  # width of each tiny CLIP text encoder
@@ -78,6 +79,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         _build_ip_adapters(staging / IP_ADAPTER_REPO)
         _build_faceid(staging / FACEID_REPO)
         build_face_pack(staging / FACE_ROOT / "models" / FACE_PACK)
+        _build_clip(staging / CLIP_REPO, staging / "tokenizer-files")
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
         try:
@@ -387,3 +389,18 @@ def _build_faceid(repo: Path) -> None:
             layers = {k.removeprefix("ip_adapter."): v for k, v in ip_adapter_layers(sizes, cross, gen).items()}
             checkpoint = {"image_proj": proj, "ip_adapter": {**layers, **faceid_lora(unet_config, gen)}}
             torch.save(checkpoint, repo / name)
+
+
+def _build_clip(repo: Path, tokenizer_files: Path) -> None:
+    """Mirror the OpenCLIP ViT-H/14 checkpoint in transformers' format: a `CLIPModel` (text and vision towers with
+    their projections into one space) and its tokenizer; the scorer reads the text tower from it."""
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(6)
+    vision = dict(hidden_size=VISION_HIDDEN, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=VISION_IMAGE_SIZE, patch_size=4)  # fmt: skip
+    config = CLIPConfig(
+        text_config=_text_config(VISION_PROJECTION).to_dict(), vision_config=vision, projection_dim=VISION_PROJECTION
+    )
+    CLIPModel(config).save_pretrained(str(repo), safe_serialization=True)
+    _tokenizer(tokenizer_files).save_pretrained(str(repo))

@@ -122,7 +122,7 @@ def test_cli_without_hub_stops_with_one_clear_message(tmp_path):
 
 
 def test_compare_endpoint_cells_grid_and_ab(client, gold_file):
-    gallery_out, slider, grid, seed, diagnostics, meta = client.predict(
+    gallery_out, slider, grid, seed, diagnostics, meta, *_ = client.predict(
         prompt="a gold vase", reference=gallery(gold_file), strengths="0, 1", seed=77, steps=2,
         api_name="/general_compare",
     )  # fmt: skip

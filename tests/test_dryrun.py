@@ -66,4 +66,24 @@ def test_every_named_checkpoint_loads_and_steps(mirrored, presets, gold):
             weights = engine.block_weights(request.block_map)  # the preset maps address the real UNet's layers
             # style + layout: one attention of each block, 1 transformer layer (SD1.5) or 10 (SDXL) each
             assert sum(1 for w in weights.values() if w) == {"sd15": 2, "sdxl": 20}[name]
+    # Stacked at the real shapes: a face (FaceID Plus v2, its LoRA on) on the left, a style on the right, with a
+    # negative image, as one combination of the loaded adapters.
+    preset = replace(presets["face"][name], width=SMALL, height=SMALL)
+    stacked = build_request(
+        preset, prompt="a test", seed=0, steps=1, reference=[ALICE], variant="faceid-plusv2", region="left",
+        negative_reference=[ALICE], extra_mode="style", extra_reference=[gold], extra_region="right",
+    )  # fmt: skip
+    loads = engine.counters["adapter_loads"]
+    result = engine.generate(stacked)
+    assert np.isfinite(np.asarray(result.image, dtype=np.float32)).all() and result.diagnostics["image_prompts"] == 2
+    assert engine.counters["adapter_loads"] == loads  # combined from memory
+    # A scored comparison at the real shapes: the ViT-H image encoder and the text tower of the same CLIP model.
+    preset = replace(presets["general"][name], width=SMALL, height=SMALL)
+    sweep = engine.generate_sweep(
+        build_request(preset, prompt="a test", seed=0, steps=1, reference=[gold], strengths="0, 1"), score=True
+    )
+    assert [s["strength"] for s in sweep.scores] == [0.0, 1.0] and sweep.suggested is not None
+    assert all(-1 <= s["likeness"] <= 1 and -1 <= s["adherence"] <= 1 for s in sweep.scores)
+    model, _ = engine.scorer.text_tower()
+    assert model.config.hidden_size == 1024 and model.config.projection_dim == 1024
     assert engine.counters["base_loads"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import os
@@ -30,6 +31,11 @@ def test_the_readme_api_example_runs_against_the_tiny_app(app_url, tmp_path, mon
     lines = [line for line in out.getvalue().splitlines() if not line.startswith("Loaded as API")]
     assert lines[0].endswith(".png " + lines[0].split()[1] + " tiny-sdxl")  # path, seed used, base model
     assert lines[1].startswith("['0', '0.5', '1']") and lines[1].endswith(".png")
-    assert lines[2] == "['0 × 0', '0 × 0.5', '0 × 1', '1 × 0', '1 × 0.5', '1 × 1']"  # the 2-D sweep
-    assert lines[3].startswith("general ")
+    strength, likeness, adherence, suggested = lines[2].split()  # the first cell's scores and the suggestion
+    assert strength == "0.0" and -1 <= float(likeness) <= 1 and -1 <= float(adherence) <= 1
+    assert float(suggested) in (0.0, 0.5, 1.0)
+    score = ast.literal_eval(lines[3])  # an image scored against the references and prompt
+    assert set(score) == {"likeness", "adherence"}
+    assert lines[4] == "['0 × 0', '0 × 0.5', '0 × 1', '1 × 0', '1 × 0.5', '1 × 1']"  # the 2-D sweep
+    assert lines[5].startswith("general ")
     assert os.path.exists(lines[0].split()[0])

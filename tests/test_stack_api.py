@@ -58,7 +58,7 @@ def test_a_face_in_a_style(client, files):
 
 
 def test_two_dimensional_comparison(client, files):
-    cells, slider, grid, _, _, meta = client.predict(
+    cells, slider, grid, _, _, meta, *_ = client.predict(
         prompt="a vase", reference=gallery(files["gold"]), extra_mode="style", extra_reference=gallery(files["blue"]),
         strengths="0, 1", extra_strengths="0, 0.5, 1", seed=3, steps=2, api_name="/general_compare",
     )  # fmt: skip
@@ -107,9 +107,9 @@ def test_one_parameter_table_drives_api_settings_and_requests(client):
     """Each endpoint's parameters are the table's, in its order; every one is a keyword of `build_request`."""
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     for mode in MODES:
-        for endpoint, role in ((f"/{mode}", "single"), (f"/{mode}_compare", "compare")):
+        for endpoint, role in ((f"/{mode}", "single"), (f"/{mode}_compare", "compare"), (f"/{mode}_score", "score")):
             names = [p["parameter_name"] for p in api[endpoint]["parameters"]]
             assert names == parameters_for(mode, role), endpoint
     keywords = set(inspect.signature(build_request).parameters)
-    assert {p.name for p in PARAMETERS} <= keywords
+    assert {p.name for p in PARAMETERS if p.role != "score"} <= keywords
     assert set(SETTINGS_TYPES) == {p.name for p in PARAMETERS if p.kind != "images"}

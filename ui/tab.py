@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from gradio.context import Context
 
-from pipelines.errors import ImagePromptError
+from pipelines.errors import ImagePromptError, InvalidRequestError
 from pipelines.grid import make_grid
+from pipelines.images import load_reference
 from pipelines.metadata import save_png
 from pipelines.parameters import BY_NAME, parameters_for
+from pipelines.plot import score_plot
 from pipelines.presets import CROP_MODES, EXTRA_MODES, MAX_GRID_CELLS, REGIONS, ModePreset, preset_for
 from pipelines.request import GenerationRequest, build_request, parse_strengths
 from pipelines.settings import settings_of
@@ -36,7 +38,7 @@ from .common import (
     write_png,
 )
 from .examples import reference_path
-from .serving import boundary, visitor_scope
+from .serving import boundary, escape, visitor_scope
 
 if TYPE_CHECKING:
     from pipelines.engine import Engine
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
 FILE_INPUTS = {  # parameter -> label in messages
     "reference": "reference", "face_reference": "face close-up", "extra_reference": "extra reference",
-    "negative_reference": "negative image",
+    "negative_reference": "negative image", "image": "image to score",
 }  # fmt: skip
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
 
@@ -228,6 +230,18 @@ def build_tab(
                     ab = gr.ImageSlider(label="A/B", type="filepath", visible=False)
                     grid_file = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
                     compare_diagnostics = gr.Markdown(label="compare_diagnostics")
+                    plot = gr.Image(
+                        label="Scores against strength (likeness, adherence, identity; the suggestion marked)",
+                        type="filepath", format="png", interactive=False, elem_id=f"{mode}-plot",
+                    )  # fmt: skip
+                    suggested = gr.JSON(label="Suggested strength", elem_id=f"{mode}-suggested")
+                    with gr.Accordion("Scores of every cell", open=False):
+                        scores = gr.JSON(label="scores")
+                    sweep_settings = gr.File(label="Settings of the sweep (JSON, with its scores)")
+                    with gr.Accordion("Score an image (any image, made here or elsewhere)", open=False):
+                        c["image"] = gr.Image(label="Image to score", type="filepath", format="png")
+                        score_button = gr.Button("Score it against the references and prompt")
+                        image_scores = gr.JSON(label="Its scores")
                 with gr.Accordion("Metadata (also stored in the PNG)", open=False, elem_id=f"{mode}-metadata"):
                     metadata = gr.JSON(label="image_prompt")
         example_slot = gr.Column()
@@ -247,7 +261,9 @@ def build_tab(
 
         def sweep(values: dict[str, Any], progress: Any) -> tuple:
             request = request_from(preset, {**values, "strengths": values.get("strengths") or preset.compare})
-            out = engine.generate_sweep(request, on_step=_progress_callback(progress), scope=visitor_scope())
+            out = engine.generate_sweep(
+                request, on_step=_progress_callback(progress), scope=visitor_scope(), score=engine.scorer.available
+            )
             paths = [write_png(img, m) for img, m in zip(out.images, out.cell_metadata, strict=True)]
             _, columns = out.shape
             if columns > 1:  # a 2-D grid: rows = strengths, columns = the extra prompt's strengths
@@ -259,15 +275,37 @@ def build_tab(
             else:
                 captions = [f"{s:g}" for s in out.strengths]  # short: readable under the smallest cell
                 labels = [f"strength {c}" for c in captions]
+            best = out.suggested["index"] if out.suggested else None
+            if best is not None:
+                labels[best] += " ★"
             grid = save_png(
-                make_grid(out.images, labels, columns=columns if columns > 1 else None),
+                make_grid(out.images, labels, columns=columns if columns > 1 else None, highlight=best),
                 out.metadata,
                 output_path(f"{mode}-compare"),
             )
             slider = (paths[0], paths[1]) if len(paths) == 2 else None
             gallery = list(zip(paths, captions, strict=True))
             report = format_diagnostics(out.diagnostics, out.warnings)
-            return gallery, slider, str(grid), request.seed, report, out.metadata
+            chart = None
+            if out.scores:
+                chart = str(output_path(f"{mode}-scores"))
+                score_plot(out.scores, out.suggested).save(chart, format="PNG")
+            settings_path = output_path(f"{mode}-sweep", ".json")
+            sweep_file = {**settings_of(request), "scores": out.scores or None, "suggested": out.suggested}
+            settings_path.write_text(json.dumps(sweep_file, indent=1, ensure_ascii=False), encoding="utf-8")
+            return (gallery, slider, str(grid), request.seed, report, out.metadata, out.scores, out.suggested, chart,
+                    str(settings_path))  # fmt: skip
+
+        def score_image(values: dict[str, Any], progress: Any) -> dict:
+            images = values.pop("image") or []
+            if not images:
+                raise InvalidRequestError("image", "Choose an image to score.")
+            request = request_from(preset, {**values, "seed": 0})
+            image = load_reference(images[0], label="image to score").image
+            result, notes = engine.score(image, request, scope=visitor_scope())
+            for note in notes:
+                gr.Warning(escape(note))
+            return result
 
         def download_settings(values: dict[str, Any], progress: Any) -> str:
             request = request_from(preset, values)
@@ -316,7 +354,18 @@ def build_tab(
                 f"{text.title}: the same seed at several strengths, side by side, in one batched pass.",
             ),
             inputs=[c[n] for n in compare_names],
-            outputs=[cells, ab, grid_file, used_seed, compare_diagnostics, metadata],
+            outputs=[
+                cells,
+                ab,
+                grid_file,
+                used_seed,
+                compare_diagnostics,
+                metadata,
+                scores,
+                suggested,
+                plot,
+                sweep_settings,
+            ],
             api_name=f"{mode}_compare",
             **gpu,
         ).success(_ab_label, inputs=[ab, metadata], outputs=ab, **private).success(
@@ -331,6 +380,14 @@ def build_tab(
             api_name=f"{mode}_preview",
             **gpu,
         )
+        score_names = parameters_for(mode, "score")
+        score_button.click(
+            _endpoint(
+                score_names, score_image, f"{mode}_score",
+                f"{text.title}: score any image against references and a prompt (likeness, adherence, identity).",
+            ),
+            inputs=[c[n] for n in score_names], outputs=image_scores, api_name=f"{mode}_score", **gpu,
+        )  # fmt: skip
         # What the adapter sees follows the references and crop by itself: cleared at once, then redrawn. One
         # listener for every trigger: a person changing several inputs queues one redraw, not one per input (the
         # gate admits a few jobs per visitor).
