@@ -67,12 +67,16 @@ class Scorer:
     def text_tower(self) -> tuple[CLIPTextModelWithProjection, CLIPTokenizer]:
         """The text half of the adapters' CLIP model (half precision on a GPU), loaded once."""
         if self._text is None:
-            from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+            from transformers import AutoConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
             repo = self.source.family.scoring.text_encoder
+            # The checkpoint is a whole CLIP model: its shared embedding size is the top-level `projection_dim`; the
+            # text part of such a config may carry the default (512) instead, so the text tower is told explicitly.
+            whole = self.source.from_pretrained(AutoConfig.from_pretrained, repo)
             model = self.source.from_pretrained(
-                CLIPTextModelWithProjection.from_pretrained, repo, dtype=self.encoder.dtype
-            )
+                CLIPTextModelWithProjection.from_pretrained, repo, dtype=self.encoder.dtype,
+                projection_dim=whole.projection_dim,
+            )  # fmt: skip
             model.to(self.encoder.device).eval()
             tokenizer = self.source.from_pretrained(CLIPTokenizer.from_pretrained, repo)
             self._text = (model, tokenizer)

@@ -1,0 +1,132 @@
+"""What scoring a comparison costs, at the full-size SD1.5 shapes (random weights). Prints tables.
+
+    python bench/score.py                         # CPU: 256 px, 4 steps interleaved; the 512 px, 30-step share
+    python bench/score.py --size 512 --steps 30   # a GPU: the preset's own size and steps, measured directly
+
+Every checkpoint the sd15 family names (the base, the adapters, the ViT-H image encoder, the scorer's CLIP checkpoint)
+is rebuilt at full size with random weights in the Hub's layout and loaded by the engine, as in the dry run.
+Sections:
+- a 5-strength comparison without and with scoring, interleaved rounds (wall time; encoder calls);
+- the share of scoring in a comparison at the preset's 512 x 512 and 30 steps: one and two denoising steps of the
+  sweep are measured (the fixed part and the per-step part), the 30-step sweep is their extrapolation, and scoring
+  is measured on 512 px cells;
+- the scorer's text tower at its real depth (24 layers; the mirror's has 2): one prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import torch
+from PIL import Image
+from versus import rounds_table, timed  # beside this file
+
+STRENGTHS = "0, 0.25, 0.5, 0.75, 1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--family", default="sd15", help="sd15 (full size, random weights) or tiny (a smoke run)")
+    args = parser.parse_args()
+
+    import app
+    from pipelines import Engine, build_request
+    from pipelines.full_size import write_mirror
+    from pipelines.tiny import write_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    family, mirror = app.FAMILIES[args.family], None
+    if family.source == "hub":
+        mirror = Path(tempfile.mkdtemp(prefix="score-mirror-"))
+        start = time.perf_counter()
+        write_tokenizer(mirror / "tokenizer-files")
+        write_mirror(mirror, family, mirror / "tokenizer-files", dtype=dtype)
+        family = replace(family, source="local", faces=None)
+        print(f"built the full-size mirror in {time.perf_counter() - start:.0f} s")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, gpu: "
+          f"{torch.cuda.get_device_name() if device == 'cuda' else None}, torch {torch.__version__}")  # fmt: skip
+    engine = Engine(family, device=device, dtype=dtype, tiny_root=mirror, max_batch=8)
+    preset = app.PRESETS["general"][args.family]
+    preset = replace(preset, width=replace(preset.width, min=64, max=2048),
+                     height=replace(preset.height, min=64, max=2048), max_pixels=2048 * 2048)  # fmt: skip
+    reference = Image.fromarray((np.random.default_rng(0).random((160, 128, 3)) * 255).astype(np.uint8))
+
+    def sweep_request(size: int, steps: int):
+        return build_request(preset, prompt="a vase on a table", reference=[reference], seed=1, steps=steps,
+                             width=size, height=size, strengths=STRENGTHS)  # fmt: skip
+
+    request = sweep_request(args.size, args.steps)
+    calls = {}
+
+    def run(score: bool) -> None:
+        calls[score] = engine.generate_sweep(request, score=score).diagnostics["encoder_calls"]
+
+    runs = {"5-strength sweep": [], "5-strength sweep, scored": []}
+    run(False), run(True)  # load and warm every model (the text tower too)
+    for _ in range(args.rounds):
+        runs["5-strength sweep"].append(timed(lambda: run(False), device))
+        runs["5-strength sweep, scored"].append(timed(lambda: run(True), device))
+    rounds_table(
+        f"Scoring a comparison, {args.family} ({'full size, random weights' if mirror else 'tiny'}), {args.size} px, "
+        f"{args.steps} steps, {device} {str(dtype).removeprefix('torch.')}",
+        runs,
+        {"5-strength sweep, scored": "5-strength sweep"},
+    )
+    print(
+        f"\nencoder calls per sweep (embeddings cached after the first): {calls[False]} unscored, {calls[True]} scored"
+    )
+
+    # The share at the preset's size and steps, from one- and two-step sweeps (CPU cannot run 30 steps in minutes).
+    full, default_steps = preset.width.default, app.PRESETS["general"][args.family].steps.default
+    one = statistics.median(
+        engine.generate_sweep(sweep_request(full, 1)).diagnostics["seconds"] for _ in range(args.rounds)
+    )
+    two = statistics.median(
+        engine.generate_sweep(sweep_request(full, 2)).diagnostics["seconds"] for _ in range(args.rounds)
+    )
+    scored = [engine.generate_sweep(sweep_request(full, 1), score=True).diagnostics for _ in range(args.rounds)]
+    score_s = statistics.median(d["score_seconds"] for d in scored)
+    per_step, fixed = two - one, 2 * one - two
+    total = fixed + default_steps * per_step
+    print(f"\n### Share of scoring at {full} px, {default_steps} steps ({device})\n")
+    print("| part | seconds |\n|---|---|")
+    print(f"| one denoising step of the 5-sweep (batch 10 under guidance) | {per_step:.3f} |")
+    print(f"| fixed part of the sweep (text, noise, VAE decode) | {fixed:.3f} |")
+    print(f"| the sweep at {default_steps} steps (fixed + {default_steps} steps) | {total:.1f} |")
+    print(f"| scoring its 5 cells (one image-encoder call, one text call) | {score_s:.3f} |")
+    print(f"| scoring / sweep | {score_s / total:.2%} |")
+
+    if mirror is not None:  # the text tower at its real depth: the mirror keeps 2 of its 24 layers
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        config = CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                                projection_dim=1024, vocab_size=49408, max_position_embeddings=77)  # fmt: skip
+        tower = CLIPTextModelWithProjection(config).to(device, dtype).eval()
+        ids = torch.randint(0, 49408, (1, 77), device=device)
+        with torch.inference_mode():
+            tower(input_ids=ids)
+            times = [timed(lambda: tower(input_ids=ids), device)[0] for _ in range(args.rounds)]
+        print(f"\ntext tower at its real depth (24 layers), one prompt: {statistics.median(times):.3f} s "
+              f"(the mirror's 2-layer tower is in the rows above; add the difference to the scoring time)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
