@@ -260,6 +260,12 @@ def warm_up(engine: Engine) -> list[ImagePromptError]:
             engine.face_analyzer().load()  # insightface downloads its pack on first use: do it before any click
         except ImagePromptError as e:
             print(f"warning: the Consistent face tab will not work: {e}", file=sys.stderr)
+    if engine.scorer.available:
+        try:
+            with engine.lock:
+                engine.scorer.text_tower()  # the scored comparisons' text tower: downloaded before any click
+        except ImagePromptError as e:
+            print(f"warning: comparisons will not be scored: {e}", file=sys.stderr)
     return []
 
 

@@ -32,7 +32,7 @@ from .adapters import AdapterBank, BaseSlot, LoadedAdapter
 from .attention import PromptScale, prompt_scales
 from .batching import BatchPlanner
 from .encoder import ImageEmbeds, ImagePromptEncoder
-from .errors import GenerationError, InvalidRequestError
+from .errors import GenerationError, InvalidRequestError, ModelNotAvailableError
 from .face import FaceAnalyzer
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import FamilySpec
@@ -359,7 +359,7 @@ class Engine:
             sweep.metadata["extra_strengths"] = columns
             sweep.metadata["extra_strength"] = None
         sweep.metadata["strengths"] = strengths
-        if score:
+        if score and sweep.scores:
             keys = ("strength",) if request.extra is None else ("strength", "extra_strength")
             sweep.scores = [
                 {**dict(zip(keys, cell, strict=True)), **values}
@@ -449,8 +449,11 @@ class Engine:
             score_seconds = None
             if score:  # after the sweep: every cell in one batched encoder pass
                 scored_at = time.perf_counter()
-                scores, notes = self.scorer.score(images, request, scope)
-                warnings += notes
+                try:
+                    scores, notes = self.scorer.score(images, request, scope)
+                    warnings += notes
+                except ModelNotAvailableError as e:  # the images stand without their scores
+                    warnings.append(f"The cells were not scored: {e}")
                 score_seconds = round(time.perf_counter() - scored_at, 4)
             seconds = time.perf_counter() - start
             used = self.counters - before

@@ -83,6 +83,8 @@ def test_comparison_shows_the_grid(page, files):
     assert caption.evaluate("e => e.scrollWidth <= e.clientWidth")  # the whole caption shows, not "0.…"
     fit = cells.first.evaluate("e => getComputedStyle(e).objectFit")
     assert fit == "contain"  # cells are never cropped
+    page.locator("#general-plot img").wait_for(state="visible")  # the scores against strength, beside the grid
+    assert '"strength"' in page.locator("#general-suggested").inner_text()  # and the suggested strength
     page.screenshot(path=str(ARTIFACTS / "general-compare.png"), full_page=True)
 
 

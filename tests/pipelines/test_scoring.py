@@ -112,3 +112,16 @@ def test_face_identity(engines, presets):
 def test_empty_prompt_leaves_adherence_null(engines, presets, gold):
     values, notes = engines["tiny"].score(gold, general(presets, prompt="", reference=[gold]))
     assert values["adherence"] is None and "The prompt is empty: adherence is not scored." in notes
+
+
+def test_a_missing_scorer_leaves_the_comparison_standing(families, tiny_root, presets, gold):
+    import dataclasses
+
+    from pipelines import Engine
+
+    family = families["tiny"]
+    family = dataclasses.replace(family, scoring=dataclasses.replace(family.scoring, text_encoder="no-such-model"))
+    engine = Engine(family, tiny_root=tiny_root, max_batch=8)
+    sweep = engine.generate_sweep(general(presets, reference=[gold], strengths="0, 1"), score=True)
+    assert len(sweep.images) == 2 and sweep.scores == [] and sweep.suggested is None
+    assert any(w.startswith("The cells were not scored: ") and "no-such-model" in w for w in sweep.warnings)
