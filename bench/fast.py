@@ -20,12 +20,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-import torch
-from PIL import Image
-from versus import rounds_table, timed  # beside this file
+from mirrored import full_size_setup  # beside this file
+from versus import rounds_table, timed
 
 STRENGTHS = "0, 0.25, 0.5, 0.75, 1"
 
@@ -49,29 +44,11 @@ def main() -> None:
     parser.add_argument("--strength", type=float, default=0.5, help="the strength compared in both modes")
     args = parser.parse_args()
 
-    import app
-    from pipelines import Engine, build_request
+    from pipelines import build_request
     from pipelines.attention import attention_stats
-    from pipelines.full_size import write_mirror
-    from pipelines.tiny import write_tokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    family, mirror = app.FAMILIES[args.family], None
-    if family.source == "hub":
-        mirror = Path(tempfile.mkdtemp(prefix="fast-mirror-"))
-        start = time.perf_counter()
-        write_tokenizer(mirror / "tokenizer-files")
-        write_mirror(mirror, family, mirror / "tokenizer-files", dtype=dtype)
-        family = replace(family, source="local", faces=None)
-        print(f"built the full-size mirror in {time.perf_counter() - start:.0f} s")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, gpu: "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else None}, torch {torch.__version__}")  # fmt: skip
-    engine = Engine(family, device=device, dtype=dtype, tiny_root=mirror, max_batch=8)
-    preset = app.PRESETS["general"][args.family]
-    preset = replace(preset, width=replace(preset.width, min=64, max=2048),
-                     height=replace(preset.height, min=64, max=2048), max_pixels=2048 * 2048)  # fmt: skip
-    reference = Image.fromarray((np.random.default_rng(0).random((160, 128, 3)) * 255).astype(np.uint8))
+    engine, preset, reference, device, label = full_size_setup(args.family, "fast-mirror-")
+    family = engine.family
 
     def req(speed: str, **kwargs):
         return build_request(preset, prompt="a vase on a table", reference=[reference], seed=1, width=args.size,
@@ -93,8 +70,7 @@ def main() -> None:
             runs[name].append(timed(fn, device))
     names = list(variants)
     rounds_table(
-        f"Fast vs quality, {args.family} ({'full size, random weights' if mirror else 'tiny'}), {args.size} px, "
-        f"{device} {str(dtype).removeprefix('torch.')}",
+        f"Fast vs quality, {label}, {args.size} px",
         runs,
         {names[1]: names[0], names[3]: names[2]},
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from pipelines import Engine, build_request
 from pipelines.errors import InvalidRequestError
 from pipelines.settings import parse_settings, validated_settings
 from pipelines.sources import ModelSource
-from tests.conftest import pixels
+from tests.conftest import assert_solo_results_under_concurrency, pixels
 from tests.pipelines.test_engine import direct_call, direct_pipeline
 
 PROMPT = "a vase on a table"
@@ -108,24 +107,7 @@ def test_switching_quality_and_fast_reads_nothing_from_disk(families, tiny_root,
 def test_concurrent_quality_and_fast_requests_get_their_solo_results(engines, presets, gold):
     engine = engines["tiny"]
     reqs = [request(presets, "tiny", reference=[gold], speed=s, seed=i) for i, s in enumerate(["quality", "fast"] * 2)]
-    solo = [pixels(engine.generate(r).image) for r in reqs]
-    results, errors = {}, []
-
-    def client(i):
-        try:
-            for _ in range(2):
-                results[i] = pixels(engine.generate(reqs[i]).image)
-        except Exception as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(reqs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for i, expected in enumerate(solo):
-        assert np.array_equal(results[i], expected)
+    assert_solo_results_under_concurrency(engine, reqs)
 
 
 def test_a_fast_png_reloads_into_fast_mode(engines, presets, gold):
@@ -150,3 +132,15 @@ def test_the_lora_follows_a_base_swap_from_memory(families, tiny_root, presets, 
     assert engine.counters["base_loads"] == 3 and engine.counters["fast_lora_reads"] == 1
     with torch.no_grad():
         assert "fast" in engine.pipe.unet.peft_config  # on the base in use now
+
+
+def test_attention_stats_record_without_changing_pixels(engines, presets, gold):
+    from pipelines.attention import attention_stats
+
+    engine = engines["tiny"]
+    req = request(presets, "tiny", reference=[gold], strength=0.5)
+    plain = pixels(engine.generate(req).image)
+    with attention_stats() as records:
+        measured = pixels(engine.generate(req).image)
+    assert np.array_equal(plain, measured) and records
+    assert all(image > 0 and text > 0 for _, image, text in records)
