@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--family", default="sd15", help="sd15 (full size, random weights) or tiny (a smoke run)")
+    parser.add_argument("--share-only", action="store_true", help="only the share at the preset's size and steps")
     args = parser.parse_args()
 
     import app
@@ -56,21 +57,22 @@ def main() -> None:
     def run(score: bool) -> None:
         calls[score] = engine.generate_sweep(request, score=score).diagnostics["encoder_calls"]
 
-    runs = {"5-strength sweep": [], "5-strength sweep, scored": []}
-    run(False), run(True)  # load and warm every model (the text tower too)
-    for _ in range(args.rounds):
-        runs["5-strength sweep"].append(timed(lambda: run(False), device))
-        runs["5-strength sweep, scored"].append(timed(lambda: run(True), device))
-    rounds_table(
-        f"Scoring a comparison, {label}, {args.size} px, {args.steps} steps",
-        runs,
-        {"5-strength sweep, scored": "5-strength sweep"},
-    )
-    print(
-        f"\nencoder calls per sweep (embeddings cached after the first): {calls[False]} unscored, {calls[True]} scored"
-    )
+    if not args.share_only:
+        runs = {"5-strength sweep": [], "5-strength sweep, scored": []}
+        run(False), run(True)  # load and warm every model (the text tower too)
+        for _ in range(args.rounds):
+            runs["5-strength sweep"].append(timed(lambda: run(False), device))
+            runs["5-strength sweep, scored"].append(timed(lambda: run(True), device))
+        rounds_table(
+            f"Scoring a comparison, {label}, {args.size} px, {args.steps} steps",
+            runs,
+            {"5-strength sweep, scored": "5-strength sweep"},
+        )
+        counts = f"{calls[False]} unscored, {calls[True]} scored"
+        print(f"\nencoder calls per sweep (embeddings cached after the first): {counts}")
 
     # The share at the preset's size and steps, from one- and two-step sweeps (CPU cannot run 30 steps in minutes).
+    engine.generate_sweep(sweep_request(64, 1), score=True)  # every model loaded before anything is timed
     full, default_steps = preset.width.default, app.PRESETS["general"][args.family].steps.default
     one = statistics.median(
         engine.generate_sweep(sweep_request(full, 1)).diagnostics["seconds"] for _ in range(args.rounds)
