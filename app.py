@@ -24,7 +24,7 @@ import torch
 import pipelines
 from pipelines import ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
-from pipelines.settings import SETTINGS_KEYS, read_settings_file, validated_settings
+from pipelines.settings import FAST_IMPLIED, SETTINGS_KEYS, read_settings_file, validated_settings
 from ui import anime, face, general, style
 from ui.common import IO_CONCURRENCY
 from ui.serving import GATE, GRADIO_CACHE_LIMITS, as_code, boundary
@@ -87,7 +87,8 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
             strengths = values.pop("strengths", None)  # a comparison grid PNG: its sweep
             extra_strengths = values.pop("extra_strengths", None)  # ... and a 2-D grid's columns
             shown = {name for h, name in targets if h.mode == mode and name not in sweeps}
-            missing = sorted(shown - set(values))
+            implied = set(FAST_IMPLIED) if values.get("speed") == "fast" else set()  # the LoRA's, not the sliders'
+            missing = sorted(shown - set(values) - implied)
             note = f"Loaded **{mode}** settings (seed {values.get('seed', 'random')}). Add the reference images again."
             if strengths:
                 note += f" Comparison strengths: {', '.join(f'{v:g}' for v in strengths)}."

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
-import tempfile
-import time
-from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,10 +26,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np
 import torch
-from PIL import Image
-from versus import rounds_table, timed  # beside this file
+from mirrored import full_size_setup  # beside this file
+from versus import rounds_table, timed
 
 STRENGTHS = "0, 0.25, 0.5, 0.75, 1"
 
@@ -44,30 +39,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--family", default="sd15", help="sd15 (full size, random weights) or tiny (a smoke run)")
+    parser.add_argument("--share-only", action="store_true", help="only the share at the preset's size and steps")
     args = parser.parse_args()
 
     import app
-    from pipelines import Engine, build_request
-    from pipelines.full_size import write_mirror
-    from pipelines.tiny import write_tokenizer
+    from pipelines import build_request
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    family, mirror = app.FAMILIES[args.family], None
-    if family.source == "hub":
-        mirror = Path(tempfile.mkdtemp(prefix="score-mirror-"))
-        start = time.perf_counter()
-        write_tokenizer(mirror / "tokenizer-files")
-        write_mirror(mirror, family, mirror / "tokenizer-files", dtype=dtype)
-        family = replace(family, source="local", faces=None)
-        print(f"built the full-size mirror in {time.perf_counter() - start:.0f} s")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, gpu: "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else None}, torch {torch.__version__}")  # fmt: skip
-    engine = Engine(family, device=device, dtype=dtype, tiny_root=mirror, max_batch=8)
-    preset = app.PRESETS["general"][args.family]
-    preset = replace(preset, width=replace(preset.width, min=64, max=2048),
-                     height=replace(preset.height, min=64, max=2048), max_pixels=2048 * 2048)  # fmt: skip
-    reference = Image.fromarray((np.random.default_rng(0).random((160, 128, 3)) * 255).astype(np.uint8))
+    engine, preset, reference, device, label = full_size_setup(args.family, "score-mirror-")
 
     def sweep_request(size: int, steps: int):
         return build_request(preset, prompt="a vase on a table", reference=[reference], seed=1, steps=steps,
@@ -79,22 +57,22 @@ def main() -> None:
     def run(score: bool) -> None:
         calls[score] = engine.generate_sweep(request, score=score).diagnostics["encoder_calls"]
 
-    runs = {"5-strength sweep": [], "5-strength sweep, scored": []}
-    run(False), run(True)  # load and warm every model (the text tower too)
-    for _ in range(args.rounds):
-        runs["5-strength sweep"].append(timed(lambda: run(False), device))
-        runs["5-strength sweep, scored"].append(timed(lambda: run(True), device))
-    rounds_table(
-        f"Scoring a comparison, {args.family} ({'full size, random weights' if mirror else 'tiny'}), {args.size} px, "
-        f"{args.steps} steps, {device} {str(dtype).removeprefix('torch.')}",
-        runs,
-        {"5-strength sweep, scored": "5-strength sweep"},
-    )
-    print(
-        f"\nencoder calls per sweep (embeddings cached after the first): {calls[False]} unscored, {calls[True]} scored"
-    )
+    if not args.share_only:
+        runs = {"5-strength sweep": [], "5-strength sweep, scored": []}
+        run(False), run(True)  # load and warm every model (the text tower too)
+        for _ in range(args.rounds):
+            runs["5-strength sweep"].append(timed(lambda: run(False), device))
+            runs["5-strength sweep, scored"].append(timed(lambda: run(True), device))
+        rounds_table(
+            f"Scoring a comparison, {label}, {args.size} px, {args.steps} steps",
+            runs,
+            {"5-strength sweep, scored": "5-strength sweep"},
+        )
+        counts = f"{calls[False]} unscored, {calls[True]} scored"
+        print(f"\nencoder calls per sweep (embeddings cached after the first): {counts}")
 
     # The share at the preset's size and steps, from one- and two-step sweeps (CPU cannot run 30 steps in minutes).
+    engine.generate_sweep(sweep_request(64, 1), score=True)  # every model loaded before anything is timed
     full, default_steps = preset.width.default, app.PRESETS["general"][args.family].steps.default
     one = statistics.median(
         engine.generate_sweep(sweep_request(full, 1)).diagnostics["seconds"] for _ in range(args.rounds)
@@ -114,12 +92,12 @@ def main() -> None:
     print(f"| scoring its 5 cells (one image-encoder call, one text call) | {score_s:.3f} |")
     print(f"| scoring / sweep | {score_s / total:.2%} |")
 
-    if mirror is not None:  # the text tower at its real depth: the mirror keeps 2 of its 24 layers
+    if engine.family.source == "local":  # the text tower at its real depth: the mirror keeps 2 of its 24 layers
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
         config = CLIPTextConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                                 projection_dim=1024, vocab_size=49408, max_position_embeddings=77)  # fmt: skip
-        tower = CLIPTextModelWithProjection(config).to(device, dtype).eval()
+        tower = CLIPTextModelWithProjection(config).to(device, engine.dtype).eval()
         ids = torch.randint(0, 49408, (1, 77), device=device)
         with torch.inference_mode():
             tower(input_ids=ids)

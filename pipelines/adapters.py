@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .sources import ModelSource
 
 log = logging.getLogger(__name__)
+FAST_LORA = "fast"  # the PEFT adapter name of the few-step LoRA
 Key = tuple[str, ...]  # a combination: one variant name per image prompt, e.g. ("faceid", "plain")
 
 
@@ -78,6 +79,8 @@ class BaseSlot:
     active: Key | None = None  # the combination whose processors are on the UNet now
     loras: set[str] = field(default_factory=set)  # PEFT adapters loaded into this UNet
     lora_state: tuple = ()  # (name, weight) of the LoRAs on now; () = none active
+    scheduler: Any = None  # the pipeline's own scheduler (quality)
+    fast_scheduler: Any = None  # fast mode's, made from the same config on first use
 
     @classmethod
     def of(cls, name: str, pipe: Any) -> BaseSlot:
@@ -89,7 +92,7 @@ class BaseSlot:
             for layer, module in pipe.unet.named_modules()
             if f"{layer}.processor" in processors
         }
-        return cls(name, pipe, processors, layers)
+        return cls(name, pipe, processors, layers, scheduler=pipe.scheduler)
 
 
 def _projection_layers(adapters: list[LoadedAdapter]) -> list[torch.nn.Module]:
@@ -115,6 +118,7 @@ class AdapterBank:
         self._variants: dict[str, LoadedAdapter] = {}
         self._combinations: dict[Key, LoadedAdapter] = {}
         self._block_weights: dict[str, dict[str, float]] = {}  # the bases of a family share one architecture
+        self._fast_state: dict[str, torch.Tensor] | None = None  # the few-step LoRA, read once, kept in memory
 
     def loaded(self, variant: str) -> LoadedAdapter | None:
         """A variant already in memory (None when it is not)."""
@@ -209,33 +213,59 @@ class AdapterBank:
             slot.pipe.load_lora_weights(dict(component.lora_state), adapter_name=component.lora)
             slot.loras.add(component.lora)
 
-    def activate(self, slot: BaseSlot, key: Key | str | None) -> None:
-        """Put combination `key` (None: no image prompt) on `slot`'s UNet by swapping module references."""
+    def activate(self, slot: BaseSlot, key: Key | str | None, fast: bool = False) -> None:
+        """Put combination `key` (None: no image prompt) on `slot`'s UNet by swapping module references, with the
+        LoRAs it needs: the FaceID LoRA whenever a face prompt is present, the few-step LoRA when `fast`."""
         key = (key,) if isinstance(key, str) else key
-        if key == slot.active:
-            return
-        unet = slot.pipe.unet
-        if key is None:
-            adapter, processors, image_proj, hid_type = None, slot.processors, None, None
-        else:
-            adapter = self.get(slot, key)
-            processors, image_proj, hid_type = adapter.processors, adapter.image_proj, "ip_image_proj"
-        unet.encoder_hid_proj = image_proj
-        unet.config.encoder_hid_dim_type = hid_type
-        for layer_name, layer in slot.layers.items():
-            layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
+        adapter = self.get(slot, key) if key is not None else None
+        if key != slot.active:
+            unet = slot.pipe.unet
+            if adapter is None:
+                processors, image_proj, hid_type = slot.processors, None, None
+            else:
+                processors, image_proj, hid_type = adapter.processors, adapter.image_proj, "ip_image_proj"
+            unet.encoder_hid_proj = image_proj
+            unet.config.encoder_hid_dim_type = hid_type
+            for layer_name, layer in slot.layers.items():
+                layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
+            slot.active = key
         loras = adapter.loras if adapter is not None else []
         wanted = tuple((c.lora, c.spec.lora_weight) for c in loras)
+        if fast:
+            wanted = (*wanted, (FAST_LORA, 1.0))
         if wanted != slot.lora_state:  # PEFT walks every module: only when the LoRA setting really changes
-            if loras:  # the FaceID LoRA is on whenever a face prompt is present, and only then
+            if wanted:
                 for component in loras:
                     self._ensure_lora(slot, component)
+                if fast:
+                    self._ensure_fast(slot)
                 slot.pipe.enable_lora()
                 slot.pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
             else:
                 slot.pipe.disable_lora()
             slot.lora_state = wanted
-        slot.active = key
+
+    def _ensure_fast(self, slot: BaseSlot) -> None:
+        """The few-step LoRA on `slot`'s base: read from disk once for all bases, then loaded from memory."""
+        if FAST_LORA in slot.loras:
+            return
+        spec = self.source.family.fast
+        if self._fast_state is None:
+            self._fast_state = self.source.lora_file(spec.repo, spec.weight_name)
+            self.counters["fast_lora_reads"] += 1
+        # load_lora_weights converts (and consumes) the dict it gets: hand it a shallow copy
+        slot.pipe.load_lora_weights(dict(self._fast_state), adapter_name=FAST_LORA)
+        slot.loras.add(FAST_LORA)
+
+    def fast_scheduler(self, slot: BaseSlot) -> Any:
+        """Fast mode's scheduler for `slot`, from the base's own config with the LoRA authors' settings."""
+        if slot.fast_scheduler is None:
+            import diffusers
+
+            spec = self.source.family.fast
+            cls = getattr(diffusers, spec.scheduler)
+            slot.fast_scheduler = cls.from_config(slot.scheduler.config, timestep_spacing=spec.timestep_spacing)
+        return slot.fast_scheduler
 
     def block_weights(self, slot: BaseSlot, block_map: dict | None) -> dict[str, float] | None:
         """An InstantStyle block map as a weight per attention processor of `slot`'s UNet (cached)."""

@@ -105,6 +105,20 @@ class SampleScales:
 
 
 _SCALES: ContextVar[SampleScales | None] = ContextVar("ip_adapter_sample_scales", default=None)
+_STATS: ContextVar[list | None] = ContextVar("ip_adapter_attention_stats", default=None)
+
+
+@contextmanager
+def attention_stats() -> Iterator[list[tuple[str, float, float]]]:
+    """Within this block, each image-prompt attention records (layer, |image branch|, |text branch|): the mean
+    absolute value of what the image prompt adds (strength and layer weight applied) and of the text attention's
+    output. For measurements (bench/fast.py); nothing is recorded outside such a block."""
+    records: list[tuple[str, float, float]] = []
+    token = _STATS.set(records)
+    try:
+        yield records
+    finally:
+        _STATS.reset(token)
 
 
 @contextmanager
@@ -223,6 +237,10 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
                 if values.shape[0] != batch_size:
                     raise RuntimeError(f"{values.shape[0]} sample scales for a batch of {batch_size}")
                 weights = (layer_weight * values).view(batch_size, 1, 1)  # (B, 1, 1)
+                stats = _STATS.get()
+                if stats is not None:
+                    added = weights * ip_out
+                    stats.append((self.layer_name, added.abs().mean().item(), hidden_states.abs().mean().item()))
                 hidden_states = hidden_states + weights * ip_out
 
         hidden_states = attn.to_out[0](hidden_states)

@@ -387,12 +387,13 @@ class Engine:
             warnings.append("Negative images act against the tab's own references: add a reference to use them.")
         if request.extra is not None and not request.extra.references:
             warnings.append(f"The extra {request.extra.mode} image prompt has no reference: it had no effect.")
+        fast = request.speed == "fast"
         if not prompts:
-            self.bank.activate(self._current, None)
+            self.bank.activate(self._current, None, fast)
             return _Stack([], [], None, [], [], [], []), []
         slot = self._current
         adapter = self.bank.get(slot, tuple(p.variant for p in prompts))
-        self.bank.activate(slot, tuple(p.variant for p in prompts))
+        self.bank.activate(slot, tuple(p.variant for p in prompts), fast)
         embeds, prompt_of, previews = [], [], []
         for n, prompt in enumerate(prompts):
             single = self.bank.get(slot, prompt.variant)
@@ -472,6 +473,7 @@ class Engine:
                 "image_prompts": len(stack.prompts),
                 "device": self.device,
                 "base": request.base,
+                "speed": request.speed,
             }
             if score_seconds is not None:
                 diagnostics["score_seconds"] = score_seconds
@@ -500,7 +502,7 @@ class Engine:
 
         def measure(batch: int) -> float:
             unet_calls = self.counters["unet_calls"]
-            self.bank.activate(self._current, None)
+            self.bank.activate(self._current, None, request.speed == "fast")
             run = dict(text, width=request.width, height=request.height, num_inference_steps=1,
                        guidance_scale=request.guidance, output_type="latent")  # fmt: skip
             try:
@@ -616,11 +618,15 @@ class Engine:
                     layer.shortcut_scale = 1.0 if structure is None else structure
                     face_plus.append(layer)
             per_prompt = []
+            scale = self.family.fast.strength_scale if request.speed == "fast" else 1.0
             for n, prompt in enumerate(stack.prompts):
                 start, stop = step_window(prompt, request.steps)
-                strengths = [cell[stack.indices[n]] for cell in cells]
+                strengths = [cell[stack.indices[n]] * scale for cell in cells]
                 per_prompt.append(PromptScale(strengths, stack.weights[n], start, stop, stack.masks[n]))
             scales = prompt_scales(per_prompt, guided, self.device, self.dtype, stack.prompt_of)
+        slot = self._current
+        if request.speed == "fast":  # the few-step LoRA's sampler, for this call only (all under the lock)
+            self.pipe.scheduler = self.bank.fast_scheduler(slot)
         try:
             with scales if scales is not None else nullcontext() as active:
                 if active is not None:
@@ -654,6 +660,7 @@ class Engine:
                 raise _BrokenOutput()
             return self.pipe.numpy_to_pil(out.images)
         finally:
+            self.pipe.scheduler = slot.scheduler
             for layer in face_plus:  # nothing of this request stays on the model
                 layer.clip_embeds = None
                 layer.shortcut_scale = 1.0
@@ -700,7 +707,10 @@ class Engine:
                 else None
             ),
             "face_model": self.family.faces.pack if adapter and adapter.uses_faces else None,
-            "scheduler": type(self.pipe.scheduler).__name__,
+            "scheduler": self.family.fast.scheduler if request.speed == "fast" else type(self.pipe.scheduler).__name__,
+            "speed": request.speed,
+            "fast_lora": self.family.fast.id if request.speed == "fast" else None,
+            "strength_scale": self.family.fast.strength_scale if request.speed == "fast" else 1.0,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.split(":")[0],
             "packages": package_versions(),

@@ -200,6 +200,12 @@ def write_mirror(root: Path, family: FamilySpec, tokenizer_files: Path, dtype: t
             safety_checker=None, feature_extractor=None, requires_safety_checker=False,
         )  # fmt: skip
     pipe.to(dtype=dtype).save_pretrained(str(root / family.base), safe_serialization=True)
+    if family.fast is not None:  # the few-step LoRA over this UNet's attention layers, in its published key form
+        from .tiny import few_step_lora
+
+        folder = root / family.fast.repo
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(few_step_lora(unet, rank=8, seed=9, scale=0.01), str(folder / family.fast.weight_name))
     del pipe, unet
 
     written = set()

@@ -81,6 +81,11 @@ PARAMETERS: tuple[Parameter, ...] = (
         "images",
         "Images whose look should NOT carry over: they replace the image prompt's unconditional embedding.",
     ),
+    Parameter(
+        "speed",
+        "text",
+        "'quality' (the preset's steps and guidance) or 'fast' (a few-step LoRA with its own steps and sampler).",
+    ),
     Parameter("negative_prompt", "text", "What to avoid (text)."),
     Parameter("seed", "integer", "Random seed; -1 picks one (the seed used is returned)."),
     Parameter("steps", "integer", "Denoising steps."),

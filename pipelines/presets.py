@@ -26,6 +26,8 @@ MAX_COMPARE = 16  # strengths in one comparison (per axis)
 # What the scoring text tower loads from its repository (config, weights, tokenizer).
 SCORING_TEXT_FILES = ("config.json", "model.safetensors", "tokenizer_config.json", "special_tokens_map.json",
                       "vocab.json", "merges.txt")  # fmt: skip
+FAST_SCHEDULERS = ("EulerDiscreteScheduler", "DDIMScheduler", "LCMScheduler", "TCDScheduler")
+SPEEDS = ("quality", "fast")
 MAX_GRID_CELLS = 25  # cells of a 2-D comparison (5 x 5)
 REGIONS = ("whole", "left", "right", "top", "bottom")  # where an image prompt acts
 EXTRA_MODES = ("none", "general", "face", "style")  # kinds of the one more image prompt a request can carry
@@ -84,6 +86,23 @@ class ScoringSpec:
 
 
 @dataclass(frozen=True)
+class FastSpec:
+    """Fast mode: a few-step LoRA for the base, and the sampling its authors give it."""
+
+    repo: str
+    weight_name: str
+    steps: int
+    guidance: float  # <= 1: no classifier-free guidance (one UNet row per image)
+    scheduler: str  # a diffusers scheduler class, made from the base's scheduler config
+    timestep_spacing: str
+    strength_scale: float = 1.0  # the image prompt's strength in fast mode = strength x this
+
+    @property
+    def id(self) -> str:
+        return f"{self.repo}/{self.weight_name}"
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """A model family: one base pipeline and the adapters that fit it."""
 
@@ -97,6 +116,7 @@ class FamilySpec:
     weights_variant: str | None = None  # e.g. "fp16": the files to load when running in half precision
     vae_fp16: str | None = None  # a VAE that is safe in fp16 (SDXL), used when running in fp16
     scoring: ScoringSpec | None = None  # scored comparisons (likeness, adherence)
+    fast: FastSpec | None = None  # fast mode (a few-step LoRA)
 
     def hub_checkpoints(self) -> list[tuple[str, str | None]]:
         """Every (repository, file or None for a whole pipeline folder) this family loads, for Space preloading."""
@@ -107,6 +127,8 @@ class FamilySpec:
             out.append((spec.repo, "/".join(p for p in (spec.subfolder, spec.weight_name) if p)))
             if spec.image_encoder is not None:
                 out.append((spec.image_encoder.repo, spec.image_encoder.subfolder + "/"))
+        if self.fast is not None:
+            out.append((self.fast.repo, self.fast.weight_name))
         if self.scoring is not None:  # the text tower's files only (the repository also holds OpenCLIP copies)
             out += [(self.scoring.text_encoder, f) for f in SCORING_TEXT_FILES]
         return list(dict.fromkeys(out))
@@ -158,6 +180,7 @@ class ModePreset:
     block_maps: dict[str, dict] | None = None  # InstantStyle: {"style": {...}, "layout": {...}}
     structure: Range | None = None  # FaceID Plus: s_scale
     bases: tuple[str, ...] = ("default",)  # the family's base pipelines a request may name
+    fast: FastSpec | None = None  # the family's fast mode, if it has one
 
 
 class _Table:
@@ -300,6 +323,21 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             sc = t.table("scoring")
             scoring = ScoringSpec(encoders[sc.text("image_encoder", tuple(encoders))], sc.text("text_encoder"))
             sc.done()
+        fast = None
+        if t.has("fast"):
+            fa = t.table("fast")
+            steps, guidance, scale = fa.get("steps"), fa.get("guidance"), fa.get("strength_scale")
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 50:
+                raise PresetError(f"{where}: {fa._key('steps')} = {steps!r} must be a whole number in [1, 50]")
+            for key, value, hi in (("guidance", guidance, 30.0), ("strength_scale", scale, 4.0)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= hi:
+                    raise PresetError(f"{where}: {fa._key(key)} = {value!r} must be a number in [0, {hi}]")
+            fast = FastSpec(
+                repo=fa.text("repo"), weight_name=fa.text("weight_name"), steps=steps, guidance=float(guidance),
+                scheduler=fa.text("scheduler", FAST_SCHEDULERS), timestep_spacing=fa.text("timestep_spacing"),
+                strength_scale=float(scale),
+            )  # fmt: skip
+            fa.done()
         families[name] = FamilySpec(
             name=name,
             pipeline=t.text("pipeline", PIPELINE_KINDS),
@@ -311,6 +349,7 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             weights_variant=t.text("weights_variant") if t.has("weights_variant") else None,
             vae_fp16=t.text("vae_fp16") if t.has("vae_fp16") else None,
             scoring=scoring,
+            fast=fast,
         )
         t.done()
     return families
@@ -377,6 +416,7 @@ def load_mode_presets(
                 block_maps=block_maps,
                 structure=t.range("structure") if t.has("structure") else None,
                 bases=tuple(families[family].bases),
+                fast=families[family].fast,
             )
             t.done()
     return presets

@@ -12,7 +12,16 @@ from PIL import Image
 
 from .errors import InvalidRequestError, shown
 from .images import ReferenceImage, load_reference
-from .presets import CROP_MODES, EXTRA_MODES, MAX_COMPARE, MAX_GRID_CELLS, REGIONS, ModePreset, preset_for
+from .presets import (
+    CROP_MODES,
+    EXTRA_MODES,
+    MAX_COMPARE,
+    MAX_GRID_CELLS,
+    REGIONS,
+    SPEEDS,
+    ModePreset,
+    preset_for,
+)
 
 MAX_SEED = 2**32 - 1  # seeds are shown and typed by people; 32 bits is what every UI in this field uses
 MAX_REFERENCES = 8
@@ -97,6 +106,7 @@ class GenerationRequest:
     extra: ImagePrompt | None = None  # one more image prompt of another kind ("Combine with...")
     strengths: tuple[float, ...] = ()  # a comparison's strengths (parsed once; empty for one image)
     extra_strengths: tuple[float, ...] = ()  # a 2-D comparison's second axis: the extra prompt's strengths
+    speed: str = "quality"  # "fast": the family's few-step LoRA, its steps, guidance and scheduler
 
     @property
     def full_prompt(self) -> str:
@@ -153,6 +163,7 @@ class GenerationRequest:
             "extra_references_sha256": [r.sha256 for r in extra.references] if extra else [],
             "strengths": list(self.strengths) or None,
             "extra_strengths": list(self.extra_strengths) or None,
+            "speed": self.speed,
         }
 
     @property
@@ -228,6 +239,7 @@ def build_request(
     extra_stop_at: Any = None,
     strengths: Any = None,
     extra_strengths: Any = None,
+    speed: Any = None,
     references: Sequence[ImageSource] = (),
     face_references: Sequence[ImageSource] = (),
 ) -> GenerationRequest:
@@ -295,6 +307,16 @@ def build_request(
             "strengths", f"{len(sweep)} x {len(extra_sweep)} = {cells} cells; at most {MAX_GRID_CELLS} in one grid"
         )
     strength_value = preset.strength.check(_number("strength", pick(strength, preset.strength.default)), "strength")
+    speed = pick(speed, "quality")
+    if speed not in SPEEDS:
+        raise InvalidRequestError("speed", f"speed {shown(speed)} is not one of {list(SPEEDS)}")
+    if speed == "fast":  # the few-step LoRA's own sampling replaces the sliders' (which are not read)
+        if preset.fast is None:
+            raise InvalidRequestError("speed", f"model family {preset.family!r} has no fast mode")
+        steps_value, guidance_value = preset.fast.steps, preset.fast.guidance
+    else:
+        steps_value = int(preset.steps.check(_integer("steps", pick(steps, preset.steps.default)), "steps"))
+        guidance_value = preset.guidance.check(_number("guidance", pick(guidance, preset.guidance.default)), "guidance")
     return GenerationRequest(
         mode=preset.mode,
         prompt=_text("prompt", prompt),
@@ -303,8 +325,8 @@ def build_request(
         strength=sweep[0] if sweep else strength_value,
         variant=variant,
         seed=seed_value,
-        steps=int(preset.steps.check(_integer("steps", pick(steps, preset.steps.default)), "steps")),
-        guidance=preset.guidance.check(_number("guidance", pick(guidance, preset.guidance.default)), "guidance"),
+        steps=steps_value,
+        guidance=guidance_value,
         width=width_px,
         height=height_px,
         stop_at=stop,
@@ -321,6 +343,7 @@ def build_request(
         extra=extra,
         strengths=sweep,
         extra_strengths=extra_sweep,
+        speed=speed,
     )
 
 

@@ -22,6 +22,7 @@ from .request import GenerationRequest, build_request
 # The keys a person sets, with the JSON type each must have: the parameters of `pipelines.parameters` (the API's
 # keyword names and the PNG metadata fields), less the image inputs.
 SETTINGS_KEYS = tuple(SETTINGS_TYPES)
+FAST_IMPLIED = ("steps", "guidance")  # set by fast mode itself: a fast PNG leaves the quality sliders as they are
 MAX_SETTINGS_BYTES = 256 * 1024  # a settings file is a few hundred bytes; PNG text is capped by Pillow (1 MB)
 MAX_DEPTH = 16  # nesting of a settings document (ours is 3 deep: the package versions)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,7 +108,8 @@ def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, 
     except InvalidRequestError as e:
         raise SettingsFileError(str(e)) from e
     clean = settings_of(request)
-    return {key: clean[key] for key in values if clean[key] is not None}
+    implied = FAST_IMPLIED if request.speed == "fast" else ()  # fast mode's steps and guidance are the LoRA's
+    return {key: clean[key] for key in values if clean[key] is not None and key not in implied}
 
 
 def _png_text(path: Path) -> str | None:

@@ -63,6 +63,17 @@ class ModelSource:
             raise ModelNotAvailableError(spec.id, self.family.name, str(e)[:200]) from e
         return load_state_dict(path)
 
+    def lora_file(self, repo: str, weight_name: str) -> dict[str, torch.Tensor]:
+        """A LoRA's safetensors file from `repo`, as a state dict (read once by the caller, then kept)."""
+        from diffusers.utils import _get_model_file
+        from safetensors.torch import load_file
+
+        try:
+            path = _get_model_file(self.resolve(repo), weights_name=weight_name, local_files_only=self.local_only)
+        except OSError as e:
+            raise ModelNotAvailableError(f"{repo}/{weight_name}", self.family.name, str(e)[:200]) from e
+        return load_file(path)
+
     def face_spec(self) -> FaceSpec | None:
         """The family's insightface pack, its folder resolved like any other model."""
         spec = self.family.faces

@@ -35,7 +35,7 @@ from transformers import (
 from .tiny_faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v5"
+TINY_VERSION = "v6"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -46,6 +46,7 @@ FACEID_REPO = "tiny-ip-adapter-faceid"  # mirrors h94/IP-Adapter-FaceID (.bin fi
 FACE_ROOT = "insightface"  # FaceAnalysis(root=...): packs live in <root>/models/<pack>
 FACE_PACK = "tiny_faces"
 CLIP_REPO = "tiny-clip-vit-h"  # mirrors laion/CLIP-ViT-H-14-laion2B-s32B-b79K: a whole CLIP model + tokenizer
+FAST_LORA_REPO = "tiny-fast-lora"  # few-step LoRAs (as ByteDance/SDXL-Lightning and ByteDance/Hyper-SD ship them)
 LORA_RANK = 4
 
 TEXT_HIDDEN = 32  # width of each tiny CLIP text encoder
@@ -80,6 +81,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         _build_faceid(staging / FACEID_REPO)
         build_face_pack(staging / FACE_ROOT / "models" / FACE_PACK)
         _build_clip(staging / CLIP_REPO, staging / "tokenizer-files")
+        _build_fast_loras(staging)
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
         try:
@@ -404,3 +406,35 @@ def _build_clip(repo: Path, tokenizer_files: Path) -> None:
     )
     CLIPModel(config).save_pretrained(str(repo), safe_serialization=True)
     _tokenizer(tokenizer_files).save_pretrained(str(repo))
+
+
+def few_step_lora(unet: torch.nn.Module, rank: int, seed: int, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """A LoRA over every linear layer of the UNet's transformer blocks, in the kohya key format the few-step LoRAs
+    are published in: `lora_unet_<module path with _>.lora_down.weight` (rank x in), `.lora_up.weight` (out x rank)
+    and `.alpha`."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if not isinstance(module, torch.nn.Linear) or ".attentions." not in f".{name}":
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        dtype = module.weight.dtype
+        out[f"{key}.lora_down.weight"] = (torch.randn(rank, module.in_features, generator=gen) * scale).to(dtype)
+        out[f"{key}.lora_up.weight"] = (torch.randn(module.out_features, rank, generator=gen) * scale).to(dtype)
+        out[f"{key}.alpha"] = torch.tensor(float(rank)).to(dtype)
+    return out
+
+
+def _build_fast_loras(root: Path) -> None:
+    """One few-step LoRA per tiny base shape (presets/models.toml, `[tiny.fast]` and `[tiny-sd15.fast]`)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    folder = root / FAST_LORA_REPO
+    folder.mkdir(parents=True)
+    for base, name in (
+        (SDXL_BASE, "tiny_sdxl_4step_lora.safetensors"),
+        (SD15_BASE, "tiny_sd15_8step_lora.safetensors"),
+    ):
+        unet = UNet2DConditionModel.from_pretrained(str(root / base / "unet"))
+        save_file(few_step_lora(unet, LORA_RANK, seed=7), str(folder / name))

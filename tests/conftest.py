@@ -53,6 +53,31 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
+def assert_solo_results_under_concurrency(engine, requests, rounds: int = 2) -> None:
+    """Each request, run by its own client thread `rounds` times while the others run, gives its solo pixels."""
+    import threading
+
+    solo = [pixels(engine.generate(r).image) for r in requests]
+    results: dict[int, np.ndarray] = {}
+    errors: list[Exception] = []
+
+    def client(i: int) -> None:
+        try:
+            for _ in range(rounds):
+                results[i] = pixels(engine.generate(requests[i]).image)
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, expected in enumerate(solo):
+        assert np.array_equal(results[i], expected), i
+
+
 @pytest.fixture(scope="session")
 def gold():
     """A reference with colour and texture: a gold gradient with stripes."""

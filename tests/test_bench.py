@@ -30,3 +30,18 @@ def test_the_stack_benchmark_runs():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| 3 x 3 grid, batched | 1 |" in proc.stdout and "| 9 sequential renders | 9 |" in proc.stdout
     assert "two image prompts" in proc.stdout
+
+
+def test_the_fast_and_score_benchmarks_run():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    for script, args, rows in (
+        ("bench/fast.py", ["--family", "tiny", "--size", "64", "--rounds", "1"], ["fast, 5-strength comparison",
+                                                                                   "fast / quality: attention"]),
+        ("bench/score.py", ["--family", "tiny", "--size", "64", "--steps", "1", "--rounds", "1"],
+         ["5-strength sweep, scored", "scoring / sweep"]),
+    ):  # fmt: skip
+        proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        for row in rows:
+            assert row in proc.stdout, (script, row)

@@ -84,6 +84,10 @@ def test_every_named_checkpoint_loads_and_steps(mirrored, presets, gold):
     )
     assert [s["strength"] for s in sweep.scores] == [0.0, 1.0] and sweep.suggested is not None
     assert all(-1 <= s["likeness"] <= 1 and -1 <= s["adherence"] <= 1 for s in sweep.scores)
+    # Fast mode at the real shapes: the few-step LoRA over every attention layer, its scheduler and steps.
+    fast = engine.generate(build_request(preset, prompt="a test", seed=0, reference=[gold], speed="fast"))
+    assert fast.diagnostics["unet_calls"] == engine.family.fast.steps and fast.metadata["fast_lora"]
+    assert np.isfinite(np.asarray(fast.image, dtype=np.float32)).all()
     model, _ = engine.scorer.text_tower()
     assert model.config.hidden_size == 1024 and model.config.projection_dim == 1024
     assert engine.counters["base_loads"] == 1

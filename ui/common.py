@@ -79,6 +79,8 @@ def format_diagnostics(diagnostics: dict[str, Any], warnings: list[str] | None =
         + (" (measured)" if diagnostics.get("batch_choice", "fixed") != "fixed" and diagnostics["images"] > 1 else ""),
         diagnostics["device"],
     ]
+    if diagnostics.get("speed") == "fast":
+        parts.insert(1, "fast")
     if diagnostics.get("image_prompts", 1) > 1:
         parts.insert(1, f"{diagnostics['image_prompts']} image prompts")
     if diagnostics.get("face_detections") is not None:

@@ -164,6 +164,12 @@ def build_tab(
                 for name, variants in text.variant_only.items():
                     c[name].visible = preset.variant in variants
                 c.update(_combine_controls(preset))
+                fast = preset.fast
+                c["speed"] = gr.Radio(
+                    label="Speed", value="quality", visible=fast is not None, elem_id=f"{mode}-speed",
+                    choices=[("Quality (the steps and guidance below)", "quality")]
+                    + ([(f"Fast ({fast.steps} steps, few-step LoRA, no guidance)", "fast")] if fast else []),
+                )  # fmt: skip
                 run = gr.Button("Start drawing", variant="primary")
                 with gr.Accordion("Settings", open=False):
                     c["negative_prompt"] = gr.Textbox(label="Negative prompt", value=preset.negative_prompt, lines=2)
@@ -327,6 +333,8 @@ def build_tab(
                     steps, width, height = (int(float(v)) for v in sizes)
                 except (TypeError, ValueError):
                     steps, width, height = preset.steps.max, preset.width.max, preset.height.max
+                if values.get("speed") == "fast" and preset.fast is not None:
+                    steps = preset.fast.steps
                 return gpu_seconds(engine.family.pipeline, steps, n, width, height)
 
             return estimate
@@ -547,7 +555,7 @@ def preset_values(preset: ModePreset) -> dict[str, Any]:
         "height": preset.height.default, "stop_at": preset.stop_at.default, "crop": preset.crop,
         "seed": RANDOM_SEED, "layout": False, "base": "default", "start_at": 0.0, "region": "whole",
         "extra_mode": "none", "extra_strength": preset_for("general", preset.family).strength.default,
-        "extra_region": "whole", "extra_variant": "", "extra_start_at": 0.0, "extra_stop_at": 1.0,
+        "extra_region": "whole", "extra_variant": "", "extra_start_at": 0.0, "extra_stop_at": 1.0, "speed": "quality",
     }  # fmt: skip
     if preset.structure is not None:
         values["structure"] = preset.structure.default

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -13,7 +11,7 @@ from PIL import Image
 from pipelines import build_request
 from pipelines.errors import InvalidRequestError
 from pipelines.images import load_reference
-from tests.conftest import pixels
+from tests.conftest import assert_solo_results_under_concurrency, pixels
 from tests.pipelines.test_engine import direct_call, direct_pipeline
 from tests.pipelines.test_face import ALICE, BOB
 
@@ -225,22 +223,4 @@ def test_concurrent_clients_with_different_stacks_get_their_solo_results(engines
         values = dict(values)
         return request(presets, family, values.pop("mode", "general"), **values)
 
-    solo = [pixels(engine.generate(build(s)).image) for s in stacks]
-    results: dict[int, np.ndarray] = {}
-    errors = []
-
-    def client(i):
-        try:
-            for _ in range(2):
-                results[i] = pixels(engine.generate(build(stacks[i])).image)
-        except Exception as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(stacks))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for i, expected in enumerate(solo):
-        assert np.array_equal(results[i], expected)
+    assert_solo_results_under_concurrency(engine, [build(s) for s in stacks])
