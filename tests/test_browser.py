@@ -197,3 +197,18 @@ def test_a_face_in_a_style_through_the_ui(fresh, files):
     preview.nth(2).wait_for(state="visible")  # the face box and crop, then the style reference as CLIP sees it
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "face-and-style.png"), full_page=True)
+
+
+def test_fast_mode_through_the_ui(fresh, files):
+    """The speed switch: fast hides the steps and guidance sliders (the LoRA has its own) and draws in fast mode."""
+    page = fresh
+    panel = page.locator("#tab-general")
+    panel.locator("input[type=file]").first.set_input_files(files["gold"])
+    panel.get_by_text("Settings", exact=True).click()
+    steps = page.locator("#general-steps")
+    steps.wait_for(state="visible")
+    page.locator("#general-speed").get_by_text("Fast (4 steps").click()
+    steps.wait_for(state="hidden")
+    panel.get_by_role("button", name="Start drawing").click()
+    page.locator("#general-result img").wait_for(state="visible")
+    page.get_by_text("fast · ").first.wait_for()  # the diagnostics line says which speed drew it

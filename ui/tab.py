@@ -179,7 +179,8 @@ def build_tab(
                         reuse_seed = gr.Button("♻️ Reuse last", scale=0)
                     for name, label in (("steps", "Steps"), ("guidance", "Guidance")):
                         r = getattr(preset, name)
-                        c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=r.default)
+                        c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=r.default,
+                                            elem_id=f"{mode}-{name}")  # fmt: skip
                     with gr.Row():
                         for name, label in (("width", "Width"), ("height", "Height")):
                             r = getattr(preset, name)
@@ -417,6 +418,11 @@ def build_tab(
             **IO_CONCURRENCY,
         )  # fmt: skip
         _follow_extra_mode(preset, c, private)
+        # Fast mode samples with its LoRA's own steps and guidance: the sliders would say something untrue.
+        c["speed"].change(
+            lambda speed: [gr.update(visible=speed != "fast")] * 2,
+            inputs=c["speed"], outputs=[c["steps"], c["guidance"]], **private,
+        )  # fmt: skip
         defaults = preset_values(preset)
         defaults_names = [n for n in names if n in defaults]
         defaults_button.click(
