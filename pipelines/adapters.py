@@ -35,7 +35,7 @@ Key = tuple[str, ...]  # a combination: one variant name per image prompt, e.g. 
 
 @dataclass
 class Component:
-    """One IP-Adapter checkpoint of a variant and the image encoder that feeds it (None for FaceID)."""
+    """One IP-Adapter checkpoint of a variant (its image encoder is the encoder's, by `spec.image_encoder`)."""
 
     spec: AdapterSpec
     lora: str | None = None  # PEFT adapter name of the LoRA inside the checkpoint, when applied

@@ -237,11 +237,11 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
                 if values.shape[0] != batch_size:
                     raise RuntimeError(f"{values.shape[0]} sample scales for a batch of {batch_size}")
                 weights = (layer_weight * values).view(batch_size, 1, 1)  # (B, 1, 1)
+                added = weights * ip_out
                 stats = _STATS.get()
                 if stats is not None:
-                    added = weights * ip_out
                     stats.append((self.layer_name, added.abs().mean().item(), hidden_states.abs().mean().item()))
-                hidden_states = hidden_states + weights * ip_out
+                hidden_states = hidden_states + added
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

@@ -352,7 +352,6 @@ class Engine:
             columns = [float(e) for e in (extra_strengths or request.extra_strengths or (request.extra.strength,))]
             cells = [(s, e) for s in strengths for e in columns]
         sweep = self._run(request, cells, on_step, scope, score)
-        sweep.strengths = strengths if request.extra is None else [c[0] for c in cells]
         sweep.extra_strengths = [c[1] for c in cells] if request.extra is not None else []
         sweep.shape = (len(strengths), len(columns) if len(columns) > 1 else 1)
         if len(columns) > 1:

@@ -10,7 +10,7 @@ CAPTION_HEIGHT_RATIO = 0.12  # caption strip height relative to the cell height
 MIN_CAPTION_HEIGHT = 14
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
@@ -30,7 +30,7 @@ def make_grid(
     strip = max(MIN_CAPTION_HEIGHT, int(h * CAPTION_HEIGHT_RATIO))
     grid = Image.new("RGB", (columns * w, rows * (h + strip)), "white")
     draw = ImageDraw.Draw(grid)
-    font = _font(max(10, int(strip * 0.75)))
+    font = label_font(max(10, int(strip * 0.75)))
     for i, (img, caption) in enumerate(zip(images, captions, strict=True)):
         x, y = (i % columns) * w, (i // columns) * (h + strip)
         grid.paste(img.convert("RGB").resize((w, h)), (x, y))

@@ -7,7 +7,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from .grid import _font
+from .grid import label_font
 
 COLOURS = {
     "likeness": (31, 119, 180),
@@ -37,7 +37,7 @@ def _lines(scores: Sequence[dict[str, Any]], suggested: dict[str, Any] | None, a
     width, height, left, right, top, bottom = 560, 320, 56, 150, 24, 44
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    font = _font(12)
+    font = label_font(12)
     xs = [float(s[axis]) for s in scores]
     names = measures_of(scores)
     values = [float(s[k]) for s in scores for k in names if s.get(k) is not None] or [0.0, 1.0]
@@ -84,7 +84,7 @@ def _heat_maps(scores: Sequence[dict[str, Any]], suggested: dict[str, Any] | Non
     panel_w, panel_h = left + cell * len(columns), top + cell * len(rows) + 20
     img = Image.new("RGB", (max(1, len(names)) * (panel_w + gap) + gap, panel_h + 10), "white")
     draw = ImageDraw.Draw(img)
-    font = _font(11)
+    font = label_font(11)
     by = {(s["strength"], s["extra_strength"]): s for s in scores}
     for n, name in enumerate(names):
         ox = gap + n * (panel_w + gap)
@@ -100,7 +100,7 @@ def _heat_maps(scores: Sequence[dict[str, Any]], suggested: dict[str, Any] | Non
                 box = [ox + left + j * cell, top + i * cell, ox + left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
                 draw.rectangle(box, fill=_ramp(value, lo, hi))
                 if value is not None:
-                    draw.text((box[0] + cell / 2, box[1] + cell / 2), f"{value:.2f}", fill="black", font=_font(9),
+                    draw.text((box[0] + cell / 2, box[1] + cell / 2), f"{value:.2f}", fill="black", font=label_font(9),
                               anchor="mm")  # fmt: skip
                 if suggested is not None and (suggested.get("strength"), suggested.get("extra_strength")) == (s, e):
                     draw.rectangle(box, outline=SUGGESTED, width=3)

@@ -484,10 +484,12 @@ def _follow_extra_mode(preset: ModePreset, c: dict[str, gr.components.Component]
 
 def _cells(values: dict[str, Any], preset: ModePreset) -> int:
     """How many images a comparison draws (for the GPU time estimate); bad values count as the largest grid."""
+    mode = values.get("extra_mode")
+    own = preset_for(mode, preset.family) if mode in EXTRA_MODES and mode != "none" else preset
     try:
         rows = len(parse_strengths(values.get("strengths"), preset))
         extra = values.get("extra_strengths")
-        columns = len([v for v in str(extra).replace(";", ",").split(",") if v.strip()]) if extra else 1
+        columns = len(parse_strengths(extra, own, "extra_strengths")) if extra else 1
     except ImagePromptError:
         return MAX_GRID_CELLS
     return min(rows * max(columns, 1), MAX_GRID_CELLS)
