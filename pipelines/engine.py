@@ -134,6 +134,39 @@ def step_window(prompt: ImagePrompt, steps: int) -> tuple[int, int]:
     return math.ceil(prompt.start_at * steps), math.ceil(prompt.stop_at * steps)
 
 
+class ComputeLock:
+    """The engine's lock; whoever holds it computes with the same number of CPU threads.
+
+    torch keeps the intra-op thread count per OS thread (OpenMP), and a server runs requests on whichever worker
+    thread is free: a thread that was set to another count (or made while the global default differed) would sum
+    in another order and move a pixel by one level. Pinning the count on every acquire makes a request's pixels
+    independent of the thread that runs it and of what ran before.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        got = self._lock.acquire(blocking, timeout)
+        if got and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        return got
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> ComputeLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Engine:
     """Owns the base pipelines of one model family and every adapter loaded on them."""
 
@@ -149,6 +182,7 @@ class Engine:
         offload: bool = False,
         compile: bool = False,
         max_bases: int = 1,
+        threads: int | None = None,
     ) -> None:
         self.family = family
         self.device = device or default_device()
@@ -170,7 +204,9 @@ class Engine:
         self.scorer = Scorer(self.source, self.encoder, self.counters)
         self._bases: OrderedDict[str, BaseSlot] = OrderedDict()  # least recently used first
         self._current: BaseSlot | None = None
-        self.lock = threading.Lock()  # every use of a pipeline or the model state happens under it
+        # Every use of a pipeline or the model state happens under it, with `threads` CPU threads (default: this
+        # process's torch default, read where the engine is made).
+        self.lock = ComputeLock(threads or torch.get_num_threads())
         # A private copy of the tokenizer for prompt-length warnings, used outside the engine lock (a fast
         # tokenizer must not be called from two threads at once), guarded by its own small lock.
         self._warning_tokenizer: Any = None

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,6 +33,7 @@ FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "ICO", "CUR", "PP
 STRIP_ROWS = 256  # rows converted at a time from 16/32-bit samples to 8 bits
 _HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_ICO_MAGIC = b"\x00\x00\x01\x00"
 # EXIF orientation -> the transposes that show the picture upright (as ImageOps.exif_transpose does).
 _ORIENTATION = {
     2: (Image.Transpose.FLIP_LEFT_RIGHT,),
@@ -64,6 +67,34 @@ def decode_size(img: Image.Image) -> tuple[int, int]:
         if head[:8] == _PNG_MAGIC and head[12:16] == b"IHDR":
             return struct.unpack(">II", head[16:24])
     return img.size
+
+
+def ico_entry_sizes(fp: IO[bytes]) -> list[tuple[int, int]]:
+    """The sizes an ICO's entries decode to, from their own headers; [] for any other file. Leaves `fp` at 0.
+
+    Pillow decodes an ICO's largest entry inside `Image.open` (IcoImageFile._open calls load), so an ICO must be
+    judged before it is opened: each entry is an embedded PNG (its IHDR gives the size) or a DIB (its header gives
+    width and twice the height, image plus mask).
+    """
+    try:
+        head = fp.read(6)
+        if len(head) < 6 or head[:4] != _ICO_MAGIC:
+            return []
+        count = struct.unpack("<H", head[4:6])[0]
+        directory = fp.read(16 * count)
+        sizes = []
+        for i in range(len(directory) // 16):
+            offset = struct.unpack("<I", directory[16 * i + 12 : 16 * i + 16])[0]
+            fp.seek(offset)
+            entry = fp.read(24)
+            if entry[:8] == _PNG_MAGIC and entry[12:16] == b"IHDR":
+                sizes.append(struct.unpack(">II", entry[16:24]))
+            elif len(entry) >= 12:
+                width, height = struct.unpack("<ii", entry[4:12])
+                sizes.append((abs(width), abs(height) // 2))
+        return sizes
+    finally:
+        fp.seek(0)
 
 
 def _check_budget(size: tuple[int, int], fmt: str | None, label: str) -> None:
@@ -112,6 +143,7 @@ def load_reference(
     """Open a reference (path, bytes or PIL image); errors name it by `label` and its 1-based `index`."""
     label = f"{label} {index}"
     opened: Image.Image | None = None
+    stack = ExitStack()  # the file we open ourselves
     try:
         if isinstance(source, Image.Image):
             img = source
@@ -119,11 +151,13 @@ def load_reference(
             if isinstance(source, bytes):
                 if not source:
                     raise ReferenceImageError(f"The file for {label} is empty. Upload an image file.")
-                fp: io.BytesIO | Path = io.BytesIO(source)
+                fp: IO[bytes] = io.BytesIO(source)
             else:
-                fp = Path(source)
-                if fp.stat().st_size == 0:
+                if Path(source).stat().st_size == 0:
                     raise ReferenceImageError(f"The file for {label} is empty. Upload an image file.")
+                fp = stack.enter_context(open(source, "rb"))  # noqa: SIM115 - closed by the stack
+            for size in ico_entry_sizes(fp):  # before Image.open, which decodes an ICO's largest entry
+                _check_budget(size, "ICO", label)
             img = opened = Image.open(fp, formats=FORMATS)  # reads the header only
             if img.format in ("JPEG", "MPO"):
                 img.draft("RGB", (MAX_REFERENCE_SIDE, MAX_REFERENCE_SIDE))  # decode at 1/2..1/8 scale
@@ -150,6 +184,7 @@ def load_reference(
     finally:
         if opened is not None:
             opened.close()  # animated formats keep their file open until closed
+        stack.close()
     return ReferenceImage(image=img, sha256=pixel_hash(img))
 
 

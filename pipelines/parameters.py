@@ -14,6 +14,8 @@ from .presets import EXTRA_MODES, MODES, REGIONS
 # JSON types of settings values: "number" is an integer or a decimal, "integer" a whole number; neither may be
 # true/false. "images" are files (not settings: their SHA-256 is recorded instead); "numbers" a list of numbers.
 KINDS = ("text", "number", "integer", "true or false", "images", "numbers")
+MAX_IMAGES_PER_INPUT = 8  # images one "images" parameter may carry (references, face close-ups, ...)
+ROLES = ("single", "compare", "score")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Parameter:
     doc: str  # what the API page and MCP tool description say of it
     modes: tuple[str, ...] = MODES  # the tabs that offer it
     role: str = "both"  # "single": one image only; "compare": comparisons only; "both"; "score": scoring only
+    max_files: int = MAX_IMAGES_PER_INPUT  # "images" only: how many files it may carry
 
     @property
     def setting(self) -> bool:
@@ -101,7 +104,9 @@ PARAMETERS: tuple[Parameter, ...] = (
         "Comparison: strengths to render with the same seed, comma-separated (e.g. '0, 0.5, 1').",
         role="compare",
     ),
-    Parameter("image", "images", "Scoring: the image to score (a file; made here or elsewhere).", role="score"),
+    Parameter(
+        "image", "images", "Scoring: the image to score (a file; made here or elsewhere).", role="score", max_files=1
+    ),
     Parameter(
         "extra_strengths",
         "numbers",
@@ -113,7 +118,15 @@ PARAMETERS: tuple[Parameter, ...] = (
 SCORE_PARAMETERS = ("image", "prompt", "reference", "extra_mode", "extra_reference")  # `<mode>_score`
 BY_NAME = {p.name: p for p in PARAMETERS}
 SETTINGS_TYPES: dict[str, str] = {p.name: p.kind for p in PARAMETERS if p.setting}
-FILE_PARAMETERS = tuple(p.name for p in PARAMETERS if p.kind == "images")
+SETTINGS_FILE_INPUT = "path"  # `load_settings`: one PNG or settings file
+
+
+def file_limit(name: str) -> int:
+    """How many files the input `name` may carry (0: not a file input)."""
+    if name == SETTINGS_FILE_INPUT:
+        return 1
+    parameter = BY_NAME.get(name)
+    return parameter.max_files if parameter is not None and parameter.kind == "images" else 0
 
 
 def parameters_for(mode: str, role: str) -> list[str]:
@@ -121,3 +134,12 @@ def parameters_for(mode: str, role: str) -> list[str]:
     if role == "score":
         return [n for n in SCORE_PARAMETERS if mode in BY_NAME[n].modes]
     return [p.name for p in PARAMETERS if mode in p.modes and p.role in ("both", role)]
+
+
+def max_files(names: list[str] | tuple[str, ...]) -> int:
+    """How many files an endpoint with these parameters may receive in one request."""
+    return sum(file_limit(n) for n in names)
+
+
+# The most files any endpoint may receive in one request: derived from the inputs, never sized by hand.
+MAX_FILES_PER_REQUEST = max(max_files(parameters_for(mode, role)) for mode in MODES for role in ROLES)

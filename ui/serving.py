@@ -35,10 +35,10 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from pipelines.errors import ImagePromptError, InvalidRequestError
+from pipelines.parameters import MAX_FILES_PER_REQUEST, file_limit, max_files
 
 log = logging.getLogger("image_prompt_studio")
 
-MAX_FILES_PER_REQUEST = 17  # 8 references + 8 face close-ups + a settings file
 MAX_BYTES_PER_REQUEST = 64 * 2**20  # all files of one request together (each is also capped at upload: 25 MB)
 MAX_JOBS_PER_SESSION = 3  # queued or running jobs one browser tab / API client may hold at once
 MAX_JOBS_PER_IP = 8  # the same for one address (several tabs, or people behind one NAT)
@@ -112,21 +112,26 @@ def uploaded_file(raw: Any, label: str) -> tuple[str, int]:
 
 
 class UploadBudget:
-    """Counts the files and bytes of one request against its caps."""
+    """Counts the files and bytes of one request against its caps (per input, and all inputs together)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_files: int = MAX_FILES_PER_REQUEST) -> None:
+        self.max_files = max_files  # what the endpoint's inputs may carry (pipelines.parameters.max_files)
         self.files = 0
         self.bytes = 0
 
-    def take(self, value: Any, label: str) -> list[str]:
-        """The checked paths of a file input's value; each is numbered in messages ("reference 2")."""
+    def take(self, value: Any, label: str, name: str = "reference") -> list[str]:
+        """The checked paths of input `name`'s value; each is numbered in messages ("reference 2")."""
+        raw_paths = _paths_in(value)
+        limit = file_limit(name) or MAX_FILES_PER_REQUEST
+        if len(raw_paths) > limit:  # counted before any file is looked at
+            raise InvalidRequestError(name, f"At most {limit} files for {label}, got {len(raw_paths)}.")
         paths = []
-        for i, raw in enumerate(_paths_in(value), 1):
+        for i, raw in enumerate(raw_paths, 1):
             path, size = uploaded_file(raw, f"{label} {i}")
             self.files += 1
             self.bytes += size
-            if self.files > MAX_FILES_PER_REQUEST:
-                raise InvalidRequestError("reference", f"At most {MAX_FILES_PER_REQUEST} files per request.")
+            if self.files > self.max_files:
+                raise InvalidRequestError(name, f"At most {self.max_files} files per request.")
             if self.bytes > MAX_BYTES_PER_REQUEST:
                 raise InvalidRequestError(
                     "reference", f"The files of one request may add up to {MAX_BYTES_PER_REQUEST // 2**20} MB at most."
@@ -372,10 +377,10 @@ def boundary(fn: Callable[..., Any], files: Mapping[str, str] | None = None) -> 
         token = _SCOPE.set(session or "")
         try:
             GATE.check_listening(session)
-            budget = UploadBudget()
+            budget = UploadBudget(max_files(list(files)))
             for name, label in files.items():
                 if name in bound.arguments:
-                    bound.arguments[name] = budget.take(bound.arguments[name], label)
+                    bound.arguments[name] = budget.take(bound.arguments[name], label, name)
             return fn(*bound.args, **bound.kwargs)
         except ClientGoneError:
             log.info("dropped a job whose client went away before it started")

@@ -163,3 +163,33 @@ def test_cached_work_is_kept_apart_per_visitor(engines, presets, gold):
     assert other.diagnostics["cache_hits"] == 0
     assert again.diagnostics["cache_hits"] == 1 and again.diagnostics["encoder_calls"] == 0
     assert np.array_equal(pixels(first.image), pixels(other.image))
+
+
+def test_pixels_do_not_depend_on_the_thread_that_runs_them(engines, presets, family, gold):
+    """torch keeps its CPU thread count per OS thread: a server worker thread set to another count would sum in
+    another order. The engine pins the count whenever it computes (1 vs 2 threads moved a pixel by one level)."""
+    import threading
+
+    engine = engines[family]
+    request = build_request(presets["general"][family], prompt="a vase", reference=[gold], seed=7)
+    solo = pixels(engine.generate(request).image)
+    seen: list[int] = []
+    hook = engine.pipe.unet.register_forward_pre_hook(lambda module, args: seen.append(torch.get_num_threads()))
+    out: dict[str, np.ndarray] = {}
+
+    def worker() -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # a thread whose count differs (what a library or a pool may leave behind)
+        try:
+            out["image"] = pixels(engine.generate(request).image)
+        finally:
+            torch.set_num_threads(before)
+
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {engine.lock.threads}
+    assert np.array_equal(out["image"], solo)

@@ -69,12 +69,24 @@ def _bench():
     return module
 
 
-def test_an_ico_cannot_hide_a_huge_png():
+def test_an_ico_cannot_hide_a_huge_png(monkeypatch, tmp_path):
+    from PIL import IcoImagePlugin
+
     bench = _bench()
     huge = io.BytesIO()
     Image.new("1", (12000, 12000)).save(huge, format="PNG")  # 144 MP: Pillow only warns; the ICO claims 16 x 16
-    with pytest.raises(ReferenceImageError, match=r"too large \(12000x12000 pixels"):
-        load_reference(bench.ico_with_png(huge.getvalue()))
+    crafted = bench.ico_with_png(huge.getvalue())
+    (tmp_path / "huge.ico").write_bytes(crafted)
+    frame = IcoImagePlugin.IcoFile.frame
+
+    def no_decoding(self: object, idx: int) -> Image.Image:
+        raise AssertionError("an entry over the budget was decoded")  # Image.open decodes ICOs: refused before
+
+    monkeypatch.setattr(IcoImagePlugin.IcoFile, "frame", no_decoding)
+    for source in (crafted, str(tmp_path / "huge.ico")):
+        with pytest.raises(ReferenceImageError, match=r"too large \(12000x12000 pixels"):
+            load_reference(source)
+    monkeypatch.setattr(IcoImagePlugin.IcoFile, "frame", frame)
     small = io.BytesIO()
     Image.new("RGB", (48, 48), (0, 200, 0)).save(small, format="PNG")
     assert load_reference(bench.ico_with_png(small.getvalue(), claimed=48)).image.getpixel((5, 5)) == (0, 200, 0)

@@ -46,14 +46,24 @@ def test_uploaded_files_pass_and_nothing_else_does(upload, tmp_path):
             uploaded_file(raw, "reference 1")
 
 
-def test_one_request_has_file_caps(upload, monkeypatch):
-    import ui.serving as serving
-
-    budget = UploadBudget()
+def test_one_request_has_file_caps(upload):
+    budget = UploadBudget(max_files=3)
     assert budget.take([(str(upload), None), {"path": str(upload)}], "reference") == [os.path.realpath(upload)] * 2
-    monkeypatch.setattr(serving, "MAX_FILES_PER_REQUEST", 3)
     with pytest.raises(Exception, match="At most 3 files per request"):
-        budget.take([str(upload), str(upload)], "face close-up")
+        budget.take([str(upload), str(upload)], "face close-up", "face_reference")
+    with pytest.raises(Exception, match="At most 1 files for image to score, got 2"):
+        UploadBudget().take([str(upload), str(upload)], "image to score", "image")
+    with pytest.raises(Exception, match="At most 8 files for reference, got 9"):  # counted before any is opened
+        UploadBudget().take(["/etc/hostname"] * 9, "reference", "reference")
+
+
+def test_the_file_cap_is_derived_from_the_inputs_a_request_may_have():
+    from pipelines.parameters import MAX_FILES_PER_REQUEST, MAX_IMAGES_PER_INPUT, max_files, parameters_for
+
+    # The anime tab takes references, face close-ups, an extra prompt's references and negative images.
+    assert max_files(parameters_for("anime", "single")) == 4 * MAX_IMAGES_PER_INPUT
+    assert max_files(parameters_for("general", "score")) == 2 * MAX_IMAGES_PER_INPUT + 1  # + the image to score
+    assert max(max_files(parameters_for(m, "compare")) for m in ("general", "anime")) == MAX_FILES_PER_REQUEST
 
 
 def test_output_folder_is_bounded_by_count_and_age():
