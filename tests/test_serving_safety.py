@@ -96,6 +96,48 @@ def test_only_uploaded_files_are_read(app_url, outside, planted_link, api_name, 
         assert all(REFUSED in t for k, t in messages.items() if k not in ("the upload folder itself", "system file"))
 
 
+@pytest.mark.parametrize("meta", [False, True], ids=["no meta marker", "meta marker"])
+def test_the_score_image_reads_only_uploaded_files(app_url, outside, planted_link, tmp_path, meta):
+    """`<mode>_score`'s image was a gr.Image: Gradio opened any path, and converted a non-RGB picture into its cache."""
+    grey = tmp_path / "grey.png"  # not plain RGB: Gradio's preprocessing used to copy it into its cache
+    Image.new("L", (32, 32), 90).save(grey)
+    cases = {**not_uploaded_paths(outside, planted_link), "grey, exists": str(grey),
+             "relative grey": "../../../" + str(grey).lstrip("/"), "a folder": str(tmp_path)}  # fmt: skip
+    messages = {}
+    for kind, path in cases.items():
+        item = {"path": path, "meta": {"_type": "gradio.FileData"}} if meta else {"path": path}
+        status, text = raw_call(app_url, "/general_score", image=item, prompt="leak?")
+        assert status == "error", kind
+        assert "adherence" not in text and "Generation failed" not in text, kind
+        assert not any(e in text for e in ("FileNotFound", "UnidentifiedImage", "IsADirectory")), kind
+        messages[kind] = text.replace(path, "PATH")
+    if meta:  # Gradio refuses them itself (the upload folder itself passes Gradio's check and meets ours)
+        assert all(any(m in t for m in ("not uploaded by a user", "Invalid file type", REFUSED)) for t in messages.values())
+    else:  # one message whether the path exists, is missing, is a folder or a link: nothing to learn
+        refused = {k: t for k, t in messages.items() if REFUSED in t}
+        assert set(refused) >= {"absolute, exists", "absolute, missing", "relative", "grey, exists",
+                                "relative grey", "symlink inside the upload folder", "a folder"}  # fmt: skip
+        assert len(set(refused.values())) == 1
+        assert "Image to score 1 was not uploaded" in next(iter(refused.values()))
+
+
+def test_the_score_image_is_decoded_within_the_budget(client, tmp_path, gold):
+    huge = tmp_path / "huge-grey.png"  # 136 KB on disk, 144 megapixels decoded
+    Image.new("L", (12000, 12000), 128).save(huge, optimize=True)
+    start = time.perf_counter()
+    with pytest.raises(Exception, match=r"Image to score 1 is too large \(12000x12000 pixels"):
+        client.predict(image=handle_file(str(huge)), prompt="x", api_name="/general_score")
+    assert time.perf_counter() - start < 5  # refused from the header, not after decoding
+    sgi = tmp_path / "picture.png"  # an SGI file under a PNG name: references refuse the format, so does scoring
+    gold.save(sgi, format="SGI")
+    with pytest.raises(Exception, match="Image to score 1 is not a readable image"):
+        client.predict(image=handle_file(str(sgi)), prompt="x", api_name="/general_score")
+    fine = tmp_path / "fine.png"
+    gold.convert("L").save(fine)  # a grey picture that was uploaded is scored
+    scores = client.predict(image=handle_file(str(fine)), prompt="x", api_name="/general_score")
+    assert "adherence" in scores
+
+
 def test_load_settings_reads_only_uploaded_files(app_url, outside, tmp_path):
     settings = tmp_path / "outside.json"
     settings.write_text(json.dumps({"mode": "general", "prompt": "leaked"}))

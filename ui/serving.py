@@ -75,6 +75,22 @@ def as_code(text: str) -> str:
 # ------------------------------------------------------------------------------------------------------ files
 
 
+class UploadedImage(gr.Image):
+    """A `gr.Image` input that hands its endpoint the path as sent, undecoded.
+
+    gr.Image's own preprocessing opens whatever path it is given (a path without Gradio's `meta` marker is not
+    checked against the upload folder) and writes any picture that is not plain RGB into a new file in Gradio's
+    cache, which would then look uploaded. Here nothing is opened: the path goes to `boundary` like every other
+    file input (uploads only, one message whether or not it exists), then to the bounded decoder.
+    """
+
+    is_template = True  # the page draws it as a gr.Image
+
+    def preprocess(self, payload: Any) -> str | None:
+        return None if payload is None else payload.path
+
+
+
 def _paths_in(value: Any) -> list[Any]:
     """A Gallery or File value (paths, (path, caption) pairs, FileData dicts) as a list of raw paths."""
     if value is None:

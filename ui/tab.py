@@ -38,7 +38,7 @@ from .common import (
     write_png,
 )
 from .examples import reference_path
-from .serving import boundary, escape, visitor_scope
+from .serving import UploadedImage, boundary, escape, visitor_scope
 
 if TYPE_CHECKING:
     from pipelines.engine import Engine
@@ -246,7 +246,7 @@ def build_tab(
                         scores = gr.JSON(label="scores")
                     sweep_settings = gr.File(label="Settings of the sweep (JSON, with its scores)")
                     with gr.Accordion("Score an image (any image, made here or elsewhere)", open=False):
-                        c["image"] = gr.Image(label="Image to score", type="filepath", format="png")
+                        c["image"] = UploadedImage(label="Image to score", type="filepath", format="png")
                         score_button = gr.Button("Score it against the references and prompt")
                         image_scores = gr.JSON(label="Its scores")
                 with gr.Accordion("Metadata (also stored in the PNG)", open=False, elem_id=f"{mode}-metadata"):
@@ -377,7 +377,7 @@ def build_tab(
             ],
             api_name=f"{mode}_compare",
             **gpu,
-        ).success(_ab_label, inputs=[ab, metadata], outputs=ab, **private).success(
+        ).success(_ab_label, inputs=metadata, outputs=ab, **private).success(
             _grid_columns, inputs=metadata, outputs=cells, **private
         ).success(lambda: gr.update(visible=True), outputs=used_seed, **private)
         preview_button.click(
@@ -501,10 +501,11 @@ def _grid_columns(metadata: dict | None) -> Any:
     return gr.update(columns=columns if columns > 1 else 5)
 
 
-def _ab_label(pair: Any, metadata: dict | None) -> Any:
-    """Show the A/B slider for two cells only, labelled with the strength on each side."""
+def _ab_label(metadata: dict | None) -> Any:
+    """Show the A/B slider for two cells only, labelled with the strength on each side (from the metadata: the
+    slider's own value is never read back, so no image input but the boundary's exists)."""
     sweep = (metadata or {}).get("strengths") or []
-    if not pair or len(sweep) != 2:
+    if len(sweep) != 2 or (metadata or {}).get("extra_strengths"):
         return gr.update(visible=False)
     return gr.update(visible=True, label=f"A/B: left = strength {sweep[0]:g}, right = strength {sweep[1]:g}")
 
