@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -231,19 +232,34 @@ def main(argv: list[str] | None = None) -> int:
     # The page is served at once while the models load (a request waits for them under the engine lock); a model
     # that cannot be had still stops the app with one clear message.
     failure: list[ImagePromptError] = []
+    stop_on_sigterm()
     warm = threading.Thread(target=lambda: failure.extend(warm_up(engine)), name="warm-up", daemon=True)
     warm.start()
     app.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth, mcp_server=mcp,
         prevent_thread_lock=True, **launch_options(),
     )  # fmt: skip
-    warm.join()
+    try:
+        warm.join()
+    except KeyboardInterrupt:  # stopped while the models load
+        app.close()
+        return 0
     if failure:
         print(f"error: {failure[0]}", file=sys.stderr)
         app.close()
         return 2
-    app.block_thread()
+    app.block_thread()  # returns on Ctrl+C or SIGTERM, after closing the server; atexit then removes our files
     return 0
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a container stop, `systemctl stop`, `kill`) shuts down as Ctrl+C does: the server closes and the
+    result folder is removed at exit (without this, Python dies at once and leaves it in the temp directory)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def warm_up(engine: Engine) -> list[ImagePromptError]:

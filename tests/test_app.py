@@ -262,10 +262,13 @@ def test_every_tab_has_three_distinct_examples_that_run_offline(engines, presets
             assert engines["tiny"].generate(request).image.size == (64, 64)
 
 
-def test_a_quiet_console(tmp_path):
-    """`python app.py --models tiny`: no progress bars or known library notes; a bad request logs one line."""
+def test_a_quiet_console_and_a_clean_stop(tmp_path):
+    """`python app.py --models tiny`: no progress bars or known library notes; a bad request logs one line; SIGTERM
+    (a container stop) shuts down like Ctrl+C and leaves no result folder behind."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    temp = tmp_path / "temp"  # the server's temp directory: its result folder is made here
+    temp.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "TMPDIR": str(temp)}
     log = tmp_path / "console.txt"
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -286,10 +289,12 @@ def test_a_quiet_console(tmp_path):
             served.predict(prompt="x", reference=gallery(str(tmp_path / "alice.png")), variant="faceid-plusv2",
                            steps=1, api_name="/face")  # fmt: skip
             time.sleep(0.5)
+            assert list(temp.glob("image-prompt-studio-*"))  # the result folder exists while serving
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            proc.terminate()  # SIGTERM
+            code = proc.wait(timeout=30)
     console = log.read_text()
+    assert code == 0 and not list(temp.glob("image-prompt-studio-*")), console[-2000:]
     assert "Running on local URL" in console
     for noise in ("Traceback", "Loading weights", "Loading pipeline components", "requires torchvision",
                   "kept in float32", "HTTP Request", "No LoRA keys", "is deprecated"):  # fmt: skip
