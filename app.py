@@ -28,8 +28,10 @@ from pipelines.presets import FamilySpec, ModePreset
 from pipelines.settings import FAST_IMPLIED, SETTINGS_KEYS, read_settings_file, validated_settings
 from ui import anime, face, general, style
 from ui.common import IO_CONCURRENCY
+from ui.mcp import door_middleware, install_mcp
 from ui.serving import GATE, GRADIO_CACHE_LIMITS, as_code, boundary
 from ui.tab import TabHandle
+from ui.uploads import UPLOADS
 
 if TYPE_CHECKING:  # the engine module loads on first use (pipelines.Engine): the page is served before that
     from pipelines.engine import Engine
@@ -130,13 +132,15 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
             queue=False,
         )
     demo.queue(max_size=QUEUE_SIZE)
+    install_mcp()  # images, sessions and logins for the MCP tools (ui/mcp.py); nothing changes while MCP is off
     GATE.install(demo)  # one client holds a few queued jobs at most; others still get in while it floods
     return demo
 
 
 def launch_options() -> dict:
-    """Safe serving: clean error messages, no file access beyond the app's own temp files, bounded uploads, and the
-    middleware that tells the gate which clients still listen for their results (see ui/serving.py).
+    """Safe serving: clean error messages, no file access beyond the app's own temp files, bounded uploads (per file,
+    and per visitor: ui/uploads.py), and the middleware that tells the gate which clients still listen for their
+    results (see ui/serving.py).
 
     A fresh dict per launch: Gradio adds to `app_kwargs` when it builds the server.
     """
@@ -144,7 +148,7 @@ def launch_options() -> dict:
         "show_error": True,
         "allowed_paths": [],
         "max_file_size": MAX_FILE_SIZE,
-        "app_kwargs": {"middleware": [GATE.middleware()]},
+        "app_kwargs": {"middleware": [GATE.middleware(), UPLOADS.middleware(), door_middleware()]},
     }
 
 

@@ -1,13 +1,20 @@
-"""`python app.py --mcp`: every endpoint is an MCP tool with a description a model can use."""
+"""`python app.py --mcp`: every endpoint is an MCP tool an agent can call, with images, as its own visitor."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from gradio_client import Client, handle_file
 
 import app
+from ui import mcp as studio_mcp
+from ui.serving import GATE
 
 
 @pytest.fixture(scope="module")
@@ -19,32 +26,233 @@ def mcp_url(engines):
     demo.close()
 
 
-def test_tools_are_listed_over_http_with_descriptions(mcp_url):
-    tools = {t["name"]: t for t in httpx.get(mcp_url + "gradio_api/mcp/schema", timeout=30).json()}
-    for mode in ("general", "face", "anime", "style"):
-        assert {mode, f"{mode}_compare", f"{mode}_preview", f"{mode}_settings"} <= set(tools)
-    assert "load_settings" in tools
-    general = tools["general"]
-    assert general["description"].startswith("General: draw one image from a prompt and reference images.")
-    properties = general["inputSchema"]["properties"]
-    assert "How much of the reference carries over" in properties["strength"]["description"]
+def data_url(path: str) -> str:
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode()
 
 
-def test_a_tool_call_draws_an_image(mcp_url):
+async def call(url: str, tool: str, arguments: dict, headers: dict | None = None) -> tuple[bool, list]:
+    """One MCP session (the `mcp` client over Streamable HTTP) making one tool call: (is error, content)."""
     from mcp import ClientSession
     from mcp.client.streamable_http import streamablehttp_client
 
-    async def call() -> str:
+    async with (
+        streamablehttp_client(url + "gradio_api/mcp/", headers=headers) as (read, write, _),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        result = await session.call_tool(tool, arguments)
+        return result.isError, result.content
+
+
+def texts(content: list) -> list[str]:
+    return [c.text for c in content if c.type == "text"]
+
+
+def metadata_of(content: list) -> dict:
+    """The JSON text that holds the result's metadata (the one with `image_prompts`)."""
+    for text in texts(content):
+        if text.startswith("{") and "image_prompts" in text:
+            return json.loads(text)
+    raise AssertionError(f"no metadata in {texts(content)}")
+
+
+def test_tools_are_listed_over_http_with_descriptions(mcp_url):
+    tools = {t["name"]: t for t in httpx.get(mcp_url + "gradio_api/mcp/schema", timeout=30).json()}
+    for mode in ("general", "face", "anime", "style"):
+        assert {mode, f"{mode}_compare", f"{mode}_preview", f"{mode}_settings", f"{mode}_score"} <= set(tools)
+    assert "load_settings" in tools
+    general = tools["general"]
+    assert general["description"].startswith("General: draw one image from a prompt and reference images.")
+    assert "upload_file_to_gradio" not in json.dumps(tools)  # a tool this server does not serve
+    properties = general["inputSchema"]["properties"]
+    assert "How much of the reference carries over" in properties["strength"]["description"]
+    reference = properties["reference"]  # inline: no $defs the validator cannot resolve
+    assert "$ref" not in json.dumps(general["inputSchema"]) and reference["items"]["properties"]["image"]["type"] == (
+        "string"
+    )
+    assert tools["general_score"]["inputSchema"]["properties"]["image"]["type"] == "string"
+
+
+def test_a_tool_call_draws_an_image(mcp_url):
+    error, content = asyncio.run(call(mcp_url, "general", {"prompt": "a vase", "steps": 2, "seed": 4}))
+    assert not error
+    assert any(t.startswith("File: http") and t.endswith(".png") for t in texts(content))
+    assert any("base default" in t for t in texts(content))
+    assert metadata_of(content)["seed"] == 4
+
+
+def test_images_as_data_urls_give_the_same_hash_as_the_api(mcp_url, reference_files):
+    gold = reference_files["gold"]
+    error, content = asyncio.run(
+        call(mcp_url, "general", {"prompt": "a vase", "steps": 1, "seed": 4, "reference": [{"image": data_url(gold)}]})
+    )
+    assert not error, texts(content)
+    assert content[0].type == "image"  # the result itself, inline, besides its URL
+    via_mcp = metadata_of(content)["references_sha256"]
+    via_api = Client(mcp_url, verbose=False).predict(
+        prompt="a vase", steps=1, seed=4, reference=[{"image": handle_file(gold)}], api_name="/general"
+    )[3]["references_sha256"]
+    assert via_mcp == via_api and len(via_mcp) == 1
+
+
+def test_a_face_photo_and_a_scored_comparison(mcp_url, reference_files):
+    alice = data_url(reference_files["alice"])
+    error, content = asyncio.run(
+        call(mcp_url, "face", {"prompt": "a portrait", "steps": 1, "reference": [{"image": alice}]})
+    )
+    assert not error, texts(content)
+    assert metadata_of(content)["image_prompts"][0]["mode"] == "face"
+    gold = data_url(reference_files["gold"])
+    error, content = asyncio.run(call(mcp_url, "general_compare", {"prompt": "a vase", "steps": 1, "strengths": "0, 1",
+                                                                   "reference": [{"image": gold}]}))  # fmt: skip
+    assert not error, texts(content)
+    scores = next(json.loads(t) for t in texts(content) if t.startswith("[") and "likeness" in t)
+    assert [s["strength"] for s in scores] == [0, 1] and all("adherence" in s for s in scores)
+    cells = next(json.loads(t) for t in texts(content) if t.startswith('{"images"'))
+    assert [c["caption"] for c in cells["images"]] == ["0", "1"] and cells["images"][0]["url"].startswith("http")
+
+
+def test_bad_images_get_one_clear_message(mcp_url, caplog):
+    cases = {
+        "http://127.0.0.1:9/secret.png": "is not a public address",
+        "data:text/html;base64,PGI+": "a data URL must be base64 with an image type",
+        "data:image/png;base64,***": "not valid base64",
+        "/etc/server-photo.png": "Reference 1 was not uploaded to this app",  # a server path: the boundary's answer
+    }
+    for image, message in cases.items():
+        error, content = asyncio.run(call(mcp_url, "general", {"prompt": "x", "reference": [{"image": image}]}))
+        assert error and message in " ".join(texts(content)), (image, texts(content))
+    assert "Traceback" not in caplog.text
+
+
+def test_each_mcp_session_is_its_own_visitor(mcp_url, engines, reference_files):
+    """Three calls from one agent fill its allowance: its fourth is refused with the reason, another agent gets in;
+    and caches are not shared between agents."""
+    engine = engines["tiny"]
+    gold = data_url(reference_files["gold"])
+    args = {"prompt": "x", "steps": 1, "reference": [{"image": gold}]}
+
+    async def scenario() -> tuple:
+        from mcp import ClientSession
+        from mcp.client.streamable_http import streamablehttp_client
+
         async with (
             streamablehttp_client(mcp_url + "gradio_api/mcp/") as (read, write, _),
-            ClientSession(read, write) as session,
+            ClientSession(read, write) as agent,
         ):
-            await session.initialize()
-            names = [t.name for t in (await session.list_tools()).tools]
-            assert "general" in names and "set_base" not in names
-            result = await session.call_tool("general", {"prompt": "a vase", "steps": 2, "seed": 4})
-            assert not result.isError
-            return str(result.content)
+            await agent.initialize()
+            engine.lock.acquire()  # the GPU is busy: the agent's calls wait in the queue
+            try:
+                held = [asyncio.create_task(agent.call_tool("general", args)) for _ in range(3)]
+                await asyncio.sleep(3)
+                fourth = await agent.call_tool("general", args)
+                other = asyncio.create_task(call(mcp_url, "general", args))
+                await asyncio.sleep(1.5)
+                other_waiting = not other.done()
+            finally:
+                engine.lock.release()
+            firsts = await asyncio.gather(*held)
+            return fourth, await other, other_waiting, firsts
 
-    text = asyncio.run(call())
-    assert ".png" in text and "base default" in text
+    fourth, other, other_waiting, firsts = asyncio.run(scenario())
+    assert fourth.isError and "You already have 3 requests waiting or running" in " ".join(texts(fourth.content))
+    assert other_waiting and not other[0], texts(other[1])  # the other agent was let in, and drew
+    assert all(not r.isError for r in firsts)
+    assert "cache hits 0" in " ".join(texts(other[1]))  # the first agent's cached reference is not shared
+
+
+def test_a_caller_that_hangs_up_does_not_keep_its_job(mcp_url, engines):
+    engine = engines["tiny"]
+    args = {"prompt": "x", "steps": 1, "seed": 3}
+    dropped = GATE.counters["dropped_gone"]
+
+    async def scenario() -> None:
+        engine.lock.acquire()
+        try:
+            ahead = asyncio.create_task(call(mcp_url, "general", args))  # holds the GPU slot, waiting for the lock
+            await asyncio.sleep(2)
+            gone = asyncio.create_task(call(mcp_url, "general", {**args, "seed": 4}))  # queued behind it
+            await asyncio.sleep(2)
+            gone.cancel()  # the agent hangs up: its HTTP request closes
+            with pytest.raises(asyncio.CancelledError):
+                await gone
+            await asyncio.sleep(0.5)
+        finally:
+            engine.lock.release()
+        assert not (await ahead)[0]
+
+    calls = engine.counters["unet_calls"]
+    asyncio.run(scenario())
+    assert GATE.counters["dropped_gone"] == dropped + 1
+    assert engine.counters["unet_calls"] - calls == 1  # the first call's one step; nothing for the one that left
+
+
+def test_fetching_is_bounded(monkeypatch):
+    """URLs are fetched from public addresses only (checked at every hop), at most 25 MB, images only."""
+    monkeypatch.setattr(studio_mcp, "MAX_FETCH_BYTES", 1000)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/redirect":
+                self.send_response(302)
+                self.send_header("Location", "http://10.0.0.1/inside.png")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html" if self.path == "/page" else "image/png")
+            self.end_headers()
+            self.wfile.write(b"x" * (500 if self.path == "/small.png" else 5000))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def loopback_is_public_here(host: str) -> str:  # the test server stands in for a public host
+        if host == "127.0.0.1":
+            return host
+        raise ValueError(f"Hostname {host} failed validation")
+
+    def fetch(path: str) -> tuple[str, bytes]:
+        return asyncio.run(studio_mcp.fetch(base + path, "reference 1", validate=loopback_is_public_here))
+
+    try:
+        assert fetch("/small.png") == ("image/png", b"x" * 500)
+        for path, message in [("/big.png", "over 0 MB"), ("/page", "not an image"),
+                              ("/redirect", "'10.0.0.1' is not a public address")]:  # fmt: skip
+            with pytest.raises(studio_mcp.McpInputError, match=message):
+                fetch(path)
+        with pytest.raises(studio_mcp.McpInputError, match="is not a public address"):
+            asyncio.run(studio_mcp.fetch(base + "/small.png", "reference 1"))  # the real check: loopback refused
+    finally:
+        server.shutdown()
+
+
+def test_behind_a_login_nothing_about_the_api_shows_and_mcp_works_logged_in(engines, reference_files):
+    demo = app.create_app(engines["tiny"])
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, mcp_server=True,
+                            auth=("ada", "s3cret"), **app.launch_options())  # fmt: skip
+    try:
+        assert httpx.get(url + "gradio_api/mcp/schema", timeout=10).status_code == 401
+        page = httpx.get(url, timeout=10).text
+        assert "auth_required" in page and "How much of the reference" not in page and "named_endpoints" not in page
+        refused = httpx.post(url + "gradio_api/mcp/", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert refused.status_code == 401 and "This app asks for a login" in refused.json()["error"]
+        wrong = {"Authorization": "Basic " + base64.b64encode(b"ada:wrong").decode()}
+        assert httpx.get(url + "gradio_api/mcp/schema", headers=wrong, timeout=10).status_code == 401
+        login = {"Authorization": "Basic " + base64.b64encode(b"ada:s3cret").decode()}
+        assert httpx.get(url + "gradio_api/mcp/schema", headers=login, timeout=10).status_code == 200
+        gold = data_url(reference_files["gold"])
+        error, content = asyncio.run(
+            call(url, "general", {"prompt": "x", "steps": 1, "reference": [{"image": gold}]}, headers=login)
+        )
+        assert not error, texts(content)
+        assert metadata_of(content)["references_sha256"]
+        logged_in = httpx.Client()
+        assert logged_in.post(url + "login", data={"username": "ada", "password": "s3cret"}).status_code == 200
+        assert "named_endpoints" in logged_in.get(url).text  # the page is whole once logged in
+    finally:
+        demo.close()

@@ -112,7 +112,9 @@ def test_the_score_image_reads_only_uploaded_files(app_url, outside, planted_lin
         assert not any(e in text for e in ("FileNotFound", "UnidentifiedImage", "IsADirectory")), kind
         messages[kind] = text.replace(path, "PATH")
     if meta:  # Gradio refuses them itself (the upload folder itself passes Gradio's check and meets ours)
-        assert all(any(m in t for m in ("not uploaded by a user", "Invalid file type", REFUSED)) for t in messages.values())
+        assert all(
+            any(m in t for m in ("not uploaded by a user", "Invalid file type", REFUSED)) for t in messages.values()
+        )
     else:  # one message whether the path exists, is missing, is a folder or a link: nothing to learn
         refused = {k: t for k, t in messages.items() if REFUSED in t}
         assert set(refused) >= {"absolute, exists", "absolute, missing", "relative", "grey, exists",
@@ -154,6 +156,32 @@ def test_one_request_has_a_size_cap(client, tmp_path):
         files.append({"image": handle_file(str(path))})
     with pytest.raises(Exception, match="may add up to 64 MB at most"):
         client.predict(prompt="x", reference=files, api_name="/general")
+
+
+def test_one_visitor_keeps_a_bounded_amount_in_the_upload_folder(app_url, monkeypatch):
+    from ui.uploads import UPLOADS
+
+    monkeypatch.setattr(UPLOADS, "per_visitor", 2**20)  # 1 MB per address (256 MB when served)
+    monkeypatch.setattr(UPLOADS, "total", 3 * 2**20)
+
+    def upload(size: int) -> httpx.Response:
+        files = [("files", (f"{uuid.uuid4().hex}.png", os.urandom(size), "image/png"))]
+        return httpx.post(app_url.rstrip("/") + "/gradio_api/upload", files=files, timeout=30)
+
+    stored = []
+    for _ in range(3):  # 3 x 400 KB from one address: the oldest goes to make room for the third
+        response = upload(400 * 2**10)
+        assert response.status_code == 200, response.text
+        stored += response.json()
+    time.sleep(0.5)  # Gradio moves uploads to their final place in the background
+    upload(10)  # metering looks at the disk again
+    assert not os.path.exists(stored[0]) and all(os.path.exists(p) for p in stored[1:])
+    assert UPLOADS.used(visitor="127.0.0.1") <= 2**20
+    too_big = upload(2 * 2**20)
+    assert too_big.status_code == 413
+    assert "one visitor may keep at most 1 MB here" in too_big.json()["detail"]
+    chunked = httpx.post(app_url.rstrip("/") + "/gradio_api/upload", content=iter([b"x"]), timeout=10)
+    assert chunked.status_code == 411  # no size given: refused before anything is written
 
 
 def test_settings_file_cannot_put_markup_into_a_page(client, tmp_path):

@@ -18,6 +18,7 @@ import html
 import inspect
 import logging
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -27,6 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -75,20 +77,22 @@ def as_code(text: str) -> str:
 # ------------------------------------------------------------------------------------------------------ files
 
 
-class UploadedImage(gr.Image):
+def uploaded_image(**kwargs: Any) -> gr.Image:
     """A `gr.Image` input that hands its endpoint the path as sent, undecoded.
 
     gr.Image's own preprocessing opens whatever path it is given (a path without Gradio's `meta` marker is not
     checked against the upload folder) and writes any picture that is not plain RGB into a new file in Gradio's
     cache, which would then look uploaded. Here nothing is opened: the path goes to `boundary` like every other
-    file input (uploads only, one message whether or not it exists), then to the bounded decoder.
+    file input (uploads only, one message whether or not it exists), then to the bounded decoder. (An instance
+    attribute, not a subclass: Gradio writes a .pyi stub next to the module of every Component subclass.)
     """
+    image = gr.Image(**kwargs)
 
-    is_template = True  # the page draws it as a gr.Image
-
-    def preprocess(self, payload: Any) -> str | None:
+    def preprocess(payload: Any) -> str | None:
         return None if payload is None else payload.path
 
+    image.preprocess = preprocess  # type: ignore[method-assign]
+    return image
 
 
 def _paths_in(value: Any) -> list[Any]:
@@ -168,6 +172,44 @@ def client_ip(request: Any) -> str | None:
     return getattr(client, "host", None)
 
 
+# MCP tool calls reach the queue through Gradio's one internal client (one session, the loopback address). The MCP
+# door (ui/mcp.py) stamps each call's HTTP request with who made it: this header, carrying a secret that never
+# leaves this process, travels with the call's queue join (Gradio forwards the caller's headers), so the gate and
+# the caches can tell MCP sessions apart. A header without the secret is ignored.
+MCP_HEADER = "x-studio-mcp"
+INTERNAL_HEADER = "x-studio-internal"  # on the internal client's own requests (its config, its result stream)
+PROCESS_SECRET = secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class McpCaller:
+    """Who made an MCP tool call: its MCP session, its address, and this HTTP request (open while it listens)."""
+
+    session: str
+    ip: str
+    call: str
+
+    def header(self) -> str:
+        return "|".join((PROCESS_SECRET, self.session, self.ip, self.call))
+
+
+def mcp_caller(request: Any) -> McpCaller | None:
+    """The MCP caller stamped on `request` by the MCP door, if any (and only with this process's secret)."""
+    headers = getattr(request, "headers", None) or {}
+    parts = (headers.get(MCP_HEADER) or "").split("|")
+    if len(parts) != 4 or not secrets.compare_digest(parts[0], PROCESS_SECRET):
+        return None
+    return McpCaller(parts[1], parts[2], parts[3])
+
+
+def visitor(request: Any, session: str | None) -> tuple[str | None, str | None]:
+    """(session key, address) a job counts against: an MCP session and its caller's address for MCP calls."""
+    caller = mcp_caller(request)
+    if caller is not None:
+        return f"mcp:{caller.session}", caller.ip
+    return session, client_ip(request)
+
+
 class ClientGate:
     """Per-client limits on queued jobs, and which clients are still listening for their results.
 
@@ -185,20 +227,22 @@ class ClientGate:
         self.per_ip = per_ip
         self.counters: Counter[str] = Counter()  # refused_session, refused_ip, dropped_gone
         self._streams: Counter[str] = Counter()
+        self._calls: Counter[str] = Counter()  # MCP tool calls whose HTTP request is still open
         self._rest_sessions: dict[str, float] = {}  # REST `/call/` jobs: results may be fetched after they finish
         self._joined: dict[str, float] = {}  # when each session last had a job accepted
         self._pruned = 0.0
         self._lock = threading.Lock()
         self.tracking = False  # True once the middleware sees traffic: without it no job is dropped
+        self._queue: Any = None
 
     # -- limits
     def install(self, demo: Any) -> None:
         """Wrap `demo`'s queue so `push` refuses a client over its limits (call after `demo.queue()`)."""
-        queue = demo._queue
+        queue = self._queue = demo._queue
         push = queue.push
 
         async def limited_push(body: Any, request: Any, username: str | None) -> tuple:
-            refusal = self._refusal(queue, body.session_hash, client_ip(request))
+            refusal = self._refusal(queue, *visitor(request, body.session_hash))
             if refusal is not None:
                 return False, refusal, "error"
             result = await push(body, request, username)
@@ -207,6 +251,12 @@ class ClientGate:
             return result
 
         queue.push = limited_push
+
+    def refusal_for(self, request: Any) -> str | None:
+        """Why a job from `request`'s visitor would be refused now (None: it would be let in)."""
+        if self._queue is None:
+            return None
+        return self._refusal(self._queue, *visitor(request, getattr(request, "session_hash", None)))
 
     def _held(self, queue: Any) -> Iterator[Any]:
         for event_queue in queue.event_queue_per_concurrency_id.values():
@@ -219,8 +269,9 @@ class ClientGate:
         for event in self._held(queue):
             if not event.alive:
                 continue
-            by_session += session is not None and event.session_hash == session
-            by_ip += ip is not None and client_ip(event.request) == ip
+            held_session, held_ip = visitor(event.request, event.session_hash)
+            by_session += session is not None and held_session == session
+            by_ip += ip is not None and held_ip == ip
         if by_session >= self.per_session:
             self.counters["refused_session"] += 1
             return f"You already have {by_session} requests waiting or running. Wait for one to finish, then try again."
@@ -259,17 +310,37 @@ class ClientGate:
                     for key in [k for k, since in table.items() if now - since > 3600]:
                         del table[key]
 
+    def call_opened(self, call: str) -> None:
+        with self._lock:
+            self._calls[call] += 1
+
+    def call_closed(self, call: str) -> None:
+        with self._lock:
+            self._calls[call] -= 1
+            if self._calls[call] <= 0:
+                del self._calls[call]
+
     def listening(self, session: str | None) -> bool:
         """Whether a result stream is open for `session` (or it is a REST job, whose results wait for a GET)."""
         with self._lock:
             return session is not None and (self._streams[session] > 0 or session in self._rest_sessions)
 
-    def check_listening(self, session: str | None, grace_s: float = LISTENER_GRACE_S) -> None:
+    def check_listening(
+        self, session: str | None, grace_s: float = LISTENER_GRACE_S, caller: McpCaller | None = None
+    ) -> None:
         """Raise ClientGoneError when nobody listens for this session's results.
 
         A client opens its stream right after joining: the grace runs from the session's last accepted join, so a
-        job that waited in the queue is judged at once and a flood's jobs hold the GPU slot for no time.
+        job that waited in the queue is judged at once and a flood's jobs hold the GPU slot for no time. An MCP
+        call listens while its own HTTP request is open (the internal client's stream always is).
         """
+        if caller is not None and caller.call.startswith("http:"):
+            with self._lock:
+                gone = self._calls[caller.call] <= 0
+            if gone:
+                self.counters["dropped_gone"] += 1
+                raise ClientGoneError()
+            return
         if not self.tracking or session is None:
             return  # served without the middleware (a bare `demo.launch()`), or called directly: nothing to know
         with self._lock:
@@ -390,9 +461,10 @@ def boundary(fn: Callable[..., Any], files: Mapping[str, str] | None = None) -> 
         bound = outer.bind(*args, **kwargs)
         request = bound.arguments.pop("request", None)
         session = getattr(request, "session_hash", None)
-        token = _SCOPE.set(session or "")
+        caller = mcp_caller(request)
+        token = _SCOPE.set(f"mcp:{caller.session}" if caller is not None else session or "")
         try:
-            GATE.check_listening(session)
+            GATE.check_listening(session, caller=caller)
             budget = UploadBudget(max_files(list(files)))
             for name, label in files.items():
                 if name in bound.arguments:

@@ -38,7 +38,7 @@ from .common import (
     write_png,
 )
 from .examples import reference_path
-from .serving import UploadedImage, boundary, escape, visitor_scope
+from .serving import boundary, escape, uploaded_image, visitor_scope
 
 if TYPE_CHECKING:
     from pipelines.engine import Engine
@@ -246,7 +246,7 @@ def build_tab(
                         scores = gr.JSON(label="scores")
                     sweep_settings = gr.File(label="Settings of the sweep (JSON, with its scores)")
                     with gr.Accordion("Score an image (any image, made here or elsewhere)", open=False):
-                        c["image"] = UploadedImage(label="Image to score", type="filepath", format="png")
+                        c["image"] = uploaded_image(label="Image to score", type="filepath", format="png")
                         score_button = gr.Button("Score it against the references and prompt")
                         image_scores = gr.JSON(label="Its scores")
                 with gr.Accordion("Metadata (also stored in the PNG)", open=False, elem_id=f"{mode}-metadata"):
