@@ -256,3 +256,22 @@ def test_behind_a_login_nothing_about_the_api_shows_and_mcp_works_logged_in(engi
         assert "named_endpoints" in logged_in.get(url).text  # the page is whole once logged in
     finally:
         demo.close()
+
+
+def test_the_readme_mcp_example_runs(mcp_url):
+    import contextlib
+    import io
+    import re
+
+    from tests.test_readme import README
+
+    section = README.read_text(encoding="utf-8").split("**MCP:**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "http://127.0.0.1:7860/gradio_api/mcp/" in code
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code.replace("http://127.0.0.1:7860/", mcp_url), "README.md", "exec"), {})
+    first, second = out.getvalue().splitlines()
+    assert first.startswith("File: http") and first.endswith(".png")
+    seed, digest = second.split()
+    assert seed == "7" and len(digest) == 12

@@ -1,0 +1,46 @@
+"""Every private or undocumented name of diffusers and Gradio this project relies on, in one list.
+
+Pinned versions (requirements.txt): diffusers 0.42.1, gradio 6.31.0, mcp 1.30.0. When a pin moves, run
+`python -m pytest tests/test_private_names.py`: it checks each name still exists; then read the places that use
+it. A string list only: nothing here imports the libraries (pipelines/ never imports gradio).
+"""
+
+from __future__ import annotations
+
+# (module, attribute path inside it, where we use it and why)
+PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("diffusers.utils", "_get_model_file", "pipelines/sources.py: resolve one checkpoint file, Hub or local"),
+    (
+        "diffusers.loaders.unet_loader_utils",
+        "_maybe_expand_lora_scales",
+        "pipelines/attention.py: an InstantStyle block map as a weight per attention processor",
+    ),
+    (
+        "diffusers",
+        "UNet2DConditionModel._load_ip_adapter_loras",
+        "pipelines/adapters.py: the FaceID LoRA, converted once and kept in memory",
+    ),
+    (
+        "diffusers",
+        "UNet2DConditionModel._load_ip_adapter_weights",
+        "bench/run.py, bench/stack.py: stock diffusers' adapter load timed as its users run it",
+    ),
+    ("diffusers", "DiffusionPipeline._execution_device", "pipelines/engine.py: encode_prompt's device argument"),
+    ("gradio.context", "Context.root_block", "ui/tab.py: a tab builds its own Blocks only when used alone"),
+    ("gradio.blocks", "Blocks._queue", "ui/serving.py: the gate wraps the queue's push"),
+    (
+        "gradio.queueing",
+        "Queue.event_queue_per_concurrency_id",
+        "ui/serving.py: the jobs each visitor holds, waiting",
+    ),
+    ("gradio.queueing", "Queue.active_jobs", "ui/serving.py: ... and running"),
+    ("gradio.queueing", "Queue.push", "ui/serving.py: replaced by the gate's limited push"),
+    ("gradio.mcp", "GradioMCPServer.StreamableHTTPSessionManager", "ui/mcp.py: MCP sessions kept (stateful)"),
+    ("gradio.mcp", "GradioMCPServer.create_mcp_server", "ui/mcp.py: the tool-call handler wrapped"),
+    ("gradio.mcp", "GradioMCPServer.get_input_schema", "ui/mcp.py: image inputs declared as strings"),
+    ("gradio.mcp", "GradioMCPServer._prepare_tool_call_args", "ui/mcp.py: paths turned into file values"),
+    ("gradio.mcp", "GradioMCPServer.postprocess_output_data", "ui/mcp.py: results as URLs and JSON"),
+    ("gradio.mcp", "Client", "ui/mcp.py: the internal client carries the process secret"),
+    ("mcp.server.lowlevel.server", "Server.request_handlers", "ui/mcp.py: the tool-call handler wrapped"),
+    ("mcp.server.lowlevel.server", "Server._make_error_result", "ui/mcp.py: a refused call's error result"),
+)
