@@ -91,7 +91,7 @@ def bench_sweep(engine, request, repeats: int) -> dict:
         }
     base = out["batched sweep (1 pass)"]["seconds"]
     table(
-        f"5-strength sweep, {request.steps} steps, {request.width}x{request.height}",
+        f"5-strength sweep, {request.settings.steps} steps, {request.settings.width}x{request.settings.height}",
         ["path", "median s", "time / batched", "UNet calls", "encoder calls"],
         [[k, v["seconds"], v["seconds"] / base, v["unet_calls"], v["encoder_calls"]] for k, v in out.items()],
     )
@@ -99,14 +99,14 @@ def bench_sweep(engine, request, repeats: int) -> dict:
 
 
 def bench_cache(engine, request, repeats: int) -> dict:
-    adapter = engine.adapter(request.variant)
+    adapter = engine.adapter(request.primary.variant)
 
     def miss() -> None:
         engine.clear_embed_cache()
-        engine.encoder.embed(adapter.components, request.primary.groups, request.crop, "")
+        engine.encoder.embed(adapter.components, request.primary.groups, request.primary.crop, "")
 
     def hit() -> None:
-        engine.encoder.embed(adapter.components, request.primary.groups, request.crop, "")
+        engine.encoder.embed(adapter.components, request.primary.groups, request.primary.crop, "")
 
     def render_miss() -> None:
         engine.clear_embed_cache()
@@ -165,14 +165,14 @@ def bench_overhead(
     from versus import stock_pipeline  # beside this file: the script's folder is on sys.path
 
     request = request_now()
-    pipe = stock_pipeline(engine, family, request.variant)
-    pipe.set_ip_adapter_scale(request.strength)
+    pipe = stock_pipeline(engine, family, request.primary.variant)
+    pipe.set_ip_adapter_scale(request.primary.strength)
 
     def direct() -> None:
         pipe(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, ip_adapter_image=reference,
-            num_inference_steps=request.steps, guidance_scale=request.guidance, width=request.width,
-            height=request.height, generator=torch.Generator("cpu").manual_seed(request.seed),
+            prompt=request.settings.prompt, negative_prompt=request.settings.negative_prompt, ip_adapter_image=reference,
+            num_inference_steps=request.settings.steps, guidance_scale=request.settings.guidance, width=request.settings.width,
+            height=request.settings.height, generator=torch.Generator("cpu").manual_seed(request.settings.seed),
         )  # fmt: skip
 
     def through_engine() -> None:
@@ -199,7 +199,7 @@ def bench_overhead(
         demo.close()
     base = out["direct diffusers"]
     table(
-        f"Overhead over a direct diffusers call ({steps} steps, {request.width}x{request.height})",
+        f"Overhead over a direct diffusers call ({steps} steps, {request.settings.width}x{request.settings.height})",
         ["path", "median s", "ratio"],
         [[k, v, v / base] for k, v in out.items()],
     )

@@ -161,13 +161,13 @@ def main() -> None:
                                 width=size, height=size, strength=0.5)  # fmt: skip
         for engine in engines.values():
             engine.generate(request)  # load, warm (and compile)
-        pipe = stock_pipeline(engines["engine"], family, request.variant)
+        pipe = stock_pipeline(engines["engine"], family, request.primary.variant)
         eng_dtype = engines["engine"].dtype
 
         def stock(scale: float, images: int = 1) -> None:
             pipe.set_ip_adapter_scale(scale)
-            pipe(prompt=request.prompt, negative_prompt=request.negative_prompt, ip_adapter_image=reference,
-                 num_inference_steps=steps, guidance_scale=request.guidance, width=size, height=size,
+            pipe(prompt=request.settings.prompt, negative_prompt=request.settings.negative_prompt, ip_adapter_image=reference,
+                 num_inference_steps=steps, guidance_scale=request.settings.guidance, width=size, height=size,
                  num_images_per_prompt=images, generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
 
         singles: dict[str, Callable[[], object]] = {"diffusers, 1 image": lambda: stock(0.5)}

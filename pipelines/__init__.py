@@ -1,9 +1,10 @@
 """The image-prompt library: engine, presets, requests. Never imports gradio."""
 
 from . import quiet  # noqa: F401 - first: it silences the loaders' known notes before the imports below trigger them
+from .codec import build_request
 from .errors import ImagePromptError, InvalidRequestError, ModelNotAvailableError, PresetError, ReferenceImageError
 from .presets import FamilySpec, ModePreset, load_families, load_mode_presets
-from .request import GenerationRequest, build_request
+from .request import GenerationRequest
 
 _LAZY = {"Engine": "engine", "GenerationResult": "engine"}  # loads the model libraries: only when first used
 

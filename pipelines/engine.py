@@ -31,12 +31,13 @@ from PIL import Image
 from .adapters import AdapterBank, BaseSlot, LoadedAdapter
 from .attention import PromptScale, prompt_scales
 from .batching import BatchPlanner
+from .codec import describe
 from .encoder import ImageEmbeds, ImagePromptEncoder
 from .errors import GenerationError, InvalidRequestError, ModelNotAvailableError
 from .face import FaceAnalyzer
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import FamilySpec
-from .request import MAX_PROMPT_CHARS, GenerationRequest, ImagePrompt
+from .request import MAX_PROMPT_CHARS, GenerationRequest, ImagePrompt, Sweep
 from .scoring import Scorer, suggest
 from .sources import ModelSource
 
@@ -299,11 +300,11 @@ class Engine:
         pipe = self.pipe
         with torch.inference_mode():
             out = pipe.encode_prompt(
-                prompt=request.full_prompt,
+                prompt=request.settings.full_prompt,
                 device=pipe._execution_device,
                 num_images_per_prompt=1,
                 do_classifier_free_guidance=guided,
-                negative_prompt=request.negative_prompt or None,
+                negative_prompt=request.settings.negative_prompt or None,
             )
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         return {name: value for name, value in zip(names, out, strict=False) if value is not None}
@@ -353,7 +354,7 @@ class Engine:
         self, request: GenerationRequest, on_step: StepCallback | None = None, *, scope: str = ""
     ) -> GenerationResult:
         """Render one image for `request`; `scope` keeps one visitor's cached embeddings apart from others'."""
-        cell = (request.strength,) if request.extra is None else (request.strength, request.extra.strength)
+        cell = tuple(p.strength for p in request.image_prompts)
         sweep = self._run(request, [cell], on_step, scope)
         return GenerationResult(
             sweep.images[0], sweep.cell_metadata[0], sweep.diagnostics, sweep.warnings, sweep.previews
@@ -376,28 +377,25 @@ class Engine:
         References are encoded once; the UNet runs `steps` times per batch, not per cell. `score` also scores every
         cell (likeness, adherence, identity: pipelines/scoring.py) in one batched pass and suggests a cell.
         """
-        strengths = [float(s) for s in (strengths if strengths is not None else request.strengths)]
+        strengths = [float(s) for s in (strengths if strengths is not None else request.sweep.strengths)]
         if not strengths:
             raise ValueError("no strengths given")
-        if request.extra is None:
-            if extra_strengths:
-                raise InvalidRequestError("extra_strengths", "extra_strengths needs an extra image prompt")
-            cells = [(s,) for s in strengths]
-            columns: list[float] = []
-        else:
-            columns = [float(e) for e in (extra_strengths or request.extra_strengths or (request.extra.strength,))]
-            cells = [(s, e) for s in strengths for e in columns]
+        if not request.slots and extra_strengths:
+            raise InvalidRequestError("extra_strengths", "extra_strengths needs an added image prompt")
+        sweep_axes = Sweep(tuple(strengths), tuple(extra_strengths or request.sweep.extra_strengths))
+        cells = sweep_axes.cells(request.image_prompts)
+        columns = [c[1] for c in cells[: len(cells) // len(strengths)]] if request.slots else []
         sweep = self._run(request, cells, on_step, scope, score)
-        sweep.extra_strengths = [c[1] for c in cells] if request.extra is not None else []
+        sweep.extra_strengths = [c[1] for c in cells] if request.slots else []
         sweep.shape = (len(strengths), len(columns) if len(columns) > 1 else 1)
         if len(columns) > 1:
             sweep.metadata["extra_strengths"] = columns
             sweep.metadata["extra_strength"] = None
         sweep.metadata["strengths"] = strengths
         if score and sweep.scores:
-            keys = ("strength",) if request.extra is None else ("strength", "extra_strength")
+            keys = ("strength", "extra_strength")[: len(request.image_prompts)]  # the swept axes
             sweep.scores = [
-                {**dict(zip(keys, cell, strict=True)), **values}
+                {**dict(zip(keys, cell, strict=False)), **values}
                 for cell, values in zip(cells, sweep.scores, strict=True)
             ]
             swept = [""] if len(strengths) > 1 or len(columns) <= 1 else []
@@ -418,11 +416,12 @@ class Engine:
         declared = request.image_prompts
         indices = [i for i, p in enumerate(declared) if p.references]
         prompts = [declared[i] for i in indices]
-        if request.negative_references and 0 not in indices:
+        if request.primary.negative_references and 0 not in indices:
             warnings.append("Negative images act against the tab's own references: add a reference to use them.")
-        if request.extra is not None and not request.extra.references:
-            warnings.append(f"The extra {request.extra.mode} image prompt has no reference: it had no effect.")
-        fast = request.speed == "fast"
+        for n, slot in enumerate(request.slots, 1):
+            if not slot.references:
+                warnings.append(f"Added image prompt {n} ({slot.mode}) has no image: it had no effect.")
+        fast = request.settings.speed == "fast"
         if not prompts:
             self.bank.activate(self._current, None, fast)
             return _Stack([], [], None, [], [], [], []), []
@@ -440,7 +439,7 @@ class Engine:
             warnings += notes
             previews += views or self.encoder.clip_views(single.components, prompt.groups, prompt.crop)
         weights = [self.bank.block_weights(slot, p.block_map) for p in prompts]
-        masks = [region_mask(p.region, request.width, request.height) for p in prompts]
+        masks = [region_mask(p.region, request.settings.width, request.settings.height) for p in prompts]
         return _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks), previews
 
     def _run(
@@ -452,18 +451,18 @@ class Engine:
         score: bool = False,
     ) -> SweepResult:
         """Render `cells` (one strength per declared image prompt each) in batched passes from the same noise."""
-        self._check_base(request.base)  # a request built without `build_request` is checked here too
+        self._check_base(request.settings.base)  # a request built without `build_request` is checked here too
         prompt_warnings = self.prompt_warnings(request)  # outside the engine lock: it never waits for a render
         with self.lock:
-            self._ensure_base(request.base)
+            self._ensure_base(request.settings.base)
             start = time.perf_counter()
             before = Counter(self.counters)
             faces_before = self.encoder.face_detections
             if self.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            guided = request.guidance > 1
+            guided = request.settings.guidance > 1
             warnings: list[str] = list(prompt_warnings)
-            if not request.prompt:
+            if not request.settings.prompt:
                 warnings.append("The prompt is empty: the image comes from the image prompt (and the mode) alone.")
             if not any(p.references for p in request.image_prompts):
                 warnings.append("No reference image was given: the strength had no effect (a text-only image).")
@@ -472,10 +471,10 @@ class Engine:
             stack, previews = self._stack(request, scope, warnings)
             bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
             chunks = [cells[a:b] for a, b in itertools.pairwise(bounds)]
-            total_steps = request.steps * len(chunks)
+            total_steps = request.settings.steps * len(chunks)
             images: list[Image.Image] = []
             for n, chunk in enumerate(chunks):
-                offset = n * request.steps
+                offset = n * request.settings.steps
 
                 def denoise(chunk: list = chunk, offset: int = offset) -> list[Image.Image]:
                     return self._denoise(request, text, chunk, stack, offset, total_steps, on_step)
@@ -507,8 +506,8 @@ class Engine:
                 "images": len(cells),
                 "image_prompts": len(stack.prompts),
                 "device": self.device,
-                "base": request.base,
-                "speed": request.speed,
+                "base": request.settings.base,
+                "speed": request.settings.speed,
             }
             if score_seconds is not None:
                 diagnostics["score_seconds"] = score_seconds
@@ -531,15 +530,15 @@ class Engine:
         """
         if self.max_batch:
             return [min(self.max_batch, n - i) for i in range(0, n, self.max_batch)], False
-        guided = request.guidance > 1
-        key = (request.width, request.height, str(self.dtype), guided, request.base)
+        guided = request.settings.guidance > 1
+        key = (request.settings.width, request.settings.height, str(self.dtype), guided, request.settings.base)
         measured = []
 
         def measure(batch: int) -> float:
             unet_calls = self.counters["unet_calls"]
-            self.bank.activate(self._current, None, request.speed == "fast")
-            run = dict(text, width=request.width, height=request.height, num_inference_steps=1,
-                       guidance_scale=request.guidance, output_type="latent")  # fmt: skip
+            self.bank.activate(self._current, None, request.settings.speed == "fast")
+            run = dict(text, width=request.settings.width, height=request.settings.height, num_inference_steps=1,
+                       guidance_scale=request.settings.guidance, output_type="latent")  # fmt: skip
             try:
                 if not measured:
                     self.pipe(**run, num_images_per_prompt=1)  # warm-up: first-use allocations are not the batch's
@@ -608,7 +607,8 @@ class Engine:
         tokenizer = self._warning_tokenizer
         limit = tokenizer.model_max_length - 2  # start and end tokens
         out = []
-        for label, text in (("prompt", request.full_prompt), ("negative prompt", request.negative_prompt)):
+        settings = request.settings
+        for label, text in (("prompt", settings.full_prompt), ("negative prompt", settings.negative_prompt)):
             prefix = text[:WARNING_PREFIX_CHARS]
             with self._warning_lock:
                 ids = tokenizer(prefix, add_special_tokens=False, truncation=False).input_ids
@@ -637,7 +637,7 @@ class Engine:
         on_step: StepCallback | None,
     ) -> list[Image.Image]:
         """One batched denoising pass: one sample per cell, sharing prompt, noise and image prompts."""
-        guided = request.guidance > 1
+        guided = request.settings.guidance > 1
         batch = len(cells)
         kwargs: dict[str, Any] = {}
         face_plus = []  # FaceID Plus projections read CLIP features from module attributes (diffusers' API)
@@ -653,14 +653,14 @@ class Engine:
                     layer.shortcut_scale = 1.0 if structure is None else structure
                     face_plus.append(layer)
             per_prompt = []
-            scale = self.family.fast.strength_scale if request.speed == "fast" else 1.0
+            scale = self.family.fast.strength_scale if request.settings.speed == "fast" else 1.0
             for n, prompt in enumerate(stack.prompts):
-                start, stop = step_window(prompt, request.steps)
+                start, stop = step_window(prompt, request.settings.steps)
                 strengths = [cell[stack.indices[n]] * scale for cell in cells]
                 per_prompt.append(PromptScale(strengths, stack.weights[n], start, stop, stack.masks[n]))
             scales = prompt_scales(per_prompt, guided, self.device, self.dtype, stack.prompt_of)
         slot = self._current
-        if request.speed == "fast":  # the few-step LoRA's sampler, for this call only (all under the lock)
+        if request.settings.speed == "fast":  # the few-step LoRA's sampler, for this call only (all under the lock)
             self.pipe.scheduler = self.bank.fast_scheduler(slot)
         try:
             with scales if scales is not None else nullcontext() as active:
@@ -676,10 +676,10 @@ class Engine:
 
                 out = self.pipe(
                     **text,
-                    num_inference_steps=request.steps,
-                    guidance_scale=request.guidance,
-                    width=request.width,
-                    height=request.height,
+                    num_inference_steps=request.settings.steps,
+                    guidance_scale=request.settings.guidance,
+                    width=request.settings.width,
+                    height=request.settings.height,
                     num_images_per_prompt=batch,
                     latents=self.initial_latents(request, batch),
                     output_type="np",
@@ -703,14 +703,16 @@ class Engine:
     def initial_latents(self, request: GenerationRequest, batch: int = 1) -> torch.Tensor:
         """Seeded noise drawn on the CPU (identical on every device), repeated for each sample of a batch."""
         scale = self.pipe.vae_scale_factor
-        shape = (1, self.pipe.unet.config.in_channels, request.height // scale, request.width // scale)
-        generator = torch.Generator("cpu").manual_seed(request.seed)
+        settings = request.settings
+        shape = (1, self.pipe.unet.config.in_channels, settings.height // scale, settings.width // scale)
+        generator = torch.Generator("cpu").manual_seed(request.settings.seed)
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         return noise.repeat(batch, 1, 1, 1).to(self.device, self.dtype)
 
     def _metadata(self, request: GenerationRequest, stack: _Stack, cell: tuple[float, ...]) -> dict[str, Any]:
         """Everything needed to reproduce the image of `cell` (one strength per declared image prompt)."""
         adapter = stack.adapter
+        fast = request.settings.speed == "fast"
         ids = {
             index: self.bank.get(self._current, prompt.variant).id
             for index, prompt in zip(stack.indices, stack.prompts, strict=True)
@@ -723,13 +725,13 @@ class Engine:
         meta = {
             "schema": SCHEMA_VERSION,
             "app": APP_NAME,
-            **request.describe(),
+            **describe(request),
             "strength": cell[0],
             "strengths": None,
             "extra_strengths": None,
             "image_prompts": prompts,
             "model_family": self.family.name,
-            "base_model": self.family.bases[request.base],
+            "base_model": self.family.bases[request.settings.base],
             "adapter": adapter.id if adapter else None,
             "image_encoder": (
                 " + ".join(
@@ -742,14 +744,16 @@ class Engine:
                 else None
             ),
             "face_model": self.family.faces.pack if adapter and adapter.uses_faces else None,
-            "scheduler": self.family.fast.scheduler if request.speed == "fast" else type(self.pipe.scheduler).__name__,
-            "speed": request.speed,
-            "fast_lora": self.family.fast.id if request.speed == "fast" else None,
-            "strength_scale": self.family.fast.strength_scale if request.speed == "fast" else 1.0,
+            "scheduler": self.family.fast.scheduler if fast else type(self.pipe.scheduler).__name__,
+            "speed": request.settings.speed,
+            "fast_lora": self.family.fast.id if fast else None,
+            "strength_scale": self.family.fast.strength_scale if request.settings.speed == "fast" else 1.0,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.split(":")[0],
             "packages": package_versions(),
         }
-        if request.extra is not None:
+        if request.slots:
             meta["extra_strength"] = cell[1]
+            for n, slot in enumerate(meta["slots"]):
+                slot["strength"] = cell[n + 1]
         return meta

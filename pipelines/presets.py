@@ -30,7 +30,8 @@ FAST_SCHEDULERS = ("EulerDiscreteScheduler", "DDIMScheduler", "LCMScheduler", "T
 SPEEDS = ("quality", "fast")
 MAX_GRID_CELLS = 25  # cells of a 2-D comparison (5 x 5)
 REGIONS = ("whole", "left", "right", "top", "bottom")  # where an image prompt acts
-EXTRA_MODES = ("none", "general", "face", "style")  # kinds of the one more image prompt a request can carry
+EXTRA_MODES = ("none", "general", "face", "style")  # `extra_mode`: the shorthand for one added image prompt
+SLOT_MODES = ("general", "face", "style")  # kinds of image prompt a request can add after the tab's own
 
 # Hard limits that no preset may widen: they protect the server, whatever a preset says.
 HARD_LIMITS = {

@@ -7,7 +7,8 @@ The measures of the IP-Adapter paper, on the models the app already has:
   the text half of the same CLIP model (loaded on first use); null without a prompt;
 - `identity` (face prompts): the ArcFace cosine between the image's largest face and the reference identity, through
   the same insightface pack; null, with a note, when the image shows no face;
-- `extra_likeness` / `extra_identity`: the same for the extra image prompt.
+- `extra_likeness` / `extra_identity`: the same for the first added image prompt (`slot2_likeness`, ... for
+  the others).
 
 Every image is seen centre-cropped to a square (the encoder's own preprocessing), references too, so an image scored
 against itself has likeness 1. A sweep's cells and any reference not yet embedded go through the encoder together,
@@ -127,12 +128,12 @@ class Scorer:
         out: list[dict[str, float | None]] = [{} for _ in images]
         notes: list[str] = []
         for n, (prompt, group_embeds) in enumerate(zip(prompts, refs, strict=True)):
-            prefix = "" if n == 0 else "extra_"
+            prefix = "" if n == 0 else "extra_" if n == 1 else f"slot{n}_"  # slot 1 keeps the extra_* names
             likeness = (cells @ group_embeds.T).mean(dim=1) if len(group_embeds) else None
             for i, row in enumerate(out):
                 row[f"{prefix}likeness"] = _round(likeness[i]) if likeness is not None else None
             if n == 0:
-                text = self._text_embedding(request.prompt) if request.prompt else None
+                text = self._text_embedding(request.settings.prompt) if request.settings.prompt else None
                 for i, row in enumerate(out):
                     row["adherence"] = _round(cells[i] @ text) if text is not None else None
                 if text is None:

@@ -13,11 +13,13 @@ from typing import Any
 
 from PIL import Image
 
+from .codec import build_request, describe
 from .errors import InvalidRequestError, shown
+from .images import ReferenceImage
 from .metadata import PNG_KEY, SCHEMA_VERSION
 from .parameters import SETTINGS_TYPES
 from .presets import MODES, ModePreset
-from .request import GenerationRequest, build_request
+from .request import GenerationRequest
 
 # The keys a person sets, with the JSON type each must have: the parameters of `pipelines.parameters` (the API's
 # keyword names and the PNG metadata fields), less the image inputs.
@@ -32,7 +34,11 @@ _PHRASES = {
     "integer": "a whole number",
     "true or false": "true or false",
     "numbers": "a list of numbers",
+    "slots": "a list of image-prompt objects",
 }
+
+
+_PLACEHOLDER = ReferenceImage(Image.new("RGB", (1, 1)), "placeholder")  # stands for an image a file cannot hold
 
 
 class SettingsFileError(InvalidRequestError):
@@ -44,7 +50,7 @@ class SettingsFileError(InvalidRequestError):
 
 def settings_of(request: GenerationRequest) -> dict[str, Any]:
     """A settings file for `request` (what a person can load back into a tab)."""
-    described = request.describe()
+    described = describe(request)
     return {"schema": SCHEMA_VERSION, "mode": request.mode, **{k: described[k] for k in SETTINGS_KEYS}}
 
 
@@ -64,6 +70,8 @@ def _depth(data: Any) -> int:
 def _type_ok(kind: str, value: Any) -> bool:
     if kind == "numbers":
         return isinstance(value, list) and all(_type_ok("number", v) for v in value)
+    if kind == "slots":  # each slot's values are checked when the request is built
+        return isinstance(value, list) and all(isinstance(v, dict) for v in value)
     if kind == "text":
         return isinstance(value, str)
     if kind == "true or false":
@@ -103,13 +111,22 @@ def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, 
     do not apply (an extra prompt's values without its `extra_mode`, a grid's sweep as lists).
     """
     values = {k: v for k, v in values.items() if k in SETTINGS_TYPES}
+    if values.get("slots"):  # a file made here also describes slot 1 as extra_*: `slots` holds them all
+        values = {k: v for k, v in values.items() if not k.startswith("extra_") or k == "extra_strengths"}
+        # The images are not in the file: the slots are checked as if each had its images.
+        values["slot_images"] = [_PLACEHOLDER] * sum(_count(s) for s in values["slots"])
     try:
         request = build_request(preset, **{"prompt": "", **values})
     except InvalidRequestError as e:
         raise SettingsFileError(str(e)) from e
     clean = settings_of(request)
-    implied = FAST_IMPLIED if request.speed == "fast" else ()  # fast mode's steps and guidance are the LoRA's
-    return {key: clean[key] for key in values if clean[key] is not None and key not in implied}
+    implied = FAST_IMPLIED if request.settings.speed == "fast" else ()  # fast mode's steps and guidance are the LoRA's
+    return {key: clean[key] for key in values if key in clean and clean[key] is not None and key not in implied}
+
+
+def _count(slot: dict[str, Any]) -> int:
+    images = slot.get("images", 1)
+    return images if isinstance(images, int) and not isinstance(images, bool) and 0 <= images <= 8 else 0
 
 
 def _png_text(path: Path) -> str | None:

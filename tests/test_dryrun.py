@@ -63,7 +63,7 @@ def test_every_named_checkpoint_loads_and_steps(mirrored, presets, gold):
         assert np.isfinite(np.asarray(result.image, dtype=np.float32)).all()
         assert result.diagnostics["unet_calls"] == 1
         if mode == "style":
-            weights = engine.block_weights(request.block_map)  # the preset maps address the real UNet's layers
+            weights = engine.block_weights(request.primary.block_map)  # the preset maps address the real UNet's layers
             # style + layout: one attention of each block, 1 transformer layer (SD1.5) or 10 (SDXL) each
             assert sum(1 for w in weights.values() if w) == {"sd15": 2, "sdxl": 20}[name]
     # Stacked at the real shapes: a face (FaceID Plus v2, its LoRA on) on the left, a style on the right, with a

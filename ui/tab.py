@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from gradio.context import Context
 
+from pipelines.codec import build_request, parse_strengths
 from pipelines.errors import ImagePromptError, InvalidRequestError
 from pipelines.grid import make_grid
 from pipelines.images import load_reference
@@ -23,7 +24,7 @@ from pipelines.metadata import save_png
 from pipelines.parameters import BY_NAME, parameters_for
 from pipelines.plot import score_plot
 from pipelines.presets import CROP_MODES, EXTRA_MODES, MAX_GRID_CELLS, REGIONS, ModePreset, preset_for
-from pipelines.request import GenerationRequest, build_request, parse_strengths
+from pipelines.request import GenerationRequest
 from pipelines.settings import settings_of
 
 from .common import (
@@ -264,7 +265,7 @@ def build_tab(
             result_ = engine.generate(request, on_step=_progress_callback(progress), scope=visitor_scope())
             path = write_png(result_.image, result_.metadata)
             report = format_diagnostics(result_.diagnostics, result_.warnings)
-            return path, request.seed, report, result_.metadata, result_.previews
+            return path, request.settings.seed, report, result_.metadata, result_.previews
 
         def sweep(values: dict[str, Any], progress: Any) -> tuple:
             request = request_from(preset, {**values, "strengths": values.get("strengths") or preset.compare})
@@ -276,7 +277,7 @@ def build_tab(
             if columns > 1:  # a 2-D grid: rows = strengths, columns = the extra prompt's strengths
                 captions = [f"{s:g} × {e:g}" for s, e in zip(out.strengths, out.extra_strengths, strict=True)]
                 labels = [
-                    f"{mode} {s:g} · {request.extra.mode} {e:g}"
+                    f"{mode} {s:g} · {request.slots[0].mode} {e:g}"
                     for s, e in zip(out.strengths, out.extra_strengths, strict=True)
                 ]
             else:
@@ -300,7 +301,8 @@ def build_tab(
             settings_path = output_path(f"{mode}-sweep", ".json")
             sweep_file = {**settings_of(request), "scores": out.scores or None, "suggested": out.suggested}
             settings_path.write_text(json.dumps(sweep_file, indent=1, ensure_ascii=False), encoding="utf-8")
-            return (gallery, slider, str(grid), request.seed, report, out.metadata, out.scores, out.suggested, chart,
+            seed = request.settings.seed
+            return (gallery, slider, str(grid), seed, report, out.metadata, out.scores, out.suggested, chart,
                     str(settings_path))  # fmt: skip
 
         def score_image(values: dict[str, Any], progress: Any) -> dict:
@@ -322,9 +324,9 @@ def build_tab(
 
         def encoder_view(values: dict[str, Any], progress: Any) -> list:
             request = request_from(preset, values)
-            if not request.references:
+            if not request.primary.references:
                 return []  # nothing to see (and nothing stale left showing)
-            return engine.encoder_preview(request, request.variant, scope=visitor_scope())
+            return engine.encoder_preview(request, request.primary.variant, scope=visitor_scope())
 
         def duration(images: int) -> Callable[[dict[str, Any], Any], int]:
             def estimate(values: dict[str, Any], progress: Any) -> int:

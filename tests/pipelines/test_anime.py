@@ -21,9 +21,9 @@ def face() -> Image.Image:
 
 def test_prompt_template(anime):
     request = build_request(anime, prompt="in a night market")
-    assert request.full_prompt == "in a night market, anime style"
-    assert request.prompt == "in a night market"  # metadata keeps what the person wrote
-    assert build_request(anime, prompt="").full_prompt == "anime style"
+    assert request.settings.full_prompt == "in a night market, anime style"
+    assert request.settings.prompt == "in a night market"  # metadata keeps what the person wrote
+    assert build_request(anime, prompt="").settings.full_prompt == "anime style"
 
 
 def test_plus_face_needs_a_close_up(engines, anime, gold):

@@ -72,7 +72,9 @@ def test_the_engine_measures_once_and_every_cell_still_equals_its_single_render(
     assert first.diagnostics["batch_choice"] == "measured now" and again.diagnostics["batch_choice"] == "measured"
     plan = [int(b) for b in first.diagnostics["batch_plan"].split("+")]
     assert sum(plan) == 5 and first.diagnostics["batches"] == len(plan)
-    assert first.diagnostics["unet_calls"] == request.steps * len(plan)  # measuring passes are not the request's
+    assert first.diagnostics["unet_calls"] == request.settings.steps * len(
+        plan
+    )  # measuring passes are not the request's
     for strength, cell in zip(strengths, first.images, strict=True):
         single = engine.generate(build_request(preset, prompt="a cat", seed=3, references=[gold], steps=2,
                                                strength=strength)).image  # fmt: skip

@@ -82,7 +82,7 @@ def test_a_render_returns_what_the_encoder_saw(engines, presets):
     tall = Image.new("RGB", (30, 90), (20, 160, 220))
     request = build_request(presets["general"]["tiny"], prompt="x", references=[tall], crop="pad", steps=1)
     (seen,) = engine.generate(request).previews
-    (preview,) = engine.encoder_preview(request, request.variant)
+    (preview,) = engine.encoder_preview(request, request.primary.variant)
     assert seen.size == preview.size and seen.size[0] == seen.size[1]
     assert np.array_equal(np.asarray(seen), np.asarray(preview))
     assert np.asarray(seen)[0, 0].tolist() == [128, 128, 128]  # the grey padding, not the picture

@@ -28,13 +28,13 @@ def direct_pipeline(engine: Engine):
 
 def direct_call(pipe, request, **kwargs):
     return pipe(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        num_inference_steps=request.steps,
-        guidance_scale=request.guidance,
-        width=request.width,
-        height=request.height,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
+        prompt=request.settings.prompt,
+        negative_prompt=request.settings.negative_prompt,
+        num_inference_steps=request.settings.steps,
+        guidance_scale=request.settings.guidance,
+        width=request.settings.width,
+        height=request.settings.height,
+        generator=torch.Generator("cpu").manual_seed(request.settings.seed),
         **kwargs,
     ).images[0]
 

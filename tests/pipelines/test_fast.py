@@ -37,7 +37,10 @@ def test_fast_uses_the_loras_steps_without_guidance(engines, presets, family, go
     engine = engines[family]
     fast = engine.family.fast
     req = request(presets, family, reference=[gold], speed="fast", steps=20, guidance=7)
-    assert (req.steps, req.guidance) == (fast.steps, fast.guidance)  # the LoRA's sampling, not the sliders'
+    assert (req.settings.steps, req.settings.guidance) == (
+        fast.steps,
+        fast.guidance,
+    )  # the LoRA's sampling, not the sliders'
     result = []
     rows = rows_per_call(engine, lambda: result.append(engine.generate(req)))
     assert rows == [1] * fast.steps  # one row per image: no classifier-free guidance doubling

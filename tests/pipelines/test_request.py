@@ -17,8 +17,10 @@ def preset(presets):
 
 def test_defaults_come_from_the_preset(preset):
     r = build_request(preset, prompt="a cat")
-    assert (r.strength, r.steps, r.guidance, r.width, r.height) == (0.5, 4, 5.0, 64, 64)
-    assert r.variant == "plain" and r.negative_prompt == preset.negative_prompt and r.references == ()
+    s = r.settings
+    assert (r.primary.strength, s.steps, s.guidance, s.width, s.height) == (0.5, 4, 5.0, 64, 64)
+    assert r.primary.variant == "plain" and s.negative_prompt == preset.negative_prompt and r.primary.references == ()
+    assert r.slots == () and r.sweep.strengths == ()
 
 
 @pytest.mark.parametrize(
@@ -45,12 +47,12 @@ def test_bad_values_are_named(preset, field, value, message):
 
 def test_sizes_snap_to_multiples_of_8(preset):
     r = build_request(preset, prompt="x", width=101, height=70)
-    assert (r.width, r.height) == (96, 64)
+    assert (r.settings.width, r.settings.height) == (96, 64)
 
 
 def test_control_characters_are_dropped(preset):
     r = build_request(preset, prompt="  a\x00 cat\x1b 🐱\nin snow  ")
-    assert r.prompt == "a cat 🐱\nin snow"
+    assert r.settings.prompt == "a cat 🐱\nin snow"
 
 
 def test_too_many_references(preset, gold):

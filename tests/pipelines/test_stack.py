@@ -75,10 +75,10 @@ def test_regions_equal_diffusers_ip_adapter_masks(engines, presets, family, gold
     ours = image(engines, presets, family, reference=[gold], strength=1.0, region="left", extra_mode="general",
                  extra_reference=[blue], extra_strength=1.0, extra_region="right")  # fmt: skip
     req = request(presets, family)
-    left = Image.new("L", (req.width, req.height), 0)
-    left.paste(255, (0, 0, req.width // 2, req.height))
+    left = Image.new("L", (req.settings.width, req.settings.height), 0)
+    left.paste(255, (0, 0, req.settings.width // 2, req.settings.height))
     right = Image.eval(left, lambda v: 255 - v)
-    masks = IPAdapterMaskProcessor().preprocess([left, right], height=req.height, width=req.width)
+    masks = IPAdapterMaskProcessor().preprocess([left, right], height=req.settings.height, width=req.settings.width)
     pipe = stock_pair(engine, ["plain", "plain"])
     pipe.set_ip_adapter_scale([1.0, 1.0])
     stock = direct_call(pipe, req, ip_adapter_image=[gold, blue],
@@ -134,7 +134,7 @@ def test_start_must_come_before_stop(presets):
         ({"extra_mode": "anime"}, r"extra_mode 'anime' is not one of \['none', 'general', 'face', 'style'\]"),
         ({"region": "middle"}, r"region 'middle' is not one of \['whole', 'left', 'right', 'top', 'bottom'\]"),
         ({"extra_mode": "face", "extra_variant": "plus"}, r"extra_variant 'plus' is not one of \['faceid'"),
-        ({"extra_strengths": "0, 1"}, "extra_strengths sweeps the extra image prompt: choose an extra_mode first"),
+        ({"extra_strengths": "0, 1"}, "extra_strengths sweeps the first added image prompt: add one"),
         ({"extra_mode": "style", "extra_strength": 9}, r"extra_strength = 9.0 is outside \[0.0, 1.5\]"),
         ({"extra_mode": "style", "strengths": "0,.2,.4,.6,.8,1", "extra_strengths": "0,.2,.4,.6,.8"},
          "6 x 5 = 30 cells; at most 25"),
@@ -178,7 +178,7 @@ def test_two_dimensional_grid_cells_equal_single_renders(engines, presets, gold,
     req = request(presets, family, strengths="0, 0.5, 1", extra_strengths="0, 0.6, 1.2", **stack)
     calls = engine.counters["unet_calls"]
     sweep = engine.generate_sweep(req)
-    assert engine.counters["unet_calls"] - calls == 2 * req.steps  # 9 cells in passes of 8 + 1, not 9 renders
+    assert engine.counters["unet_calls"] - calls == 2 * req.settings.steps  # 9 cells in passes of 8 + 1, not 9 renders
     assert sweep.shape == (3, 3) and len(sweep.images) == 9
     assert sweep.strengths == [0, 0, 0, 0.5, 0.5, 0.5, 1, 1, 1]
     assert sweep.extra_strengths == [0, 0.6, 1.2] * 3

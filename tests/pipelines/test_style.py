@@ -15,7 +15,7 @@ LAYOUT_LAYER = "down_blocks.2.attentions.1.transformer_blocks.0.attn2.processor"
 
 def layers_that_used_the_image_prompt(engine, request) -> set[str]:
     """Run `request` and return the processors whose IP-Adapter projections actually ran."""
-    adapter = engine.adapter(request.variant)
+    adapter = engine.adapter(request.primary.variant)
     used: set[str] = set()
     hooks = [
         proc.to_k_ip[0].register_forward_hook(lambda *a, name=name: used.add(name))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines import Engine, InvalidRequestError, build_request
-from pipelines.request import parse_strengths
+from pipelines.codec import parse_strengths
 from tests.conftest import pixels
 
 STRENGTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -29,7 +29,7 @@ def test_cells_equal_single_renders(engines, presets, family, variant):
     sweep = engine.generate_sweep(request, STRENGTHS)
 
     d = sweep.diagnostics
-    assert (d["encoder_calls"], d["unet_calls"], d["batches"], d["batch_size"]) == (1, request.steps, 1, 5)
+    assert (d["encoder_calls"], d["unet_calls"], d["batches"], d["batch_size"]) == (1, request.settings.steps, 1, 5)
     none = pixels(engine.generate(build_request(preset, prompt="a cat", seed=3)).image)
     assert np.array_equal(pixels(sweep.images[0]), none)  # strength 0 in a sweep: exactly no image prompt
     for strength, cell, meta in zip(sweep.strengths, sweep.images, sweep.cell_metadata, strict=True):
@@ -44,7 +44,7 @@ def test_large_sweeps_split_into_batches(families, tiny_root, presets):
     engine = Engine(families["tiny"], tiny_root=tiny_root, max_batch=2)
     request = build_request(presets["general"]["tiny"], prompt="x", seed=5, references=[fresh_reference(2)])
     split = engine.generate_sweep(request, STRENGTHS)
-    assert (split.diagnostics["batches"], split.diagnostics["unet_calls"]) == (3, 3 * request.steps)
+    assert (split.diagnostics["batches"], split.diagnostics["unet_calls"]) == (3, 3 * request.settings.steps)
     assert split.diagnostics["encoder_calls"] == 1
     whole = Engine(families["tiny"], tiny_root=tiny_root, max_batch=8).generate_sweep(request, STRENGTHS)
     for a, b in zip(split.images, whole.images, strict=True):
