@@ -25,11 +25,11 @@ import torch
 import pipelines
 from pipelines import ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
-from pipelines.settings import FAST_IMPLIED, SETTINGS_KEYS, read_settings_file, validated_settings
 from ui import anime, face, general, style
-from ui.common import IO_CONCURRENCY
+from ui.endpoints import Studio
+from ui.loader import load_settings_panel
 from ui.mcp import door_middleware, install_mcp
-from ui.serving import GATE, GRADIO_CACHE_LIMITS, as_code, boundary
+from ui.serving import GATE, GRADIO_CACHE_LIMITS
 from ui.tab import TabHandle
 from ui.uploads import UPLOADS
 
@@ -61,76 +61,19 @@ TABS = (
 def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESETS) -> gr.Blocks:
     """All tabs on one engine, and a settings loader that fills whichever tab a file belongs to."""
     family = engine.family.name
+    studio = Studio.of(engine)  # what the tabs call: generate, sweep, preview, score
     with gr.Blocks(title="Image-prompt studio", delete_cache=GRADIO_CACHE_LIMITS) as demo:
         gr.Markdown(
             f"# Image-prompt studio\nA text prompt plus a reference image. Strength decides how much of the "
             f"reference carries over. Models: the **{family}** family on {engine.device}; each result says which "
             "base model drew it."
         )
-        with gr.Accordion("Load settings (a PNG made here, or a settings file)", open=False):
-            settings_file = gr.File(label="Drop a PNG or .json", file_types=[".png", ".json"], type="filepath")
-            settings_status = gr.Markdown()
-        handles = []
+        handles: list[TabHandle] = []
         with gr.Tabs() as tabs:
             for mode, title, module in TABS:
                 with gr.Tab(title, id=mode, elem_id=f"tab-{mode}"):
-                    handles.append(module.create_demo(engine, presets[mode][family]))
-        targets = [(h, name) for h in handles for name in h.controls if name in SETTINGS_KEYS]
-        sweeps = ("strengths", "extra_strengths")  # lists in settings files, comma-separated text in the UI
-
-        loaded = gr.JSON(visible=False)  # what the API returns; the page's controls are filled from it
-
-        def load_settings(path: list[str]) -> tuple[str, dict]:
-            """Read a PNG made here or a settings file: (a note for the person, the validated settings)."""
-            if not path:
-                raise gr.Error("Choose a PNG made here or a settings file.")
-            mode, raw = read_settings_file(path[0])
-            preset = presets[mode][family]
-            values = validated_settings(preset, raw)  # this family's bounds; cleaned text; the sweep parsed
-            strengths = values.pop("strengths", None)  # a comparison grid PNG: its sweep
-            extra_strengths = values.pop("extra_strengths", None)  # ... and a 2-D grid's columns
-            shown = {name for h, name in targets if h.mode == mode and name not in sweeps}
-            implied = set(FAST_IMPLIED) if values.get("speed") == "fast" else set()  # the LoRA's, not the sliders'
-            missing = sorted(shown - set(values) - implied)
-            note = f"Loaded **{mode}** settings (seed {values.get('seed', 'random')}). Add the reference images again."
-            if strengths:
-                note += f" Comparison strengths: {', '.join(f'{v:g}' for v in strengths)}."
-            if extra_strengths:
-                note += f" Extra prompt strengths: {', '.join(f'{v:g}' for v in extra_strengths)}."
-            if missing:
-                note += f" Not in the file, left as they were: {', '.join(as_code(m) for m in missing)}."
-            data = {"mode": mode, "settings": values, "strengths": strengths, "missing": missing}
-            data["extra_strengths"] = extra_strengths
-            return note, data
-
-        def fill_controls(data: dict) -> list:
-            """Put loaded settings into their tab's controls; every other control stays as it is."""
-            mode = data["mode"]
-            values = {**data["settings"], **{k: data.get(k) for k in sweeps}}
-
-            def value(h: TabHandle, name: str) -> object:
-                if h.mode != mode or values.get(name) is None:
-                    return gr.skip()
-                if name in sweeps:
-                    return ", ".join(f"{v:g}" for v in values[name])
-                return values[name]
-
-            return [gr.Tabs(selected=mode), *[value(h, name) for h, name in targets]]
-
-        # A failed load raises before `.success`: the controls are left untouched (no error on each of them).
-        settings_file.upload(
-            boundary(load_settings, files={"path": "settings file"}),
-            inputs=settings_file,
-            outputs=[settings_status, loaded],
-            api_name="load_settings",
-            **IO_CONCURRENCY,
-        ).success(
-            fill_controls,
-            inputs=loaded,
-            outputs=[tabs, *[h.controls[name] for h, name in targets]],
-            api_visibility="private",
-            queue=False,
-        )
+                    handles.append(module.create_demo(studio, presets[mode][family]))
+        load_settings_panel(presets, family, handles, tabs)
     demo.queue(max_size=QUEUE_SIZE)
     install_mcp()  # images, sessions and logins for the MCP tools (ui/mcp.py); nothing changes while MCP is off
     GATE.install(demo)  # one client holds a few queued jobs at most; others still get in while it floods

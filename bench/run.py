@@ -168,11 +168,13 @@ def bench_overhead(
     pipe = stock_pipeline(engine, family, request.primary.variant)
     pipe.set_ip_adapter_scale(request.primary.strength)
 
+    s = request.settings
+
     def direct() -> None:
         pipe(
-            prompt=request.settings.prompt, negative_prompt=request.settings.negative_prompt, ip_adapter_image=reference,
-            num_inference_steps=request.settings.steps, guidance_scale=request.settings.guidance, width=request.settings.width,
-            height=request.settings.height, generator=torch.Generator("cpu").manual_seed(request.settings.seed),
+            prompt=s.prompt, negative_prompt=s.negative_prompt, ip_adapter_image=reference,
+            num_inference_steps=s.steps, guidance_scale=s.guidance, width=s.width,
+            height=s.height, generator=torch.Generator("cpu").manual_seed(s.seed),
         )  # fmt: skip
 
     def through_engine() -> None:

@@ -166,8 +166,9 @@ def main() -> None:
 
         def stock(scale: float, images: int = 1) -> None:
             pipe.set_ip_adapter_scale(scale)
-            pipe(prompt=request.settings.prompt, negative_prompt=request.settings.negative_prompt, ip_adapter_image=reference,
-                 num_inference_steps=steps, guidance_scale=request.settings.guidance, width=size, height=size,
+            s = request.settings
+            pipe(prompt=s.prompt, negative_prompt=s.negative_prompt, ip_adapter_image=reference,
+                 num_inference_steps=steps, guidance_scale=s.guidance, width=size, height=size,
                  num_images_per_prompt=images, generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
 
         singles: dict[str, Callable[[], object]] = {"diffusers, 1 image": lambda: stock(0.5)}

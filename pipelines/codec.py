@@ -33,8 +33,8 @@ from .presets import (
 )
 from .request import (
     MAX_REFERENCES,
-    RANDOM_SEED,
     MAX_SEED,
+    RANDOM_SEED,
     SIZE_MULTIPLE,
     GenerationRequest,
     ImagePrompt,

@@ -222,10 +222,16 @@ SLOT_KEYS: tuple[Parameter, ...] = (
 SLOT_KEY_NAMES = tuple(k.name for k in SLOT_KEYS)
 
 
+# The page's own file inputs (not API keywords): each "Add an image prompt" group's gallery.
+PAGE_FILE_INPUTS = {f"slot{i}_images": MAX_IMAGES_PER_INPUT for i in range(1, MAX_SLOTS + 1)}
+
+
 def file_limit(name: str) -> int:
     """How many files the input `name` may carry (0: not a file input)."""
     if name == SETTINGS_FILE_INPUT:
         return 1
+    if name in PAGE_FILE_INPUTS:
+        return PAGE_FILE_INPUTS[name]
     parameter = BY_NAME.get(name)
     return parameter.max_files if parameter is not None and parameter.kind == "images" else 0
 

@@ -111,6 +111,7 @@ def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, 
     do not apply (an extra prompt's values without its `extra_mode`, a grid's sweep as lists).
     """
     values = {k: v for k, v in values.items() if k in SETTINGS_TYPES}
+    asked = set(values)  # what the file holds (its extra_* are answered from the slots they describe)
     if values.get("slots"):  # a file made here also describes slot 1 as extra_*: `slots` holds them all
         values = {k: v for k, v in values.items() if not k.startswith("extra_") or k == "extra_strengths"}
         # The images are not in the file: the slots are checked as if each had its images.
@@ -121,7 +122,7 @@ def validated_settings(preset: ModePreset, values: dict[str, Any]) -> dict[str, 
         raise SettingsFileError(str(e)) from e
     clean = settings_of(request)
     implied = FAST_IMPLIED if request.settings.speed == "fast" else ()  # fast mode's steps and guidance are the LoRA's
-    return {key: clean[key] for key in values if key in clean and clean[key] is not None and key not in implied}
+    return {key: clean[key] for key in asked if clean.get(key) is not None and key not in implied}
 
 
 def _count(slot: dict[str, Any]) -> int:

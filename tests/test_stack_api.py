@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -77,7 +76,8 @@ def test_two_dimensional_comparison(client, files):
     # The grid PNG restores the whole sweep, both axes.
     note, data = client.predict(handle_file(grid), api_name="/load_settings")
     assert data["strengths"] == [0.0, 1.0] and data["extra_strengths"] == [0.0, 0.5, 1.0]
-    assert data["settings"]["extra_mode"] == "style" and "Extra prompt strengths: 0, 0.5, 1" in note
+    assert data["settings"]["extra_mode"] == "style" and data["settings"]["slots"][0]["mode"] == "style"
+    assert "Strengths of the first added prompt: 0, 0.5, 1" in note
 
 
 def test_settings_round_trip_restores_the_extra_prompt(client, files):
@@ -97,19 +97,22 @@ def test_settings_round_trip_restores_the_extra_prompt(client, files):
 
 
 def test_bad_stacks_get_a_message(client, files):
-    with pytest.raises(Exception, match="extra_strengths sweeps the extra image prompt: choose an extra_mode first"):
+    with pytest.raises(Exception, match="extra_strengths sweeps the first added image prompt: add one"):
         client.predict(prompt="x", strengths="0, 1", extra_strengths="0, 1", api_name="/general_compare")
     with pytest.raises(Exception, match=r"start_at \(0.5\) must be below stop_at \(0.5\)"):
         client.predict(prompt="x", start_at=0.5, stop_at=0.5, api_name="/general")
 
 
-def test_one_parameter_table_drives_api_settings_and_requests(client):
+def test_one_parameter_table_drives_api_settings_and_requests(client, presets):
     """Each endpoint's parameters are the table's, in its order; every one is a keyword of `build_request`."""
     api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     for mode in MODES:
         for endpoint, role in ((f"/{mode}", "single"), (f"/{mode}_compare", "compare"), (f"/{mode}_score", "score")):
             names = [p["parameter_name"] for p in api[endpoint]["parameters"]]
             assert names == parameters_for(mode, role), endpoint
-    keywords = set(inspect.signature(build_request).parameters)
-    assert {p.name for p in PARAMETERS if p.role != "score"} <= keywords
+    preset = presets["general"]["tiny"]
+    for parameter in PARAMETERS:  # every keyword is taken (None: its default)
+        build_request(preset, prompt="x", **{parameter.name: None} if parameter.name != "prompt" else {})
+    with pytest.raises(TypeError, match="unexpected keywords"):
+        build_request(preset, prompt="x", strenght=1)
     assert set(SETTINGS_TYPES) == {p.name for p in PARAMETERS if p.kind != "images"}

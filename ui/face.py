@@ -12,7 +12,7 @@ from pipelines.presets import ModePreset
 from .tab import TabHandle, TabText, build_tab
 
 if TYPE_CHECKING:
-    from pipelines.engine import Engine
+    from .endpoints import Studio
 
 LICENCE = (
     "**Licence:** the insightface models (`buffalo_l`) and the IP-Adapter FaceID weights are released for "
@@ -45,12 +45,12 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
     }
 
 
-def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
+def create_demo(studio: Studio, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
     # The drawn example face is found by the offline detector only; real detectors need a real photo.
     text = (
         TEXT
-        if engine.family.source == "hub"
+        if studio.family.source == "hub"
         else replace(TEXT, example_references=("face", "face-green-eyes", "face-small"))
     )
-    return build_tab(engine, preset, text, _extra)
+    return build_tab(studio, preset, text, _extra)

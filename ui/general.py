@@ -9,7 +9,7 @@ from pipelines.presets import ModePreset
 from .tab import TabHandle, TabText, build_tab
 
 if TYPE_CHECKING:
-    from pipelines.engine import Engine
+    from .endpoints import Studio
 
 TEXT = TabText(
     title="General",
@@ -22,6 +22,6 @@ TEXT = TabText(
 )
 
 
-def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
+def create_demo(studio: Studio, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
-    return build_tab(engine, preset, TEXT)
+    return build_tab(studio, preset, TEXT)

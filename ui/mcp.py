@@ -104,6 +104,8 @@ def install_mcp() -> None:
         for name, prop in schema["properties"].items():
             if name in GALLERIES or name in SINGLE_FILES:
                 schema["properties"][name] = _file_schema(name, prop.get("description"))
+            elif name == "slots":  # a gr.JSON input: Gradio describes it with "type": {}, which no validator takes
+                schema["properties"][name] = _slots_schema(prop.get("description"))
         return schema, []  # no position for Gradio's own string-to-file conversion: `_as_file_data` does it
 
     def prepare_tool_call_args(self: Any, name: str, arguments: dict[str, Any]) -> tuple:
@@ -157,6 +159,15 @@ def _file_schema(name: str, description: str | None) -> dict[str, Any]:
         "description": f"{description or ''} Each item is {{'image': <data URL or http(s) URL>}}.".strip(),
         "default": [],
     }
+
+
+def _slots_schema(description: str | None) -> dict[str, Any]:
+    from pipelines.parameters import MAX_SLOTS, SLOT_KEYS
+
+    kinds = {"text": "string", "number": "number", "integer": "integer"}
+    keys = {k.name: {"type": kinds[k.kind], "description": k.doc} for k in SLOT_KEYS}
+    item = {"type": "object", "properties": keys, "required": ["mode"], "additionalProperties": False}
+    return {"type": "array", "maxItems": MAX_SLOTS, "items": item, "default": [], "description": description or ""}
 
 
 def _as_file_data(arguments: dict[str, Any]) -> dict[str, Any]:

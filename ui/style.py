@@ -11,7 +11,7 @@ from pipelines.presets import ModePreset
 from .tab import TabHandle, TabText, build_tab
 
 if TYPE_CHECKING:
-    from pipelines.engine import Engine
+    from .endpoints import Studio
 
 TEXT = TabText(
     title="Style",
@@ -28,6 +28,6 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
     return {"layout": gr.Checkbox(label="Style + layout (also drive the layout layers)", value=False)}
 
 
-def create_demo(engine: Engine, preset: ModePreset) -> TabHandle:
+def create_demo(studio: Studio, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
-    return build_tab(engine, preset, TEXT, _extra)
+    return build_tab(studio, preset, TEXT, _extra)

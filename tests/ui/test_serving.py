@@ -58,10 +58,11 @@ def test_one_request_has_file_caps(upload):
 
 
 def test_the_file_cap_is_derived_from_the_inputs_a_request_may_have():
-    from pipelines.parameters import MAX_FILES_PER_REQUEST, MAX_IMAGES_PER_INPUT, max_files, parameters_for
+    from pipelines.parameters import MAX_FILES_PER_REQUEST, MAX_IMAGES_PER_INPUT, MAX_SLOTS, max_files, parameters_for
 
-    # The anime tab takes references, face close-ups, an extra prompt's references and negative images.
-    assert max_files(parameters_for("anime", "single")) == 4 * MAX_IMAGES_PER_INPUT
+    # The anime tab takes references, face close-ups, an extra prompt's references, negative images, and the slots'.
+    assert max_files(parameters_for("anime", "single")) == (4 + MAX_SLOTS) * MAX_IMAGES_PER_INPUT
+    assert max_files(["reference", "slot1_images", "slot3_images"]) == 3 * MAX_IMAGES_PER_INPUT  # the page's groups
     assert max_files(parameters_for("general", "score")) == 2 * MAX_IMAGES_PER_INPUT + 1  # + the image to score
     assert max(max_files(parameters_for(m, "compare")) for m in ("general", "anime")) == MAX_FILES_PER_REQUEST
 
