@@ -176,27 +176,34 @@ def test_clicking_an_example_shows_its_result(fresh):
     fresh.screenshot(path=str(ARTIFACTS / "style-example.png"), full_page=True)
 
 
-def test_a_face_in_a_style_through_the_ui(fresh, files):
-    """Face tab + "Combine with... A style": one image carrying both image prompts."""
+def test_two_people_in_a_style_through_the_ui(fresh, files):
+    """Face tab + two added image prompts ("Add an image prompt"): a second face on the right, and a style."""
     page = fresh
     page.get_by_role("tab", name=TABS["face"]).click()
     panel = page.locator("#tab-face")
-    panel.locator("input[type=file]").first.set_input_files(files["alice"])
-    panel.get_by_text("Combine with... (one more image prompt").click()
-    page.locator("#face-extra-mode").get_by_text("A style").click()
-    page.locator("#face-extra-reference input[type=file]").set_input_files(files["gold"])
-    page.locator("#face-extra-reference img").first.wait_for(state="visible")
+    panel.locator("#face-reference input[type=file]").set_input_files(files["alice"])
+    panel.get_by_text("This tab's image prompt acts on").locator("..").get_by_text("Left half").click()
+    panel.get_by_text("Add an image prompt (a face, a style").click()
+    page.locator("#face-slot1-mode").get_by_text("A face").click()
+    page.locator("#face-slot1 ").get_by_text("Right half").click()
+    page.locator("#face-slot1-images input[type=file]").set_input_files(files["alice"])
+    page.locator("#face-slot2-mode").get_by_text("A style").click()
+    page.locator("#face-slot2-images input[type=file]").set_input_files(files["gold"])
+    page.locator("#face-slot2-images img").first.wait_for(state="visible")
     panel.get_by_role("button", name="Start drawing").click()
-    page.locator("#face-result img").wait_for(state="visible")  # several inputs changed: one preview job, one run
+    page.locator("#face-seed-used").wait_for(state="visible")  # several inputs changed: one preview job, one run
+    page.locator("#face-result").scroll_into_view_if_needed()  # the result loads lazily once it is in view
+    page.locator("#face-result img").wait_for(state="visible")
     panel.get_by_text("Metadata (also stored in the PNG)").click()
     metadata = page.locator("#face-metadata")
     metadata.get_by_text('"image_prompts"').first.wait_for()
-    text = metadata.inner_text()
-    assert '"extra_mode"' in text and '"style"' in text and '"face"' in text
+    text = "".join(metadata.inner_text().split())  # the JSON view puts every token on its own line
+    assert text.count('"mode":"face"') >= 3 and '"mode":"style"' in text  # the tab's, slot 1's in image_prompts
+    assert '"right"' in text and '"left"' in text
     preview = page.locator("#face-preview img")
-    preview.nth(2).wait_for(state="visible")  # the face box and crop, then the style reference as CLIP sees it
+    preview.nth(4).wait_for(state="visible")  # two faces (box and crop each), then the style as CLIP sees it
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "face-and-style.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "two-faces-and-style.png"), full_page=True)
 
 
 def test_fast_mode_through_the_ui(fresh, files):

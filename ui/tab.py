@@ -163,7 +163,10 @@ def _slot_group(preset: ModePreset, i: int) -> dict[str, Any]:
         maximum=max(k.strength.max for k in kinds.values()), step=general.strength.step,
         value=general.strength.default,
     )  # fmt: skip
-    c[n["variant"]] = gr.Dropdown(label="Its adapter", choices=[("That kind's default", "")], value="")
+    # Its choices follow the kind; any value is let through (the request says which are valid), so a preview
+    # queued while the choices change never trips Gradio's own check.
+    c[n["variant"]] = gr.Dropdown(label="Its adapter", choices=[("That kind's default", "")], value="",
+                                  allow_custom_value=True)  # fmt: skip
     with gr.Row():
         c[n["region"]] = gr.Radio(label="It acts on", choices=[(REGION_LABELS[r], r) for r in REGIONS], value="whole")
         c[n["crop"]] = gr.Radio(label="Its non-square images", choices=[(CROP_LABELS[m], m) for m in CROP_MODES],
@@ -354,6 +357,9 @@ def wire_endpoints(
         api_trigger = gr.Button(visible=False)
         api_trigger.click(endpoint(names, body, api_name, summary), inputs=[inputs[n] for n in names],
                           outputs=outputs[kind], api_name=api_name, **slot)  # fmt: skip
+        if kind in ("single", "compare"):  # first: a failed run leaves nothing stale
+            button.click(lambda: (None, ""), outputs=[out["used_seed"], outputs[kind][4 if kind == "compare" else 2]],
+                         **PRIVATE)  # fmt: skip
         page = page_names(names)
         event = button.click(endpoint(page, body), inputs=[c[n] for n in page], outputs=outputs[kind],
                              api_visibility="private", **slot)  # fmt: skip
@@ -363,9 +369,6 @@ def wire_endpoints(
             event.success(_ab_label, inputs=out["metadata"], outputs=out["ab"], **PRIVATE).success(
                 _grid_columns, inputs=out["metadata"], outputs=out["cells"], **PRIVATE
             ).success(lambda: gr.update(visible=True), outputs=out["used_seed"], **PRIVATE)
-        if kind in ("single", "compare"):  # a failed run leaves nothing stale
-            button.click(lambda: (None, ""), outputs=[out["used_seed"], outputs[kind][4 if kind == "compare" else 2]],
-                         **PRIVATE)  # fmt: skip
     # What the adapter sees follows the images, crop and adapters by itself: cleared at once, then redrawn. One
     # listener for every trigger: changing several inputs queues one redraw (the gate admits a few jobs a visitor).
     watched = [c[n] for n in ("reference", "face_reference", "crop", "variant", *SLOT_CONTROL_NAMES) if n in c
