@@ -71,6 +71,8 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
         handles: list[TabHandle] = []
         with gr.Tabs() as tabs:
             for mode, title, module in TABS:
+                if family not in presets[mode]:
+                    continue  # models.toml: this family does not offer the mode
                 with gr.Tab(title, id=mode, elem_id=f"tab-{mode}"):
                     handles.append(module.create_demo(studio, presets[mode][family]))
         load_settings_panel(presets, family, handles, tabs)
@@ -98,8 +100,8 @@ def launch_options() -> dict:
 def check_block_maps(engine: Engine) -> None:
     """Every preset block map must address layers this UNet has (diffusers would silently ignore the rest)."""
     for mode, by_family in PRESETS.items():
-        preset = by_family[engine.family.name]
-        for name, block_map in (preset.block_maps or {}).items():
+        preset = by_family.get(engine.family.name)
+        for name, block_map in ((preset.block_maps if preset else None) or {}).items():
             try:
                 engine.block_weights(block_map)
             except ImagePromptError as e:

@@ -30,6 +30,7 @@ from .presets import (
     SPEEDS,
     ModePreset,
     preset_for,
+    slot_kinds,
 )
 from .request import (
     MAX_REFERENCES,
@@ -208,7 +209,7 @@ def _images_count(i: int, slot: dict[str, Any]) -> int:
 def _slot(preset: ModePreset, raw: dict[str, Any], images: list[Any], name: Any, label: str) -> ImagePrompt:
     """One added image prompt with its own kind's preset (adapter, strength range, crop): `name(key)` is how
     messages call each key ("slot 2 strength", or "extra_strength" for the shorthand)."""
-    mode = choice(name("mode"), raw.get("mode"), SLOT_MODES, field="slots")
+    mode = choice(name("mode"), raw.get("mode"), slot_kinds(preset.family), field="slots")
     own = preset_for(mode, preset.family)
     v = {k.name: k.default_for(own) if raw.get(k.name) is None else raw[k.name] for k in SLOT_KEYS}
     variant = choice(name("variant"), v["variant"], own.variants, field="slots")

@@ -118,6 +118,8 @@ class FamilySpec:
     vae_fp16: str | None = None  # a VAE that is safe in fp16 (SDXL), used when running in fp16
     scoring: ScoringSpec | None = None  # scored comparisons (likeness, adherence)
     fast: FastSpec | None = None  # fast mode (a few-step LoRA)
+    modes: tuple[str, ...] = MODES  # the tabs this family offers (one without a face adapter has no face mode)
+    defaults: dict[str, Any] = field(default_factory=dict)  # what every mode's preset starts from (steps, size...)
 
     def hub_checkpoints(self) -> list[tuple[str, str | None]]:
         """Every (repository, file or None for a whole pipeline folder) this family loads, for Space preloading."""
@@ -142,12 +144,18 @@ class FamilySpec:
 
 @dataclass(frozen=True)
 class Range:
-    """A slider: default value and inclusive bounds."""
+    """A slider: default value and inclusive bounds (checked here: a bad preset cannot be built)."""
 
     default: float
     min: float
     max: float
     step: float
+
+    def __post_init__(self) -> None:
+        if not self.min <= self.default <= self.max:
+            raise ValueError(f"default = {self.default} is outside [{self.min}, {self.max}]")
+        if self.step <= 0:
+            raise ValueError(f"step = {self.step} must be positive")
 
     def check(self, value: float, name: str) -> float:
         """Return `value` if inside the bounds, else raise with the allowed range."""
@@ -183,22 +191,51 @@ class ModePreset:
     bases: tuple[str, ...] = ("default",)  # the family's base pipelines a request may name
     fast: FastSpec | None = None  # the family's fast mode, if it has one
 
+    def __post_init__(self) -> None:
+        """Checks that tie fields together (each message names its key; the loader adds file and family)."""
+        if self.variant not in self.variants:
+            raise ValueError(f"variant = {self.variant!r} is not one of {list(self.variants)}")
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop = {self.crop!r} is not one of {list(CROP_MODES)}")
+        if not 32 * 32 <= self.max_pixels <= 2048 * 2048:
+            raise ValueError(f"max_pixels = {self.max_pixels!r} must be an integer in [1024, 4194304]")
+        if not 1 <= len(self.compare) <= MAX_COMPARE or not all(
+            self.strength.min <= v <= self.strength.max for v in self.compare
+        ):
+            raise ValueError(
+                f"compare = {list(self.compare)!r} must be 1 to {MAX_COMPARE} numbers inside "
+                f"[{self.strength.min}, {self.strength.max}]"
+            )
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError(f"prompt_template = {self.prompt_template!r} must contain {{prompt}}")
+        if self.block_maps is not None and (not isinstance(self.block_maps, dict) or "style" not in self.block_maps):
+            raise ValueError("block_maps must be a table with a 'style' map")
+
 
 class _Table:
     """Strict reader of one TOML table that reports errors with their file and key path."""
 
-    def __init__(self, data: Any, where: str, path: str) -> None:
+    def __init__(self, data: Any, where: str, path: str, origins: dict[str, tuple[str, str]] | None = None) -> None:
         if not isinstance(data, dict):
             raise PresetError(f"{where}: {path} must be a table, got {data!r}")
         self.data, self.where, self.path = data, where, path
+        self.origins = origins or {}  # key -> (file, table) it came from, when merged from several tables
         self.used: set[str] = set()
 
+    def _origin(self, key: str) -> tuple[str, str]:
+        return self.origins.get(key, (self.where, self.path))
+
     def _key(self, key: str) -> str:
-        return f"{self.path}.{key}"
+        return f"{self._origin(key)[1]}.{key}"
+
+    def at(self, key: str) -> str:
+        """Where `key` is written: "presets/general.toml: [sdxl].strength"."""
+        where, path = self._origin(key)
+        return f"{where}: {path}.{key}"
 
     def get(self, key: str) -> Any:
         if key not in self.data:
-            raise PresetError(f"{self.where}: {self._key(key)} is missing")
+            raise PresetError(f"{self.at(key)} is missing")
         self.used.add(key)
         return self.data[key]
 
@@ -208,19 +245,19 @@ class _Table:
     def text(self, key: str, choices: tuple[str, ...] | None = None) -> str:
         value = self.get(key)
         if not isinstance(value, str):
-            raise PresetError(f"{self.where}: {self._key(key)} = {value!r} must be a string")
+            raise PresetError(f"{self.at(key)} = {value!r} must be a string")
         if choices is not None and value not in choices:
-            raise PresetError(f"{self.where}: {self._key(key)} = {value!r} is not one of {list(choices)}")
+            raise PresetError(f"{self.at(key)} = {value!r} is not one of {list(choices)}")
         return value
 
     def texts(self, key: str) -> tuple[str, ...]:
         value = self.get(key)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise PresetError(f"{self.where}: {self._key(key)} = {value!r} must be a list of strings")
+            raise PresetError(f"{self.at(key)} = {value!r} must be a list of strings")
         return tuple(value)
 
     def table(self, key: str) -> _Table:
-        return _Table(self.get(key), self.where, self._key(key))
+        return _Table(self.get(key), self._origin(key)[0], self._key(key))
 
     def range(self, key: str, integer: bool = False) -> Range:
         t = self.table(key)
@@ -230,33 +267,23 @@ class _Table:
             v = t.get(part)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
                 kind = "an integer" if integer else "a number"
-                raise PresetError(f"{self.where}: {t._key(part)} = {v!r} must be {kind}")
+                raise PresetError(f"{t.at(part)} = {v!r} must be {kind}")
             values[part] = v
         t.done()
         if not lo_hard <= values["min"] <= values["max"] <= hi_hard:
             raise PresetError(
-                f"{self.where}: {t.path} bounds [{values['min']}, {values['max']}] must lie inside "
+                f"{t.where}: {t.path} bounds [{values['min']}, {values['max']}] must lie inside "
                 f"[{lo_hard}, {hi_hard}] with min <= max"
             )
-        if not values["min"] <= values["default"] <= values["max"]:
-            raise PresetError(
-                f"{self.where}: {t._key('default')} = {values['default']} is outside [{values['min']}, {values['max']}]"
-            )
-        if values["step"] <= 0:
-            raise PresetError(f"{self.where}: {t._key('step')} = {values['step']} must be positive")
-        return Range(**values)
+        try:
+            return Range(**values)
+        except ValueError as e:
+            raise PresetError(f"{t.where}: {t.path}.{e}") from None
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise PresetError(f"{self.where}: {self.path} has unknown keys {unknown}")
-
-
-def _max_pixels(t: _Table, where: str, family: str) -> int:
-    value = t.get("max_pixels")
-    if isinstance(value, bool) or not isinstance(value, int) or not 32 * 32 <= value <= 2048 * 2048:
-        raise PresetError(f"{where}: [{family}].max_pixels = {value!r} must be an integer in [1024, 4194304]")
-    return value
 
 
 def _read(path: Path) -> tuple[dict, str]:
@@ -351,76 +378,83 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             vae_fp16=t.text("vae_fp16") if t.has("vae_fp16") else None,
             scoring=scoring,
             fast=fast,
+            modes=_modes(t),
+            defaults=t.get("defaults") if t.has("defaults") else {},
         )
         t.done()
     return families
 
 
+def _modes(t: _Table) -> tuple[str, ...]:
+    if not t.has("modes"):
+        return MODES
+    modes = t.texts("modes")
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise PresetError(f"{t.at('modes')} = {list(modes)} must name some of {list(MODES)}")
+    return modes
+
+
 def load_mode_presets(
     families: dict[str, FamilySpec], preset_dir: Path = PRESET_DIR
 ) -> dict[str, dict[str, ModePreset]]:
-    """Read and validate one TOML file per mode: `{mode: {family: ModePreset}}`."""
+    """Read and validate one TOML file per mode: `{mode: {family: ModePreset}}`, for the families that offer it.
+
+    A family's preset is, key by key: its own section of the mode file, else the file's `[default]`, else the
+    family's `defaults` in models.toml. Errors name the table each key came from.
+    """
     presets: dict[str, dict[str, ModePreset]] = {}
     for mode in MODES:
         data, where = _read(preset_dir / f"{mode}.toml")
-        missing = sorted(set(families) - set(data))
-        if missing:
-            raise PresetError(f"{where}: no section for families {missing}")
-        presets[mode] = {}
-        for family, raw in data.items():
+        default = data.pop("default", {})
+        for family in data:
             if family not in families:
                 raise PresetError(f"{where}: [{family}] is not a family of presets/models.toml")
-            t = _Table(raw, where, f"[{family}]")
-            known = tuple(families[family].adapters)
-            variants = t.texts("variants")
-            for v in variants:
-                for part in v.split("+"):  # "plus+plus-face": two adapters together, one image prompt each
-                    if part not in known:
-                        raise PresetError(f"{where}: [{family}].variants names {part!r}, not one of {list(known)}")
-            strength = t.range("strength")
-            compare = t.get("compare")
-            if (
-                not isinstance(compare, list)
-                or not 1 <= len(compare) <= MAX_COMPARE
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in compare)
-                or not all(strength.min <= v <= strength.max for v in compare)
-            ):
-                raise PresetError(
-                    f"{where}: [{family}].compare = {compare!r} must be 1 to {MAX_COMPARE} numbers inside "
-                    f"[{strength.min}, {strength.max}]"
-                )
-            template = t.text("prompt_template") if t.has("prompt_template") else "{prompt}"
-            if "{prompt}" not in template:
-                raise PresetError(f"{where}: [{family}].prompt_template = {template!r} must contain {{prompt}}")
-            block_maps = None
-            if t.has("block_maps"):
-                block_maps = t.get("block_maps")
-                if not isinstance(block_maps, dict) or "style" not in block_maps:
-                    raise PresetError(f"{where}: [{family}].block_maps must be a table with a 'style' map")
-            presets[mode][family] = ModePreset(
-                mode=mode,
-                family=family,
-                variant=t.text("variant", variants),
-                variants=variants,
-                negative_prompt=t.text("negative_prompt"),
-                strength=strength,
-                steps=t.range("steps", integer=True),
-                guidance=t.range("guidance"),
-                width=t.range("width", integer=True),
-                height=t.range("height", integer=True),
-                examples=t.texts("examples"),
-                max_pixels=_max_pixels(t, where, family),
-                stop_at=t.range("stop_at"),
-                crop=t.text("crop", CROP_MODES),
-                compare=tuple(float(v) for v in compare),
-                prompt_template=template,
-                block_maps=block_maps,
-                structure=t.range("structure") if t.has("structure") else None,
-                bases=tuple(families[family].bases),
-                fast=families[family].fast,
-            )
-            t.done()
+            if mode not in families[family].modes:
+                raise PresetError(f"{where}: [{family}] is here, but models.toml says [{family}] has no {mode} mode")
+        presets[mode] = {}
+        for family, spec in families.items():
+            if mode not in spec.modes:
+                continue
+            own = data.get(family, {})
+            if not isinstance(own, dict) or not isinstance(default, dict):
+                raise PresetError(f"{where}: [{family}] and [default] must be tables")
+            origins = {k: ("presets/models.toml", f"[{family}.defaults]") for k in spec.defaults}
+            origins |= {k: (where, "[default]") for k in default} | {k: (where, f"[{family}]") for k in own}
+            t = _Table({**spec.defaults, **default, **own}, where, f"[{family}]", origins)
+            presets[mode][family] = _mode_preset(t, mode, spec)
     return presets
+
+
+def _mode_preset(t: _Table, mode: str, spec: FamilySpec) -> ModePreset:
+    variants = t.texts("variants")
+    for v in variants:
+        for part in v.split("+"):  # "plus+plus-face": two adapters together, one image prompt each
+            if part not in spec.adapters:
+                raise PresetError(f"{t.at('variants')} names {part!r}, not one of {list(spec.adapters)}")
+    compare = t.get("compare")
+    if not isinstance(compare, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                for v in compare):  # fmt: skip
+        raise PresetError(f"{t.at('compare')} = {compare!r} must be a list of numbers")
+    max_pixels = t.get("max_pixels")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int):
+        raise PresetError(f"{t.at('max_pixels')} = {max_pixels!r} must be an integer in [1024, 4194304]")
+    fields = dict(
+        mode=mode, family=spec.name, variant=t.text("variant"), variants=variants,
+        negative_prompt=t.text("negative_prompt"), strength=t.range("strength"), steps=t.range("steps", integer=True),
+        guidance=t.range("guidance"), width=t.range("width", integer=True), height=t.range("height", integer=True),
+        examples=t.texts("examples"), max_pixels=max_pixels, stop_at=t.range("stop_at"), crop=t.text("crop"),
+        compare=tuple(float(v) for v in compare),
+        prompt_template=t.text("prompt_template") if t.has("prompt_template") else "{prompt}",
+        block_maps=t.get("block_maps") if t.has("block_maps") else None,
+        structure=t.range("structure") if t.has("structure") else None, bases=tuple(spec.bases), fast=spec.fast,
+    )  # fmt: skip
+    t.done()
+    try:
+        return ModePreset(**fields)
+    except ValueError as e:  # a check of the dataclass: it names the key
+        key = str(e).split(" ", 1)[0]
+        raise PresetError(f"{t.at(key)}{str(e).removeprefix(key)}") from None
 
 
 @functools.cache
@@ -429,5 +463,13 @@ def _default_presets() -> dict[str, dict[str, ModePreset]]:
 
 
 def preset_for(mode: str, family: str) -> ModePreset:
-    """The shipped preset of `mode` for `family` (read once): what an extra image prompt of that kind uses."""
-    return _default_presets()[mode][family]
+    """The shipped preset of `mode` for `family` (read once): what an added image prompt of that kind uses."""
+    presets = _default_presets()[mode]
+    if family not in presets:
+        raise InvalidRequestError("mode", f"The {mode} mode is not available with the {family} family.")
+    return presets[family]
+
+
+def slot_kinds(family: str) -> tuple[str, ...]:
+    """The kinds of image prompt this family can add (those of SLOT_MODES it offers)."""
+    return tuple(m for m in SLOT_MODES if family in _default_presets()[m])

@@ -18,7 +18,7 @@ import gradio as gr
 from gradio.context import Context
 
 from pipelines.parameters import BY_NAME, MAX_SLOTS, defaults, parameters_for
-from pipelines.presets import CROP_MODES, REGIONS, SLOT_MODES, ModePreset, preset_for
+from pipelines.presets import CROP_MODES, REGIONS, ModePreset, preset_for, slot_kinds
 
 from . import endpoints
 from .common import GPU_CONCURRENCY_ID, IO_CONCURRENCY, on_gpu
@@ -147,13 +147,13 @@ def slot_groups(preset: ModePreset) -> dict[str, Any]:
 
 
 def _slot_group(preset: ModePreset, i: int) -> dict[str, Any]:
-    kinds = {m: preset_for(m, preset.family) for m in SLOT_MODES}
+    kinds = {m: preset_for(m, preset.family) for m in slot_kinds(preset.family)}
     n = dict(zip(("mode", "images", "strength", "variant", "region", "start_at", "stop_at", "crop"), slot_names(i),
                  strict=True))  # fmt: skip
     general = kinds["general"]
     c: dict[str, Any] = {}
     c[n["mode"]] = gr.Radio(label=f"Image prompt {i + 1}", value="none", elem_id=f"{preset.mode}-slot{i}-mode",
-                            choices=[(SLOT_LABELS[m], m) for m in ("none", *SLOT_MODES)])  # fmt: skip
+                            choices=[(SLOT_LABELS[m], m) for m in ("none", *kinds)])  # fmt: skip
     c[n["images"]] = gr.Gallery(
         label="Its images", type="filepath", interactive=True, columns=4, height=140, file_types=["image"],
         object_fit="contain", elem_id=f"{preset.mode}-slot{i}-images",
@@ -414,7 +414,7 @@ def wire_helpers(preset: ModePreset, text: TabText, c: dict, out: dict, buttons:
 def _follow_slot_kind(preset: ModePreset, c: dict, i: int) -> None:
     """Choosing a slot's kind offers only that kind's adapters, by their labels, and sets its strength to that
     kind's default (a person's choice only: loading a settings file keeps the file's own strength)."""
-    kinds = {m: preset_for(m, preset.family) for m in SLOT_MODES}
+    kinds = {m: preset_for(m, preset.family) for m in slot_kinds(preset.family)}
     mode, strength, variant = (c[f"slot{i}_{k}"] for k in ("mode", "strength", "variant"))
 
     def chosen(kind: str) -> tuple:
