@@ -1,7 +1,7 @@
 """The time-per-image curve that `--max-batch auto` measures, on the full-size UNet shapes: prints a table.
 
-    python bench/batch_curve.py                          # full-size SD1.5 UNet, random weights, fp32 CPU, 256 px
-    python bench/batch_curve.py --pipeline sdxl --size 1024 --dtype bf16    # on a GPU
+    python -m bench.batch_curve                          # full-size SD1.5 UNet, random weights, fp32 CPU, 256 px
+    python -m bench.batch_curve --pipeline sdxl --size 1024 --dtype bf16    # on a GPU
 
 Each batch size is one UNet call on 2 x batch rows (guidance), timed after a warm-up, median of `--repeats`; the
 planner (pipelines/batching.py) then picks the split of a 5- and a 10-image sweep from the curve it would measure.
@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 

@@ -1,7 +1,7 @@
 """Peak memory of decoding one worst-case reference of every format: prints a markdown table.
 
-    python bench/decode_memory.py                 # references at the decode cap (8192 x 8192; about 2 minutes)
-    python bench/decode_memory.py --side 2048     # smaller and faster
+    python -m bench.decode_memory                 # references at the decode cap (8192 x 8192; about 2 minutes)
+    python -m bench.decode_memory --side 2048     # smaller and faster
 
 Each case runs `load_reference` in a fresh Python process and reports its peak resident memory above what the
 process held just before the call (imports done, the same format decoded once at a small size). "x RGB" divides
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # resident size (fork), so the peak is reset first (Linux's /proc/self/clear_refs) and read from /proc/self/status.
 CHILD = """
 import sys, types
-# The package without its __init__ (which loads the models' libraries): only images.py and errors.py are needed.
+# The package without its __init__ (which loads the models' libraries): only images and errors are needed.
 package = types.ModuleType("pipelines")
 package.__path__ = [{root!r} + "/pipelines"]
 sys.modules["pipelines"] = package

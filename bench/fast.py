@@ -1,8 +1,8 @@
 """Fast mode against quality: time per image and per 5-strength comparison, and how strong the image prompt is in
 each. Prints tables.
 
-    python bench/fast.py                          # CPU: the full-size SD1.5 shapes (random weights), 128 px
-    python bench/fast.py --family sdxl --size 1024 --rounds 3     # a GPU: SDXL-Lightning's shapes at its size
+    python -m bench.fast                          # CPU: the full-size SD1.5 shapes (random weights), 128 px
+    python -m bench.fast --family sdxl --size 1024 --rounds 3     # a GPU: SDXL-Lightning's shapes at its size
 
 Every checkpoint the family names (base, adapters, image encoder, the few-step LoRA in its published key form) is
 rebuilt at full size with random weights in the Hub's layout and loaded by the engine, as in the dry run.
@@ -10,7 +10,7 @@ Sections:
 - time: quality (the preset's steps and guidance) vs fast (the LoRA's steps, no guidance), one image and a
   5-strength comparison, interleaved rounds;
 - image-prompt strength: at the same strength, (a) the mean size of what the image prompt adds in cross-attention
-  relative to the text attention's output (every layer and step; pipelines/attention.py `attention_stats`), and (b)
+  relative to the text attention's output (every layer and step; pipelines/attention `attention_stats`), and (b)
   how far the image prompt moves the picture (mean absolute pixel change from strength 0), in quality and in fast.
   Their fast / quality ratios say how much stronger or weaker a strength is in fast mode; `strength_scale` in
   presets/models.toml corrects it.
@@ -21,17 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
-from mirrored import full_size_setup  # beside this file
-from versus import rounds_table, timed
+
+from bench.mirrored import full_size_setup
+from bench.versus import rounds_table, timed
 
 STRENGTHS = "0, 0.25, 0.5, 0.75, 1"
 

@@ -1,7 +1,7 @@
 """The queue under a flood: one client sends N raw joins while another person uses the app. Prints a table.
 
-    python bench/flood.py               # 200 joins against the tiny app served on localhost
-    python bench/flood.py --joins 500
+    python -m bench.flood               # 200 joins against the tiny app served on localhost
+    python -m bench.flood --joins 500
 
 Rounds alternate (quiet, flood, quiet, flood, ...) so both see the same machine load. "Other client" is the
 wall time of a normal `/general` call through gradio_client, made right after the flood's joins.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -21,7 +20,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("IMAGE_PROMPT_MODELS", "tiny")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from gradio_client import Client, handle_file

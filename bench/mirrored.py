@@ -17,14 +17,17 @@ from PIL import Image
 
 def full_size_setup(name: str, prefix: str) -> tuple:
     """(engine, preset, reference, device, label) for family `name`; a Hub family is mirrored at full size."""
-    import app
+    from pipelines import load_families, load_mode_presets
+
+    families = load_families()
+    presets = load_mode_presets(families)
     from pipelines import Engine
     from pipelines.full_size import write_mirror
     from pipelines.tiny import write_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    family, mirror = app.FAMILIES[name], None
+    family, mirror = families[name], None
     if family.source == "hub":
         mirror = Path(tempfile.mkdtemp(prefix=prefix))
         start = time.perf_counter()
@@ -35,7 +38,7 @@ def full_size_setup(name: str, prefix: str) -> tuple:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, gpu: "
           f"{torch.cuda.get_device_name() if device == 'cuda' else None}, torch {torch.__version__}")  # fmt: skip
     engine = Engine(family, device=device, dtype=dtype, tiny_root=mirror, max_batch=8)
-    preset = app.PRESETS["general"][name]
+    preset = presets["general"][name]
     preset = replace(preset, width=replace(preset.width, min=64, max=2048),
                      height=replace(preset.height, min=64, max=2048), max_pixels=2048 * 2048)  # fmt: skip
     reference = Image.fromarray((np.random.default_rng(0).random((160, 128, 3)) * 255).astype(np.uint8))

@@ -1,8 +1,8 @@
 """Benchmarks: prints a markdown table per section and writes JSON. Not a test: numbers, not pass/fail.
 
-    python bench/run.py                       # tiny family on this machine (CPU here)
-    python bench/run.py --full-size           # also full-size SDXL / SD1.5 UNets (bf16 on a GPU; see --help)
-    python bench/run.py --gpu-suite [--dry]   # the GPU compass rows against stock diffusers (bench/versus.py)
+    python -m bench.run                       # tiny family on this machine (CPU here)
+    python -m bench.run --full-size           # also full-size SDXL / SD1.5 UNets (bf16 on a GPU; see --help)
+    python -m bench.run --gpu-suite [--dry]   # the GPU compass rows against stock diffusers (bench/versus.py)
 
 Sections:
 - sweep: a 5-strength comparison as one batched pass vs 5 sequential renders (time, UNet calls, encoder calls);
@@ -29,7 +29,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch
@@ -103,10 +102,10 @@ def bench_cache(engine, request, repeats: int) -> dict:
 
     def miss() -> None:
         engine.clear_embed_cache()
-        engine.encoder.embed(adapter.components, request.primary.groups, request.primary.crop, "")
+        engine.encoder.embed(adapter.specs, request.primary.groups, request.primary.crop, "")
 
     def hit() -> None:
-        engine.encoder.embed(adapter.components, request.primary.groups, request.primary.crop, "")
+        engine.encoder.embed(adapter.specs, request.primary.groups, request.primary.crop, "")
 
     def render_miss() -> None:
         engine.clear_embed_cache()
@@ -162,7 +161,7 @@ def bench_overhead(
         return build_request(preset, prompt="a vase", references=[reference], seed=1, steps=steps, strength=0.6,
                              width=size, height=size)  # fmt: skip
 
-    from versus import stock_pipeline  # beside this file: the script's folder is on sys.path
+    from bench.versus import stock_pipeline
 
     request = request_now()
     pipe = stock_pipeline(engine, family, request.primary.variant)
@@ -251,7 +250,7 @@ def bench_unet(
 
 def main() -> None:
     if "--gpu-suite" in sys.argv:  # the GPU compass rows (bench/versus.py), with its own flags (--dry, --rounds)
-        import versus  # beside this file: the script's folder is on sys.path
+        from bench import versus
 
         versus.main()
         return

@@ -1,7 +1,7 @@
 """What scoring a comparison costs, at the full-size SD1.5 shapes (random weights). Prints tables.
 
-    python bench/score.py                         # CPU: 256 px, 4 steps interleaved; the 512 px, 30-step share
-    python bench/score.py --size 512 --steps 30   # a GPU: the preset's own size and steps, measured directly
+    python -m bench.score                         # CPU: 256 px, 4 steps interleaved; the 512 px, 30-step share
+    python -m bench.score --size 512 --steps 30   # a GPU: the preset's own size and steps, measured directly
 
 Every checkpoint the sd15 family names (the base, the adapters, the ViT-H image encoder, the scorer's CLIP checkpoint)
 is rebuilt at full size with random weights in the Hub's layout and loaded by the engine, as in the dry run.
@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from mirrored import full_size_setup  # beside this file
-from versus import rounds_table, timed
+
+from bench.mirrored import full_size_setup
+from bench.versus import rounds_table, timed
 
 STRENGTHS = "0, 0.25, 0.5, 0.75, 1"
 
@@ -42,7 +39,10 @@ def main() -> None:
     parser.add_argument("--share-only", action="store_true", help="only the share at the preset's size and steps")
     args = parser.parse_args()
 
-    import app
+    from pipelines import load_families, load_mode_presets
+
+    families = load_families()
+    presets = load_mode_presets(families)
     from pipelines import build_request
 
     engine, preset, reference, device, label = full_size_setup(args.family, "score-mirror-")
@@ -73,7 +73,7 @@ def main() -> None:
 
     # The share at the preset's size and steps, from one- and two-step sweeps (CPU cannot run 30 steps in minutes).
     engine.generate_sweep(sweep_request(64, 1), score=True)  # every model loaded before anything is timed
-    full, default_steps = preset.width.default, app.PRESETS["general"][args.family].steps.default
+    full, default_steps = preset.width.default, presets["general"][args.family].steps.default
     one = statistics.median(
         engine.generate_sweep(sweep_request(full, 1)).diagnostics["seconds"] for _ in range(args.rounds)
     )

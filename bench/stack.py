@@ -1,7 +1,7 @@
 """Stacked image prompts: what a 2-D sweep saves and what a second image prompt costs. Prints tables.
 
-    python bench/stack.py                      # tiny family (128 px, 8 steps) + full-size SD1.5 UNet (256 px) on CPU
-    python bench/stack.py --size 512 --full-size-px 512 --rounds 5    # a GPU: the native SD1.5 size
+    python -m bench.stack                      # tiny family (128 px, 8 steps) + full-size SD1.5 UNet (256 px) on CPU
+    python -m bench.stack --size 512 --full-size-px 512 --rounds 5    # a GPU: the native SD1.5 size
 
 Sections (interleaved rounds: A, B, A, B, ...; never back to back):
 - 2-D sweep: a 3 x 3 grid (general strength x style strength) in batched passes vs 9 sequential single renders:
@@ -17,18 +17,15 @@ import argparse
 import os
 import platform
 import statistics
-import sys
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import torch
 from PIL import Image
-from versus import rounds_table, timed  # beside this file
+
+from bench.versus import rounds_table, timed
 
 GRID = ([0.0, 0.5, 1.0], [0.0, 0.6, 1.2])  # rows: the tab's own prompt; columns: the extra (style) prompt
 
@@ -45,16 +42,19 @@ def interleave(variants: dict, rounds: int, device: str) -> dict[str, list[tuple
 
 
 def engine_sections(args: argparse.Namespace) -> dict:
-    import app
+    from pipelines import load_families, load_mode_presets
+
+    families = load_families()
+    presets = load_mode_presets(families)
     from pipelines import Engine, build_request
 
-    family = app.FAMILIES["tiny"]
+    family = families["tiny"]
     engine = Engine(family, max_batch=9)  # the whole 3 x 3 grid in one pass
     engine.load()
     rng = np.random.default_rng(0)
     gold = Image.fromarray((rng.random((160, 128, 3)) * 255).astype(np.uint8))
     paint = Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8))
-    preset = app.PRESETS["general"]["tiny"]
+    preset = presets["general"]["tiny"]
     common = dict(prompt="a vase", reference=[gold], seed=1, steps=args.steps, width=args.size, height=args.size)
     stack = dict(common, extra_mode="style", extra_reference=[paint])
     grid = build_request(preset, **stack, strengths=GRID[0], extra_strengths=GRID[1])

@@ -1,6 +1,6 @@
-"""Start-up: `python app.py --models tiny` until its first HTTP 200, against a bare `import torch, gradio, diffusers`.
+"""Start-up: `python app --models tiny` until its first HTTP 200, against a bare `import torch, gradio, diffusers`.
 
-    python bench/startup.py [--rounds 3]
+    python -m bench.startup [--rounds 3]
 
 Rounds are interleaved (bare, app, bare, app, ...) so both see the same machine load; medians and per-round ratios
 are printed as a table. The tiny models are built once before the first round (as on any second start).
@@ -46,7 +46,7 @@ def app_start() -> float:
             except OSError:
                 time.sleep(0.05)
             if proc.poll() is not None:
-                raise RuntimeError("app.py exited before serving")
+                raise RuntimeError("app exited before serving")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -1,9 +1,9 @@
 """The engine and the app against stock diffusers as its users run it, in interleaved rounds: prints tables.
 
-    python bench/versus.py                              # tiny family, 128 px, 8 steps, 3 rounds (CPU here)
-    python bench/versus.py --full-size sd15 --size 128 --steps 2   # the full-size SD1.5 shapes (random weights)
-    python bench/versus.py --gpu-suite                  # the GPU compass rows: SDXL 1024x1024, 30 steps, bf16
-    python bench/versus.py --gpu-suite --dry            # the same suite at tiny sizes on CPU (CI runs it)
+    python -m bench.versus                              # tiny family, 128 px, 8 steps, 3 rounds (CPU here)
+    python -m bench.versus --full-size sd15 --size 128 --steps 2   # the full-size SD1.5 shapes (random weights)
+    python -m bench.versus --gpu-suite                  # the GPU compass rows: SDXL 1024x1024, 30 steps, bf16
+    python -m bench.versus --gpu-suite --dry            # the same suite at tiny sizes on CPU (CI runs it)
 
 What users of diffusers run (its IP-Adapter guide): `load_ip_adapter`, `set_ip_adapter_scale(s)`, then
 `pipe(prompt, ip_adapter_image=...)`; for several strengths a loop of that, and the one-call lower bound
@@ -20,7 +20,6 @@ import platform
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +28,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch

@@ -59,6 +59,11 @@ class LoadedAdapter:
         return any(c.spec.uses_faces for c in self.components)
 
     @property
+    def specs(self) -> list[AdapterSpec]:
+        """What the image-prompt encoder needs of each component: its checkpoint's spec."""
+        return [c.spec for c in self.components]
+
+    @property
     def loras(self) -> list[Component]:
         """The components whose LoRA is on with this adapter (one per distinct LoRA)."""
         seen: dict[str, Component] = {}

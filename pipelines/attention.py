@@ -49,7 +49,7 @@ class SampleScales:
     `values`: (prompts, rows) strength per prompt and row of the UNet batch, rows = B or 2B ([uncond x B, cond x B]
     under guidance). `prompt_of[j]` is the image prompt that adapter component j belongs to (a variant such as
     "plus+plus-face" has two components and one prompt). The engine calls `set_step(i)` before each step, so a
-    prompt acts only inside its window; `active = False` switches every prompt off.
+    prompt acts only inside its window.
     """
 
     def __init__(
@@ -60,7 +60,6 @@ class SampleScales:
         self.prompt_of = list(prompt_of) if prompt_of is not None else None
         # precomputed on the host: the hot path never syncs with the GPU
         self.nonzero = [any(s != 0 for s in p.strengths) for p in self.prompts]
-        self.active = True
         self._step = 0
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -77,12 +76,7 @@ class SampleScales:
     def acting(self, p: int) -> bool:
         """Whether prompt `p` adds anything at this step (strength 0 everywhere: exactly nothing)."""
         window = self.prompts[p]
-        return (
-            self.active
-            and self.nonzero[p]
-            and window.start <= self._step
-            and (window.stop is None or self._step < window.stop)
-        )
+        return self.nonzero[p] and window.start <= self._step and (window.stop is None or self._step < window.stop)
 
     def weight(self, p: int, layer_name: str, default: float) -> float:
         weights = self.prompts[p].block_weights
@@ -154,19 +148,23 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
     """IPAdapterAttnProcessor2_0 with `self.scale` as a layer weight times the call's per-sample strengths."""
 
     @classmethod
-    def from_processor(cls, proc: IPAdapterAttnProcessor2_0, layer_name: str) -> ScaledIPAdapterAttnProcessor:
-        """Wrap a loaded diffusers processor, sharing (not copying) its `to_k_ip` / `to_v_ip` weights."""
-        new = cls.__new__(cls)
+    def sharing(cls, layer_name: str, procs: Sequence[IPAdapterAttnProcessor2_0]) -> ScaledIPAdapterAttnProcessor:
+        """The one constructor: a processor holding every given processor's projections in order, sharing (not
+        copying) their `to_k_ip` / `to_v_ip` weights. One processor wraps a loaded diffusers one; several make a
+        combination (diffusers' multi-adapter form)."""
+        new = cls.__new__(cls)  # diffusers' __init__ would build fresh (random) projections
         torch.nn.Module.__init__(new)
         new.layer_name = layer_name  # the key in unet.attn_processors, which block maps address
-        new.hidden_size = proc.hidden_size
-        new.cross_attention_dim = proc.cross_attention_dim
-        new.num_tokens = list(proc.num_tokens)
-        new.scale = list(proc.scale)
-        new.to_k_ip = proc.to_k_ip
-        new.to_v_ip = proc.to_v_ip
+        new.hidden_size = procs[0].hidden_size
+        new.cross_attention_dim = procs[0].cross_attention_dim
+        new.num_tokens = [n for p in procs for n in p.num_tokens]
+        new.scale = [s for p in procs for s in p.scale]
+        new.to_k_ip = torch.nn.ModuleList([m for p in procs for m in p.to_k_ip])
+        new.to_v_ip = torch.nn.ModuleList([m for p in procs for m in p.to_v_ip])
         return new
 
+    # Copied from diffusers 0.42.1 (models/attention_processor.py, IPAdapterAttnProcessor2_0.__call__), with the
+    # image branch changed: per-sample strengths from the call's context, step windows, regions, layer weights.
     def __call__(
         self,
         attn: Attention,
@@ -255,7 +253,7 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
 def wrap_ip_processors(processors: Mapping[str, object]) -> dict[str, object]:
     """`unet.attn_processors` after `load_ip_adapter`, with every IP-Adapter processor made per-sample scalable."""
     return {
-        name: ScaledIPAdapterAttnProcessor.from_processor(proc, name)
+        name: ScaledIPAdapterAttnProcessor.sharing(name, [proc])
         if isinstance(proc, IPAdapterAttnProcessor2_0)
         else proc
         for name, proc in processors.items()
@@ -273,17 +271,7 @@ def combine_processors(parts: Sequence[Mapping[str, object]]) -> dict[str, objec
         if not isinstance(first, ScaledIPAdapterAttnProcessor):
             combined[name] = first  # self-attention and the like: the UNet's own processor
             continue
-        procs = [p[name] for p in parts]
-        new = ScaledIPAdapterAttnProcessor.__new__(ScaledIPAdapterAttnProcessor)
-        torch.nn.Module.__init__(new)
-        new.layer_name = name
-        new.hidden_size = first.hidden_size
-        new.cross_attention_dim = first.cross_attention_dim
-        new.num_tokens = [n for p in procs for n in p.num_tokens]
-        new.scale = [s for p in procs for s in p.scale]
-        new.to_k_ip = torch.nn.ModuleList([m for p in procs for m in p.to_k_ip])
-        new.to_v_ip = torch.nn.ModuleList([m for p in procs for m in p.to_v_ip])
-        combined[name] = new
+        combined[name] = ScaledIPAdapterAttnProcessor.sharing(name, [p[name] for p in parts])
     return combined
 
 

@@ -8,24 +8,23 @@ from timings or counters whether someone else used the same photo.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .errors import InvalidRequestError
-from .face import FaceAnalyzer, face_views, identity
+from .face import FaceAnalyzer, face_views, flip_channels, identity
 from .images import ReferenceImage, square_for_encoder
-from .presets import ImageEncoderSpec
+from .lru import LRU
+from .presets import AdapterSpec, ImageEncoderSpec
 
 if TYPE_CHECKING:
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-    from .adapters import Component
     from .sources import ModelSource
 
 
@@ -45,29 +44,6 @@ class ImageEmbeds:
         """(2B or B, 1, tokens, dim) as [uncond x B, cond x B], the order of the UNet batch."""
         cond = self.clip_cond.repeat(batch, 1, 1, 1)
         return torch.cat([self.clip_uncond.repeat(batch, 1, 1, 1), cond]) if guided else cond
-
-
-class LRU:
-    """A small bounded least-recently-used map."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[Any, Any] = OrderedDict()
-
-    def get(self, key: Any) -> Any:
-        if key not in self._data:
-            return None
-        self._data.move_to_end(key)
-        return self._data[key]
-
-    def put(self, key: Any, value: Any) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 def _like(negative: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -149,83 +125,89 @@ class ImagePromptEncoder:
 
     def embed(
         self,
-        components: Sequence[Component],
+        specs: Sequence[AdapterSpec],
         groups: Sequence[Sequence[ReferenceImage]],
         crop: str,
         scope: str,
         negative: Sequence[ReferenceImage] = (),
+        label: str = "reference",
     ) -> tuple[list[ImageEmbeds], list[str], list[Image.Image]]:
         """Each component's image prompt (component i sees `groups[i]`), with warnings and previews for the person.
 
         `negative` (images whose look should not carry over) replaces the unconditional embedding of the component
-        that sees `groups[0]` (the references); the others keep theirs.
+        that sees `groups[0]` (the references); the others keep theirs. `label` names the images in messages
+        ("slot 2 image 1").
         """
         embeds, warnings, previews = [], [], []
-        for i, (component, images) in enumerate(zip(components, groups, strict=False)):
+        for i, (spec, images) in enumerate(zip(specs, groups, strict=False)):
             if not images:
                 raise InvalidRequestError(
                     "face_reference", "This adapter needs a face close-up: add one, or choose the adapter without face."
                 )
             against = negative if i == 0 else ()
-            if component.spec.uses_faces:
-                item, notes, views = self._face_embeds(component, images, scope, against)
+            if spec.uses_faces:
+                item, notes, views = self._face_embeds(spec, images, scope, against, label)
                 warnings += notes
                 previews += views
             else:
-                kind = component.spec.embeds
-                cond = self.features(component, images, crop, kind, scope)
+                kind = spec.embeds
+                cond = self.features(spec, images, crop, kind, scope)
                 if against:
-                    uncond = _like(self.features(component, against, crop, kind, scope), cond)
+                    uncond = _like(self.features(spec, against, crop, kind, scope), cond)
                 elif kind == "pooled":
                     uncond = torch.zeros_like(cond)
                 else:
-                    uncond = self.blank_hidden(component.spec.image_encoder)[None].expand_as(cond)
+                    uncond = self.blank_hidden(spec.image_encoder)[None].expand_as(cond)
                 item = ImageEmbeds(cond=cond, uncond=uncond)
             embeds.append(item)
         return embeds, warnings, previews
 
     def _face_embeds(
-        self, component: Component, images: Sequence[ReferenceImage], scope: str, negative: Sequence[ReferenceImage]
+        self,
+        spec: AdapterSpec,
+        images: Sequence[ReferenceImage],
+        scope: str,
+        negative: Sequence[ReferenceImage],
+        label: str = "reference",
     ) -> tuple[ImageEmbeds, list[str], list[Image.Image]]:
         """One averaged identity (1, 1, 1, 512), plus for FaceID Plus the mean CLIP features of the aligned crops."""
         analyzer = self.face_analyzer()
-        results, notes = analyzer.analyze(images, scope=scope)
+        results, notes = analyzer.analyze(images, label=label, scope=scope)
         views = face_views(images, results)
         ident = torch.from_numpy(identity(results)).to(self.device, self.dtype).view(1, 1, 1, -1)
         uncond = torch.zeros_like(ident)
         against = []
         if negative:
-            against, more = analyzer.analyze(negative, scope=scope)
-            notes = notes + [f"Negative image: {n}" for n in more]
+            against, more = analyzer.analyze(negative, label="negative image", scope=scope)
+            notes = notes + more
             uncond = torch.from_numpy(identity(against)).to(self.device, self.dtype).view(1, 1, 1, -1)
         item = ImageEmbeds(cond=ident, uncond=uncond)
-        if component.spec.embeds == "faceid-plus":
-            item.clip_cond = self._crop_features(component, results, images, scope)
+        if spec.embeds == "faceid-plus":
+            item.clip_cond = self._crop_features(spec, results, images, scope)
             item.clip_uncond = (
-                self._crop_features(component, against, negative, scope)
+                self._crop_features(spec, against, negative, scope)
                 if negative
-                else self.blank_hidden(component.spec.image_encoder)[None]
+                else self.blank_hidden(spec.image_encoder)[None]
             )
         return item, notes, views
 
-    def _crop_features(self, component: Component, results: Sequence, images: Sequence, scope: str) -> torch.Tensor:
+    def _crop_features(self, spec: AdapterSpec, results: Sequence, images: Sequence, scope: str) -> torch.Tensor:
         """(1, 1, tokens, dim): the mean CLIP features of the aligned face crops (one identity)."""
-        order = component.spec.face_crop_channels  # preset data, with the evidence in models.toml
+        order = spec.face_crop_channels  # preset data, with the evidence in models.toml
         crops = [
             ReferenceImage(
-                Image.fromarray(np.asarray(r.aligned)[:, :, ::-1].copy()) if order == "bgr" else r.aligned,
+                flip_channels(r.aligned) if order == "bgr" else r.aligned,
                 f"aligned-{order}:{img.sha256}",
             )
             for r, img in zip(results, images, strict=True)
         ]
-        hidden = self.features(component, crops, "center", "hidden", scope)  # (1, n, tokens, dim)
+        hidden = self.features(spec, crops, "center", "hidden", scope)  # (1, n, tokens, dim)
         return hidden.mean(dim=1, keepdim=True)
 
     def features(
-        self, component: Component, images: Sequence[ReferenceImage], crop: str, kind: str, scope: str
+        self, spec: AdapterSpec, images: Sequence[ReferenceImage], crop: str, kind: str, scope: str
     ) -> torch.Tensor:
         """(1, n, D) pooled embeddings or (1, n, tokens, dim) penultimate hidden states, through the LRU cache."""
-        spec = component.spec
         key = (scope, spec.image_encoder, kind, crop, str(self.dtype), tuple(r.sha256 for r in images))
         cond = self.cache.get(key)
         if cond is not None:
@@ -233,7 +215,7 @@ class ImagePromptEncoder:
             return cond
         self.counters["embed_cache_misses"] += 1
         encoder, _ = self.tower(spec.image_encoder)
-        pixels = self.pixels(component, images, crop)  # (n, 3, S, S)
+        pixels = self.pixels(spec, images, crop)  # (n, 3, S, S)
         self.counters["encoder_calls"] += 1
         with torch.inference_mode():
             if kind == "pooled":
@@ -244,35 +226,35 @@ class ImagePromptEncoder:
         self.cache.put(key, cond)
         return cond
 
-    def pixels(self, component: Component, images: Sequence[ReferenceImage], crop: str) -> torch.Tensor:
+    def pixels(self, spec: AdapterSpec, images: Sequence[ReferenceImage], crop: str) -> torch.Tensor:
         """The encoder's input after the crop mode, resize and centre crop: (n, 3, S, S)."""
-        _, processor = self.tower(component.spec.image_encoder)
+        _, processor = self.tower(spec.image_encoder)
         squares = [square_for_encoder(r.image, crop) for r in images]
         return processor(images=squares, return_tensors="pt").pixel_values.to(self.device, self.dtype)
 
     # ----------------------------------------------------------------------------------------------- previews
 
     def views(
-        self, components: Sequence[Component], groups: Sequence[Sequence[ReferenceImage]], crop: str, scope: str
+        self, specs: Sequence[AdapterSpec], groups: Sequence[Sequence[ReferenceImage]], crop: str, scope: str
     ) -> list[Image.Image]:
         """What the adapter sees: each face box and aligned crop, then each CLIP input as a picture."""
         out: list[Image.Image] = []
-        for component, images in zip(components, groups, strict=False):
-            if images and component.spec.uses_faces:
+        for spec, images in zip(specs, groups, strict=False):
+            if images and spec.uses_faces:
                 results, _ = self.face_analyzer().analyze(images, scope=scope)
                 out += face_views(images, results)
-        return out + self.clip_views(components, groups, crop)
+        return out + self.clip_views(specs, groups, crop)
 
     def clip_views(
-        self, components: Sequence[Component], groups: Sequence[Sequence[ReferenceImage]], crop: str
+        self, specs: Sequence[AdapterSpec], groups: Sequence[Sequence[ReferenceImage]], crop: str
     ) -> list[Image.Image]:
         """The CLIP components' inputs after crop mode, resize and centre crop, as pictures (preprocessing only)."""
         views = []
-        for component, images in zip(components, groups, strict=False):
-            if not images or component.spec.uses_faces:
+        for spec, images in zip(specs, groups, strict=False):
+            if not images or spec.uses_faces:
                 continue
-            pixels = self.pixels(component, images, crop).float().cpu()  # (n, 3, S, S)
-            _, proc = self.tower(component.spec.image_encoder)
+            pixels = self.pixels(spec, images, crop).float().cpu()  # (n, 3, S, S)
+            _, proc = self.tower(spec.image_encoder)
             mean = torch.tensor(proc.image_mean).view(1, 3, 1, 1)
             std = torch.tensor(proc.image_std).view(1, 3, 1, 1)
             arr = ((pixels * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()

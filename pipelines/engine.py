@@ -345,7 +345,7 @@ class Engine:
             for n, prompt in enumerate(request.image_prompts):
                 if prompt.references or n == 0:
                     adapter = self.bank.get(self._current, variant if n == 0 else prompt.variant)
-                    views += self.encoder.views(adapter.components, prompt.groups, prompt.crop, scope)
+                    views += self.encoder.views(adapter.specs, prompt.groups, prompt.crop, scope)
             return views
 
     # ------------------------------------------------------------------------------------------- generation
@@ -431,13 +431,14 @@ class Engine:
         embeds, prompt_of, previews = [], [], []
         for n, prompt in enumerate(prompts):
             single = self.bank.get(slot, prompt.variant)
+            label = "reference" if indices[n] == 0 else f"slot {indices[n]} image"
             got, notes, views = self.encoder.embed(
-                single.components, prompt.groups, prompt.crop, scope, prompt.negative_references
+                single.specs, prompt.groups, prompt.crop, scope, prompt.negative_references, label
             )
             embeds += got
             prompt_of += [n] * len(got)
             warnings += notes
-            previews += views or self.encoder.clip_views(single.components, prompt.groups, prompt.crop)
+            previews += views or self.encoder.clip_views(single.specs, prompt.groups, prompt.crop)
         weights = [self.bank.block_weights(slot, p.block_map) for p in prompts]
         masks = [region_mask(p.region, request.settings.width, request.settings.height) for p in prompts]
         return _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks), previews

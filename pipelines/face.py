@@ -10,16 +10,18 @@ import contextlib
 import io
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import InvalidRequestError, ModelNotAvailableError
 from .images import ReferenceImage
+from .lru import LRU
 
 log = logging.getLogger(__name__)
 ALIGNED_SIZE = 224  # aligned face crop fed to the CLIP image encoder (FaceID Plus)
@@ -63,8 +65,7 @@ class FaceAnalyzer:
         self.counters: Counter[str] = Counter()  # detections, cache_hits
         self._app = None
         self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[str, str], list] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache = LRU(cache_size)  # (scope, pixel hash) -> faces
 
     def load(self) -> object:
         """Load the pack now (start-up warm-up); raises ModelNotAvailableError when it cannot be had."""
@@ -100,29 +101,23 @@ class FaceAnalyzer:
         """insightface faces of one reference, cached by `scope` (one visitor) and pixel hash (no second detection)."""
         key = (scope, ref.sha256)
         with self._lock:
-            if key in self._cache:
+            faces = self._cache.get(key)
+            if faces is not None:
                 self.counters["cache_hits"] += 1
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            app = self._load()
-            bgr = np.ascontiguousarray(np.asarray(ref.image)[:, :, ::-1])
-            faces = app.get(bgr)
+                return faces
+            faces = self._load().get(bgr(ref.image))
             self.counters["detections"] += 1
-            self._cache[key] = faces
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._cache.put(key, faces)
             return faces
 
     def largest_embedding(self, image: Image.Image) -> np.ndarray | None:
         """The unit ArcFace embedding of the largest face in `image` (a generated image: not cached), or None."""
         with self._lock:
-            app = self._load()
-            faces = app.get(np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]))
+            faces = self._load().get(bgr(image.convert("RGB")))
             self.counters["detections"] += 1
         if not faces:
             return None
-        face = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
-        return np.asarray(face.normed_embedding, dtype=np.float32)
+        return np.asarray(largest(faces)[0].normed_embedding, dtype=np.float32)
 
     def analyze(
         self, refs: Sequence[ReferenceImage], label: str = "reference", scope: str = ""
@@ -143,11 +138,11 @@ class FaceAnalyzer:
                 )
             if not faces:
                 raise FaceError(f"No face found in {label} {i}. Use a photo where one face is clearly visible.")
-            face = max(faces, key=lambda f: float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])))
+            face, why = largest(faces)
             if len(faces) > 1:
-                warnings.append(f"{label.capitalize()} {i} shows {len(faces)} faces; the largest one is used.")
-            bgr = np.ascontiguousarray(np.asarray(ref.image)[:, :, ::-1])
-            aligned = face_align.norm_crop(bgr, landmark=face.kps, image_size=ALIGNED_SIZE)[:, :, ::-1]
+                warnings.append(f"{label.capitalize()} {i} shows {len(faces)} faces; {why} ({_where(face, ref)}) is "
+                                "used.")  # fmt: skip
+            aligned = face_align.norm_crop(bgr(ref.image), landmark=face.kps, image_size=ALIGNED_SIZE)[:, :, ::-1]
             results.append(
                 FaceResult(
                     embedding=np.asarray(face.normed_embedding, dtype=np.float32),
@@ -157,6 +152,33 @@ class FaceAnalyzer:
                 )
             )
         return results, warnings
+
+
+def bgr(image: Image.Image) -> np.ndarray:
+    """An RGB picture as the BGR array insightface (OpenCV) takes."""
+    return np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+
+
+def flip_channels(image: Image.Image) -> Image.Image:
+    """RGB <-> BGR as a picture (FaceID Plus checkpoints were trained on BGR crops: see models.toml)."""
+    return Image.fromarray(np.ascontiguousarray(np.asarray(image)[:, :, ::-1]))
+
+
+def largest(faces: Sequence[Any]) -> tuple[Any, str]:
+    """The face FaceID uses: the largest box; among boxes of the same size (within 5 %), the clearest detection.
+    Also says which rule chose it, for the person."""
+    areas = [float((f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1])) for f in faces]
+    top = max(areas)
+    tied = [f for f, a in zip(faces, areas, strict=True) if a >= 0.95 * top]
+    if len(tied) == 1:
+        return tied[0], "the largest one"
+    return max(tied, key=lambda f: float(getattr(f, "det_score", 0.0))), "they are the same size; the clearest one"
+
+
+def _where(face: Any, ref: ReferenceImage) -> str:
+    """Where a face is in its picture, in words: "on the left", "in the middle", "on the right"."""
+    centre = (face.bbox[0] + face.bbox[2]) / 2 / max(ref.image.width, 1)
+    return "on the left" if centre < 1 / 3 else "on the right" if centre > 2 / 3 else "in the middle"
 
 
 def identity(results: Sequence[FaceResult]) -> np.ndarray:

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_the_gpu_suite_runs_dry_on_cpu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    proc = subprocess.run([sys.executable, "bench/run.py", "--gpu-suite", "--dry"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--gpu-suite", "--dry"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
@@ -25,8 +25,8 @@ def test_the_gpu_suite_runs_dry_on_cpu():
 def test_the_stack_benchmark_runs():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     args = ["--steps", "1", "--size", "64", "--rounds", "1", "--no-full-size"]
-    proc = subprocess.run([sys.executable, "bench/stack.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "bench.stack", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| 3 x 3 grid, batched | 1 |" in proc.stdout and "| 9 sequential renders | 9 |" in proc.stdout
     assert "two image prompts" in proc.stdout
@@ -35,12 +35,12 @@ def test_the_stack_benchmark_runs():
 def test_the_fast_and_score_benchmarks_run():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     for script, args, rows in (
-        ("bench/fast.py", ["--family", "tiny", "--size", "64", "--rounds", "1"], ["fast, 5-strength comparison",
+        ("bench.fast", ["--family", "tiny", "--size", "64", "--rounds", "1"], ["fast, 5-strength comparison",
                                                                                    "fast / quality: attention"]),
-        ("bench/score.py", ["--family", "tiny", "--size", "64", "--steps", "1", "--rounds", "1"],
+        ("bench.score", ["--family", "tiny", "--size", "64", "--steps", "1", "--rounds", "1"],
          ["5-strength sweep, scored", "scoring / sweep"]),
     ):  # fmt: skip
-        proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, "-m", script, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         for row in rows:

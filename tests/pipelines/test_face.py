@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,7 +50,26 @@ def test_largest_face_wins_with_a_warning(analyzer):
     (face,), warnings = analyzer.analyze([load_reference(crowd)])
     assert face.faces_found == 3
     assert face.bbox == pytest.approx((320, 320, 448, 448), abs=1)
-    assert warnings == ["Reference 1 shows 3 faces; the largest one is used."]
+    assert warnings == ["Reference 1 shows 3 faces; the largest one (in the middle) is used."]
+
+
+def test_two_faces_of_one_size_say_which_was_taken(analyzer):
+    pair = photo(((160, 320), 64, (255, 0, 0)), ((480, 320), 64, (0, 0, 255)))
+    (face,), warnings = analyzer.analyze([load_reference(pair)], label="slot 1 image")
+    assert re.fullmatch(r"Slot 1 image 1 shows 2 faces; they are the same size; the clearest one \(on the "
+                        r"(left|right)\) is used\.", warnings[0])  # fmt: skip
+    side = "left" if face.bbox[0] < 320 else "right"
+    assert f"on the {side}" in warnings[0]  # the words name the face that was taken
+
+
+def test_a_face_missing_from_another_input_names_that_input(engines, presets):
+    blank = Image.new("RGB", (640, 640), BACKGROUND)
+    face = presets["face"]["tiny"]
+    for values, name in [({"negative_reference": [blank]}, "negative image 1"),
+                         ({"slots": [{"mode": "face"}], "slot_images": [blank]}, "slot 1 image 1")]:  # fmt: skip
+        request = build_request(face, prompt="x", reference=[ALICE], seed=1, **values)
+        with pytest.raises(FaceError, match=f"No face found in {name}\\."):
+            engines["tiny"].generate(request)
 
 
 @pytest.mark.parametrize(

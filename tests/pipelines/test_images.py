@@ -58,15 +58,10 @@ def test_cmyk_and_palette_become_rgb(gold):
 
 
 def _bench():
-    """bench/decode_memory.py as a module: the test measures what the benchmark reports."""
-    import importlib.util
-    from pathlib import Path
+    """bench/decode_memory.py: the test measures what the benchmark reports."""
+    from bench import decode_memory
 
-    path = Path(__file__).resolve().parents[2] / "bench" / "decode_memory.py"
-    spec = importlib.util.spec_from_file_location("decode_memory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return decode_memory
 
 
 def test_an_ico_cannot_hide_a_huge_png(monkeypatch, tmp_path):

@@ -49,7 +49,7 @@ def test_two_people_in_a_style_equal_stock_diffusers_with_three_adapters(engines
                                           for p, bl in style_map.items()}])  # fmt: skip
     embeds = []
     for variant, img in (("faceid", ALICE), ("faceid", BOB), ("plain", gold)):
-        got, _, _ = engine.encoder.embed(engine.adapter(variant).components, [(load_reference(img),), ()], "center",
+        got, _, _ = engine.encoder.embed(engine.adapter(variant).specs, [(load_reference(img),), ()], "center",
                                          "test")  # fmt: skip
         embeds.append(got[0].for_pipeline(True))
     w, h = req.settings.width, req.settings.height
