@@ -1,4 +1,4 @@
-"""Stacked image prompts: what a 2-D sweep saves and what a second image prompt costs. Prints tables.
+"""Stacked image prompts: what a 2-D sweep saves and what each added image prompt (slot) costs. Prints tables.
 
     python -m bench.stack                      # tiny family (128 px, 8 steps) + full-size SD1.5 UNet (256 px) on CPU
     python -m bench.stack --size 512 --full-size-px 512 --rounds 5    # a GPU: the native SD1.5 size
@@ -6,9 +6,11 @@
 Sections (interleaved rounds: A, B, A, B, ...; never back to back):
 - 2-D sweep: a 3 x 3 grid (general strength x style strength) in batched passes vs 9 sequential single renders:
   UNet calls and time;
-- second prompt, tiny: one render with one image prompt vs two (general + style), seconds per step;
-- second prompt, full-size SD1.5 UNet (random weights, the published shapes): one UNet call on a guided batch of
-  2 with one IP-Adapter vs two, each at a non-zero strength.
+- slots, tiny: one render with 1, 2, 3 and 4 image prompts (the tab's own, then style, general, general slots);
+- slots, full-size SD1.5 UNet (random weights, the published shapes): one UNet call on a guided batch of 2 with
+  1 to 4 IP-Adapters combined, each at a non-zero strength.
+Each slot table ends with the cost of one added slot per denoising step: (time with k prompts / time with 1 - 1)
+/ (k - 1), the median over rounds.
 """
 
 from __future__ import annotations
@@ -85,44 +87,65 @@ def engine_sections(args: argparse.Namespace) -> dict:
         print(f"| {name} | {n} |")
     results["grid"] = {"calls": calls, "seconds": {k: statistics.median(w for w, _ in v) for k, v in runs.items()}}
 
-    one = build_request(preset, **common, strength=0.6)
-    two = build_request(preset, **stack, strength=0.6, extra_strength=0.8)
-    variants = {"one image prompt": lambda: engine.generate(one), "two image prompts": lambda: engine.generate(two)}
+    kinds = [{"mode": "style", "strength": 0.8}, {"mode": "general", "strength": 0.5},
+             {"mode": "general", "strength": 0.4, "region": "left"}]  # fmt: skip
+    requests = [build_request(preset, **common, strength=0.6, slots=kinds[:n], slot_images=[paint, gold, paint][:n])
+                for n in range(4)]  # fmt: skip
+    variants = {prompts_label(n + 1): (lambda r=r: engine.generate(r)) for n, r in enumerate(requests)}
     runs = interleave(variants, args.rounds, engine.device)
-    rounds_table(f"Second image prompt, tiny, {args.size} px, {args.steps} steps (one render)", runs,
-                 {"two image prompts": "one image prompt"})  # fmt: skip
-    results["second_tiny"] = {k: statistics.median(w for w, _ in v) / args.steps for k, v in runs.items()}
+    title = f"Image prompts per render, tiny, {args.size} px, {args.steps} steps (one render)"
+    results["slots_tiny"] = slot_table(title, runs)
     return results
 
 
+def prompts_label(n: int) -> str:
+    return "1 image prompt" if n == 1 else f"{n} image prompts"
+
+
+def slot_table(title: str, runs: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """The rounds table, then the cost of one added slot: (t_k / t_1 - 1) / (k - 1), median over rounds."""
+    base = prompts_label(1)
+    rounds_table(title, runs, {name: base for name in runs})
+    print("\n| image prompts | cost of each added slot (median over rounds) |\n|---|---|")
+    costs = {}
+    for k, name in enumerate(runs, 1):
+        if k == 1:
+            continue
+        per_round = [(w / b - 1) / (k - 1) for (w, _), (b, _) in zip(runs[name], runs[base], strict=True)]
+        costs[name] = statistics.median(per_round)
+        print(f"| {k} | {100 * costs[name]:+.1f} % ({100 * min(per_round):+.1f} to {100 * max(per_round):+.1f}) |")
+    return costs
+
+
 def full_size_section(args: argparse.Namespace) -> dict:
-    """One guided UNet call at the full-size SD1.5 shapes: one IP-Adapter vs two (the engine's combination)."""
+    """One guided UNet call at the full-size SD1.5 shapes with 1 to 4 IP-Adapters (the engine's combinations)."""
+    from diffusers.models.embeddings import MultiIPAdapterImageProjection
+
     from pipelines.attention import PromptScale, combine_processors, prompt_scales, wrap_ip_processors
     from pipelines.full_size import VIT_H, build_unet, ip_adapter_state_dict, unet_inputs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     unet = build_unet("sd15", dtype, device)
-    unet._load_ip_adapter_weights([ip_adapter_state_dict("sd15", "pooled", seed=1)], low_cpu_mem_usage=False)
-    first = wrap_ip_processors(unet.attn_processors), unet.encoder_hid_proj
-    unet._load_ip_adapter_weights([ip_adapter_state_dict("sd15", "pooled", seed=2)], low_cpu_mem_usage=False)
-    second = wrap_ip_processors(unet.attn_processors), unet.encoder_hid_proj
-    from diffusers.models.embeddings import MultiIPAdapterImageProjection
-
-    both = (
-        combine_processors([first[0], second[0]]),
-        MultiIPAdapterImageProjection([*first[1].image_projection_layers, *second[1].image_projection_layers]),
-    )
+    loaded = []
+    for seed in range(1, 5):
+        unet._load_ip_adapter_weights([ip_adapter_state_dict("sd15", "pooled", seed=seed)], low_cpu_mem_usage=False)
+        loaded.append((wrap_ip_processors(unet.attn_processors), unet.encoder_hid_proj))
+    setups = [
+        (combine_processors([p for p, _ in loaded[:n]]),
+         MultiIPAdapterImageProjection([layer for _, proj in loaded[:n] for layer in proj.image_projection_layers]))
+        for n in range(1, 5)
+    ]  # fmt: skip
     unet.to(device=device, dtype=dtype)
     inputs = unet_inputs("sd15", 2, args.full_size_px, dtype, device)
     embeds = torch.randn(2, 1, VIT_H["projection_dim"], device=device, dtype=dtype)
 
-    def call(setup, prompts: int):
+    def call(setup: tuple, prompts: int):
         def run() -> None:
             unet.set_attn_processor(dict(setup[0]))  # it pops from the dict it gets
             unet.encoder_hid_proj = setup[1]
             kwargs = dict(inputs, added_cond_kwargs={"image_embeds": [embeds] * prompts})
-            scales = [PromptScale([0.7]), PromptScale([0.5])][:prompts]
+            scales = [PromptScale([0.7 - 0.1 * i]) for i in range(prompts)]
             with torch.inference_mode(), prompt_scales(scales, True, device, dtype, list(range(prompts))):
                 unet(**kwargs)
             if device == "cuda":
@@ -130,14 +153,10 @@ def full_size_section(args: argparse.Namespace) -> dict:
 
         return run
 
-    runs = interleave({"one image prompt": call(first, 1), "two image prompts": call(both, 2)}, args.rounds, device)
-    rounds_table(
-        f"Second image prompt, full-size SD1.5 UNet (random weights), {args.full_size_px} px, one guided step, "
-        f"{device} {str(dtype).removeprefix('torch.')}",
-        runs,
-        {"two image prompts": "one image prompt"},
-    )
-    return {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+    runs = interleave({prompts_label(n): call(setups[n - 1], n) for n in range(1, 5)}, args.rounds, device)
+    title = (f"Image prompts per UNet call, full-size SD1.5 UNet (random weights), {args.full_size_px} px, one guided "
+             f"step, {device} {str(dtype).removeprefix('torch.')}")  # fmt: skip
+    return slot_table(title, runs)
 
 
 def main() -> None:

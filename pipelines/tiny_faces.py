@@ -101,3 +101,21 @@ def draw_face(canvas: object, centre: tuple[int, int], side: int, eyes: tuple[in
     for ex in (cx - side // 5, cx + side // 5):
         ey = cy - side // 8
         draw.rectangle([ex - dot, ey - dot, ex + dot, ey + dot], fill=eyes)
+
+
+def drawn_face_photo(eyes: tuple[int, int, int] = (0, 0, 255), side: int = 64) -> object:
+    """A 640 x 640 picture with one face the offline (tiny) detector finds: try the Face tab without a real model."""
+    from PIL import Image
+
+    img = Image.new("RGB", (640, 640), (40, 40, 50))
+    draw_face(img, (320, 320), side, eyes)
+    return img
+
+
+if __name__ == "__main__":  # python -m pipelines.tiny_faces face.png [face2.png ...]: one drawn person per file
+    import sys
+
+    palette = [(0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
+    for n, target in enumerate(sys.argv[1:] or ["face.png"]):
+        drawn_face_photo(palette[n % len(palette)]).save(target)
+        print(f"{target}: a drawn face the offline detector finds (eyes {palette[n % len(palette)]})")

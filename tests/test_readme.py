@@ -7,6 +7,8 @@ import contextlib
 import io
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -24,6 +26,9 @@ def test_the_readme_api_example_runs_against_the_tiny_app(app_url, tmp_path, mon
     code = api_example()
     assert 'Client("http://127.0.0.1:7860/")' in code  # the address `python app.py` prints
     Image.new("RGB", (96, 80), (212, 175, 55)).save(tmp_path / "gold.png")  # "any picture saved as gold.png"
+    command = re.search(r"`python -m pipelines\.tiny_faces ([\w. ]+)`", README.read_text(encoding="utf-8"))
+    subprocess.run([sys.executable, "-m", "pipelines.tiny_faces", *command.group(1).split()], cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(README.parent)}, check=True, capture_output=True)  # fmt: skip
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -37,5 +42,5 @@ def test_the_readme_api_example_runs_against_the_tiny_app(app_url, tmp_path, mon
     score = ast.literal_eval(lines[3])  # an image scored against the references and prompt
     assert set(score) == {"likeness", "adherence"}
     assert lines[4] == "['0 × 0', '0 × 0.5', '0 × 1', '1 × 0', '1 × 0.5', '1 × 1']"  # the 2-D sweep
-    assert lines[5].startswith("general ")
+    assert lines[5].startswith("face ") and lines[5].endswith("['face', 'style']")  # two people in a style
     assert os.path.exists(lines[0].split()[0])
