@@ -221,7 +221,7 @@ def test_face_endpoint(client, tmp_path):
         seed=4, api_name="/face",
     )  # fmt: skip
     assert meta["mode"] == "face" and meta["structure"] == 1.5 and meta["face_model"] == "tiny_faces"
-    assert "Reference 2 shows 2 faces; the largest one is used." in report
+    assert "Reference 2 shows 2 faces; the largest one (in the middle) is used." in report
     assert len(seen) == 4  # each photo with its face box, then each aligned crop
     offline = r"No face found in reference 2\. The offline face model only finds drawn faces like the example; real"
     with pytest.raises(Exception, match=offline):

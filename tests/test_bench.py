@@ -29,7 +29,7 @@ def test_the_stack_benchmark_runs():
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| 3 x 3 grid, batched | 1 |" in proc.stdout and "| 9 sequential renders | 9 |" in proc.stdout
-    assert "two image prompts" in proc.stdout
+    assert "4 image prompts" in proc.stdout and "cost of each added slot" in proc.stdout
 
 
 def test_the_fast_and_score_benchmarks_run():

@@ -116,3 +116,26 @@ def test_one_parameter_table_drives_api_settings_and_requests(client, presets):
     with pytest.raises(TypeError, match="unexpected keywords"):
         build_request(preset, prompt="x", strenght=1)
     assert set(SETTINGS_TYPES) == {p.name for p in PARAMETERS if p.kind != "images"}
+
+
+def test_slots_through_the_api_and_back(client, files):
+    """Two added image prompts by `slots` / `slot_images`; the PNG and a settings file restore both."""
+    slots = [{"mode": "face", "region": "right", "strength": 0.9, "variant": "faceid-plusv2"},
+             {"mode": "style", "strength": 0.7, "start_at": 0.25}]  # fmt: skip
+    images = gallery(files["alice"], files["gold"])
+    path, _, _, meta, seen = client.predict(prompt="two", reference=gallery(files["alice"]), region="left",
+                                            slots=slots, slot_images=images, seed=5, api_name="/face")  # fmt: skip
+    assert [p["mode"] for p in meta["image_prompts"]] == ["face", "face", "style"]
+    assert meta["slot_images_sha256"] == [load_reference(files["alice"]).sha256, load_reference(files["gold"]).sha256]
+    assert len(seen) == 5  # two faces (box and crop each), then the style image as CLIP sees it
+    settings = client.predict(prompt="two", slots=slots, slot_images=images, api_name="/face_settings")
+    for source in (path, settings):
+        _, data = client.predict(handle_file(source), api_name="/load_settings")
+        restored = data["settings"]["slots"]
+        assert [(s["mode"], s["region"], s["strength"]) for s in restored] == [("face", "right", 0.9),
+                                                                                ("style", "whole", 0.7)]  # fmt: skip
+        assert restored[0]["variant"] == "faceid-plusv2" and restored[1]["start_at"] == 0.25
+    with pytest.raises(Exception, match=r"either as slots .* or as extra_\*, not both"):
+        client.predict(prompt="x", slots=slots[:1], slot_images=images[:1], extra_mode="style", api_name="/general")
+    with pytest.raises(Exception, match=r"The slots take 2 images \(1 \+ 1\), but slot_images holds 1"):
+        client.predict(prompt="x", slots=slots, slot_images=images[:1], api_name="/general")
