@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
-from contextlib import ExitStack
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -20,6 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ReferenceImageError
+from .lru import LRU
 
 MAX_DECODE_PIXELS = 64 * 2**20  # 8192 x 8192: the most pixels one reference may decode to (checked from the header)
 # Pillow's WebP decoder holds two full RGBA canvases besides the image (measured: 5x the RGB size, not 2.3-3x as
@@ -137,10 +142,46 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+DECODED_KEPT = 16  # decoded references kept for the visitor who sent them (at most 2048 px a side: 12 MB each)
+_decoded = LRU(DECODED_KEPT)
+_decoded_lock = threading.Lock()
+_decode_scope: ContextVar[str | None] = ContextVar("decode_scope", default=None)
+
+
+@contextmanager
+def decode_cache(scope: str | None) -> Iterator[None]:
+    """Within this block, a file decoded for visitor `scope` is kept: the same upload again (same path, size and
+    modification time) is not decoded a second time. Kept per visitor: a faster answer says nothing about anyone
+    else's uploads (Gradio names uploads by their content). No scope: nothing is kept."""
+    token = _decode_scope.set(scope or None)
+    try:
+        yield
+    finally:
+        _decode_scope.reset(token)
+
+
 def load_reference(
     source: str | Path | bytes | Image.Image, index: int = 1, label: str = "reference"
 ) -> ReferenceImage:
     """Open a reference (path, bytes or PIL image); errors name it by `label` and its 1-based `index`."""
+    scope = _decode_scope.get()
+    if scope is None or not isinstance(source, (str, Path)):
+        return _load(source, index, label)
+    try:
+        info = os.stat(source)
+    except OSError:
+        return _load(source, index, label)  # the decoder words the error
+    key = (scope, os.path.realpath(source), info.st_size, info.st_mtime_ns)
+    with _decoded_lock:
+        kept = _decoded.get(key)
+    if kept is None:
+        kept = _load(source, index, label)
+        with _decoded_lock:
+            _decoded.put(key, kept)
+    return kept
+
+
+def _load(source: str | Path | bytes | Image.Image, index: int, label: str) -> ReferenceImage:
     label = f"{label} {index}"
     opened: Image.Image | None = None
     stack = ExitStack()  # the file we open ourselves

@@ -78,34 +78,36 @@ def _lines(scores: Sequence[dict[str, Any]], suggested: dict[str, Any] | None, a
 
 
 def _heat_maps(scores: Sequence[dict[str, Any]], suggested: dict[str, Any] | None, columns: list) -> Image.Image:
+    """One heat map per score, stacked (readable at the width of the page's column: about 600 px)."""
     rows = sorted({s["strength"] for s in scores})
     names = measures_of(scores)
-    cell, left, top, gap = 40, 44, 40, 24
-    panel_w, panel_h = left + cell * len(columns), top + cell * len(rows) + 20
-    img = Image.new("RGB", (max(1, len(names)) * (panel_w + gap) + gap, panel_h + 10), "white")
+    cell, left, top, below, gap = 72, 64, 56, 28, 16
+    panel_w, panel_h = left + cell * len(columns) + gap, top + cell * len(rows) + below
+    img = Image.new("RGB", (max(panel_w, 320), max(1, len(names)) * panel_h + gap), "white")
     draw = ImageDraw.Draw(img)
-    font = label_font(11)
+    font, small = label_font(15), label_font(13)
     by = {(s["strength"], s["extra_strength"]): s for s in scores}
     for n, name in enumerate(names):
-        ox = gap + n * (panel_w + gap)
+        oy = gap + n * panel_h
         values = [float(s[name]) for s in scores if s.get(name) is not None]
         lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-        draw.text((ox + panel_w / 2, 10), name.replace("_", " "), fill="black", font=font, anchor="mt")
+        draw.text((left, oy), name.replace("_", " "), fill="black", font=font, anchor="lt")
         for j, e in enumerate(columns):
-            draw.text((ox + left + j * cell + cell / 2, top - 4), f"{e:g}", fill="black", font=font, anchor="md")
+            draw.text((left + j * cell + cell / 2, oy + top - 6), f"{e:g}", fill="black", font=small, anchor="md")
         for i, s in enumerate(rows):
-            draw.text((ox + left - 4, top + i * cell + cell / 2), f"{s:g}", fill="black", font=font, anchor="rm")
+            y = oy + top + i * cell
+            draw.text((left - 8, y + cell / 2), f"{s:g}", fill="black", font=small, anchor="rm")
             for j, e in enumerate(columns):
                 value = by.get((s, e), {}).get(name)
-                box = [ox + left + j * cell, top + i * cell, ox + left + (j + 1) * cell - 1, top + (i + 1) * cell - 1]
-                draw.rectangle(box, fill=_ramp(value, lo, hi))
+                box = [left + j * cell, y, left + (j + 1) * cell - 1, y + cell - 1]
+                draw.rectangle(box, fill=_ramp(value, lo, hi), outline="white")
                 if value is not None:
-                    draw.text((box[0] + cell / 2, box[1] + cell / 2), f"{value:.2f}", fill="black", font=label_font(9),
+                    draw.text((box[0] + cell / 2, box[1] + cell / 2), f"{value:.2f}", fill="black", font=small,
                               anchor="mm")  # fmt: skip
                 if suggested is not None and (suggested.get("strength"), suggested.get("extra_strength")) == (s, e):
-                    draw.rectangle(box, outline=SUGGESTED, width=3)
-        below = (ox + left + cell * len(columns) / 2, top + cell * len(rows) + 4)
-        draw.text(below, "columns: extra strength", fill="black", font=font, anchor="ma")
+                    draw.rectangle(box, outline=SUGGESTED, width=4)
+        legend = "rows: this tab's strength; columns: the first added prompt's"
+        draw.text((left, oy + top + cell * len(rows) + 6), legend, fill=(90, 90, 90), font=small, anchor="lt")
     return img
 
 

@@ -45,6 +45,11 @@ RULE = (
     "rescaled over the cells to [0, 1]; the cell whose smallest rescaled measure is largest (ties: lower strengths)"
 )
 DIGITS = 4  # scores are reported to 4 decimals
+# Below this spread (max - min over the cells, cosine units) a measure does not tell the cells apart: CLIP and
+# ArcFace cosines of one picture drawn twice with other seeds differ by about this much. When no measure spreads
+# more, nothing is suggested ("too close to call").
+MIN_SPREAD = 0.02
+_WORDS = {"likeness": "likeness", "identity": "identity", "adherence": "adherence to the prompt"}
 
 
 class Scorer:
@@ -188,6 +193,11 @@ def suggest(cells: Sequence[dict[str, Any]], swept: Sequence[str] = ("",)) -> di
         measures.append("adherence")
     if not measures:
         return None
+    spreads = {name: float(np.ptp([c[name] for c in cells])) for name in measures}
+    if all(spread < MIN_SPREAD for spread in spreads.values()):
+        return {"index": None, "strength": None, "balance": None, "measures": measures, "rule": RULE,
+                "sentence": f"Too close to call: the scores change by less than {MIN_SPREAD} across these "
+                "strengths, so no cell is marked."}  # fmt: skip
     rescaled = []
     for name in measures:
         values = np.array([c[name] for c in cells], dtype=np.float64)
@@ -206,4 +216,7 @@ def suggest(cells: Sequence[dict[str, Any]], swept: Sequence[str] = ("",)) -> di
     if "extra_strength" in cells[best]:
         out["extra_strength"] = cells[best]["extra_strength"]
     out.update({"balance": round(float(balance[best]), DIGITS), "measures": measures, "rule": RULE})
+    where = f"{out['strength']:g}" + (f" × {out['extra_strength']:g}" if "extra_strength" in out else "")
+    what = " and ".join(dict.fromkeys(_WORDS.get(m.removeprefix("extra_"), m) for m in measures))
+    out["sentence"] = f"Suggested: {where} - {what} balance best here."
     return out

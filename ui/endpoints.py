@@ -8,7 +8,9 @@ same code. Nothing here builds UI.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ from .serving import escape, visitor_scope
 if TYPE_CHECKING:
     from pipelines.engine import Engine
 
+ENCODERS = min(4, os.cpu_count() or 1)  # PNGs of one comparison encoded at once
 FILE_INPUTS = {  # file input -> its label in messages (API keywords, then the page's slot galleries)
     "reference": "reference", "face_reference": "face close-up", "extra_reference": "extra reference",
     "negative_reference": "negative image", "image": "image to score", "slot_images": "slot image",
@@ -105,32 +108,38 @@ def sweep(studio: Studio, preset: ModePreset, values: dict[str, Any], progress: 
     mode = preset.mode
     request = request_from(preset, {**values, "strengths": values.get("strengths") or preset.compare})
     out = studio.sweep(request, on_step=_progress(progress), scope=visitor_scope(), score=studio.scored)
-    paths = [write_png(img, m) for img, m in zip(out.images, out.cell_metadata, strict=True)]
     _, columns = out.shape
+    best = out.suggested["index"] if out.suggested else None
     if columns > 1:  # a 2-D grid: rows = strengths, columns = the first slot's strengths
         captions = [f"{s:g} × {e:g}" for s, e in zip(out.strengths, out.extra_strengths, strict=True)]
-        labels = [f"{mode} {s:g} · {request.slots[0].mode} {e:g}" for s, e in zip(out.strengths, out.extra_strengths,
-                                                                                  strict=True)]  # fmt: skip
+        row_labels = [f"{mode} {s:g}" for s in out.strengths[::columns]]
+        column_labels = [f"{request.slots[0].mode} {e:g}" for e in out.extra_strengths[:columns]]
     else:
         captions = [f"{s:g}" for s in out.strengths]  # short: readable under the smallest cell
-        labels = [f"strength {c}" for c in captions]
-    best = out.suggested["index"] if out.suggested else None
-    if best is not None:
-        labels[best] += " ★"
-    grid = make_grid(out.images, labels, columns=columns if columns > 1 else None, highlight=best)
-    grid_path = save_png(grid, out.metadata, output_path(f"{mode}-compare"))
-    chart = None
-    if out.scores:
-        chart = str(output_path(f"{mode}-scores"))
-        score_plot(out.scores, out.suggested).save(chart, format="PNG")
-    settings_path = output_path(f"{mode}-sweep", ".json")
-    sweep_file = {**settings_of(request), "scores": out.scores or None, "suggested": out.suggested}
-    settings_path.write_text(json.dumps(sweep_file, indent=1, ensure_ascii=False), encoding="utf-8")
+        row_labels, column_labels = None, [f"strength {c}" for c in captions]
+    # Encoding is most of the time outside the denoiser: the cells, the grid and the plot are encoded at once
+    # (zlib releases the GIL), each PNG with the fast settings of pipelines/metadata.py.
+    with ThreadPoolExecutor(max_workers=ENCODERS) as pool:
+        cells = [pool.submit(write_png, img, m) for img, m in zip(out.images, out.cell_metadata, strict=True)]
+        grid = make_grid(out.images, column_labels, row_labels, highlight=best)
+        grid_path = pool.submit(save_png, grid, out.metadata, output_path(f"{mode}-compare"))
+        chart = pool.submit(_plot, out, mode) if out.scores else None
+        settings_path = output_path(f"{mode}-sweep", ".json")
+        sweep_file = {**settings_of(request), "scores": out.scores or None, "suggested": out.suggested}
+        settings_path.write_text(json.dumps(sweep_file, indent=1, ensure_ascii=False), encoding="utf-8")
+        paths = [c.result() for c in cells]
+        grid_path, chart = grid_path.result(), chart.result() if chart else None
     pair = (paths[0], paths[1]) if len(paths) == 2 else None
     report = format_diagnostics(out.diagnostics, out.warnings)
     gallery = list(zip(paths, captions, strict=True))
     return (gallery, pair, str(grid_path), request.settings.seed, report, out.metadata, out.scores, out.suggested,
             chart, str(settings_path))  # fmt: skip
+
+
+def _plot(out: Any, mode: str) -> str:
+    path = output_path(f"{mode}-scores")
+    save_png(score_plot(out.scores, out.suggested), {}, path)
+    return str(path)
 
 
 def score(studio: Studio, preset: ModePreset, values: dict[str, Any], progress: Any) -> dict:

@@ -256,12 +256,13 @@ def compare_panel(preset: ModePreset, c: dict[str, Any]) -> dict[str, Any]:
         out["ab"] = gr.ImageSlider(label="A/B", type="filepath", visible=False)
         out["grid_file"] = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
         out["compare_diagnostics"] = gr.Markdown(label="compare_diagnostics")
+        out["suggestion"] = gr.Markdown(elem_id=f"{mode}-suggested")  # the suggestion, in a sentence
         out["plot"] = gr.Image(
-            label="Scores against strength (likeness, adherence, identity; the suggestion marked)", type="filepath",
-            format="png", interactive=False, elem_id=f"{mode}-plot",
+            label="Scores against strength", show_label=False, type="filepath", format="png", interactive=False,
+            elem_id=f"{mode}-plot",
         )  # fmt: skip
-        out["suggested"] = gr.JSON(label="Suggested strength", elem_id=f"{mode}-suggested")
-        with gr.Accordion("Scores of every cell", open=False):
+        with gr.Accordion("Scores of every cell, and the suggestion's numbers", open=False):
+            out["suggested"] = gr.JSON(label="Suggested strength")
             out["scores"] = gr.JSON(label="scores")
         out["sweep_settings"] = gr.File(label="Settings of the sweep (JSON, with its scores)")
         with gr.Accordion("Score an image (any image, made here or elsewhere)", open=False):
@@ -368,7 +369,10 @@ def wire_endpoints(
         if kind == "compare":
             event.success(_ab_label, inputs=out["metadata"], outputs=out["ab"], **PRIVATE).success(
                 _grid_columns, inputs=out["metadata"], outputs=out["cells"], **PRIVATE
-            ).success(lambda: gr.update(visible=True), outputs=out["used_seed"], **PRIVATE)
+            ).success(lambda: gr.update(visible=True), outputs=out["used_seed"], **PRIVATE).success(
+                lambda s: f"**{s['sentence']}**" if s and s.get("sentence") else "", inputs=out["suggested"],
+                outputs=out["suggestion"], **PRIVATE,
+            )  # fmt: skip
     # What the adapter sees follows the images, crop and adapters by itself: cleared at once, then redrawn. One
     # listener for every trigger: changing several inputs queues one redraw (the gate admits a few jobs a visitor).
     watched = [c[n] for n in ("reference", "face_reference", "crop", "variant", *SLOT_CONTROL_NAMES) if n in c

@@ -114,3 +114,24 @@ def test_peak_decode_memory_is_under_4x_the_rgb_size(tmp_path, case):
     kib, size = bench.peak_extra_kib(path, warm)
     assert size == (2048, 2048)
     assert kib / 1024 < 4 * 2048 * 2048 * 3 / 2**20, f"{kib / 1024:.0f} MiB"
+
+
+def test_the_same_upload_is_decoded_once_per_visitor(tmp_path, gold, monkeypatch):
+    from pipelines import images
+
+    path = tmp_path / "ref.png"
+    gold.save(path)
+    decoded = []
+    real = images._load
+    monkeypatch.setattr(images, "_load", lambda *a: decoded.append(a[0]) or real(*a))
+    monkeypatch.setattr(images, "_decoded", images.LRU(4))
+    with images.decode_cache("visitor a"):
+        first = load_reference(str(path))
+        assert load_reference(str(path)).sha256 == first.sha256 and len(decoded) == 1  # kept
+    with images.decode_cache("visitor b"):
+        load_reference(str(path))  # another visitor: decoded again (no timing says someone sent it before)
+    load_reference(str(path))  # outside a visitor's request: never kept
+    assert len(decoded) == 3
+    Image.new("RGB", (8, 8)).save(path)  # the file changed: decoded again
+    with images.decode_cache("visitor a"):
+        assert load_reference(str(path)).image.size == (8, 8) and len(decoded) == 4
