@@ -26,6 +26,7 @@ import pipelines
 from pipelines import ImagePromptError, load_families, load_mode_presets
 from pipelines.presets import FamilySpec, ModePreset
 from ui import anime, face, general, style
+from ui.common import PAGE_CSS
 from ui.endpoints import Studio
 from ui.loader import load_settings_panel
 from ui.mcp import door_middleware, install_mcp
@@ -90,6 +91,7 @@ def launch_options() -> dict:
     A fresh dict per launch: Gradio adds to `app_kwargs` when it builds the server.
     """
     return {
+        "css": PAGE_CSS,
         "show_error": True,
         "allowed_paths": [],
         "max_file_size": MAX_FILE_SIZE,

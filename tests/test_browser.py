@@ -223,3 +223,25 @@ def test_fast_mode_through_the_ui(fresh, files):
     panel.get_by_role("button", name="Start drawing").click()
     page.locator("#general-result img").wait_for(state="visible")
     page.get_by_text("fast · ").first.wait_for()  # the diagnostics line says which speed drew it
+
+
+WHOLE = """(gallery) => [...gallery.querySelectorAll('img')].map(img => {
+  const r = img.getBoundingClientRect(), g = gallery.getBoundingClientRect();
+  return {inside: r.top >= g.top - 1 && r.bottom <= g.bottom + 1 && r.left >= g.left - 1 && r.right <= g.right + 1,
+          fit: getComputedStyle(img).objectFit, height: r.height};
+})"""
+
+
+def test_strips_show_whole_images(fresh, files):
+    """What the adapter sees and the reference strip: every picture whole inside its strip (none cut by a height)."""
+    page = fresh
+    page.get_by_role("tab", name=TABS["face"]).click()
+    panel = page.locator("#tab-face")
+    panel.locator("#face-reference input[type=file]").set_input_files([files["alice"], files["alice"]])
+    preview = page.locator("#face-preview")
+    preview.locator("img").nth(1).wait_for(state="visible")
+    for gallery in (preview, page.locator("#face-reference")):
+        gallery.scroll_into_view_if_needed()
+        boxes = gallery.evaluate(WHOLE)
+        assert boxes and all(b["inside"] and b["fit"] == "contain" and b["height"] > 40 for b in boxes), boxes
+    page.screenshot(path=str(ARTIFACTS / "strips.png"), full_page=True)

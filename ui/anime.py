@@ -35,6 +35,7 @@ def _extra(preset: ModePreset) -> dict[str, gr.components.Component]:
             interactive=True,
             columns=4,
             height=140,
+            elem_classes=["strip"],
             file_types=["image"],
             object_fit="contain",
         )

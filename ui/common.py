@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ except ImportError:
     spaces = None
 
 from pipelines.metadata import save_png
-from pipelines.request import MAX_SEED
 
 from .serving import OUTPUTS, as_code, escape
 
@@ -26,7 +24,13 @@ GPU_CONCURRENCY_ID = "gpu"  # every event that runs the pipeline shares one queu
 # Events that only decode or write files (settings) share one small slot of their own: N parallel decodes of
 # crafted files cannot add up, and they never wait behind a render.
 IO_CONCURRENCY = {"concurrency_id": "io", "concurrency_limit": 2}
-RANDOM_SEED = -1  # the seed box value that asks for a fresh random seed
+# The page's own styling (Gradio 6 takes it at launch). Image strips (references, what the adapter sees) show whole
+# pictures as fixed thumbnails, wrapping into rows, instead of one picture cropped by the strip's height.
+PAGE_CSS = """
+.strip .grid-container { grid-template-columns: repeat(auto-fill, 150px) !important; }
+.strip .grid-wrap { min-height: 0 !important; max-height: none !important; height: auto !important; }
+.strip .thumbnail-item { width: 150px; height: 150px; }
+"""
 
 
 # Seconds of GPU per denoising step per image of one megapixel (H100/H200-class, bf16), for ZeroGPU's budget.
@@ -46,13 +50,6 @@ def on_gpu(fn: Callable[..., Any], duration: Callable[..., int]) -> Callable[...
     if spaces is None:
         return fn
     return spaces.GPU(duration=duration)(fn)
-
-
-def resolve_seed(seed: Any) -> Any:
-    """-1 (or an empty box) becomes a random seed; anything else is passed on for validation."""
-    if seed is None or (isinstance(seed, (int, float)) and not isinstance(seed, bool) and seed == RANDOM_SEED):
-        return secrets.randbelow(MAX_SEED + 1)
-    return seed
 
 
 def output_path(prefix: str = "image", suffix: str = ".png") -> Path:

@@ -120,7 +120,7 @@ def prompt_group(preset: ModePreset, text: TabText, extra: ExtraControls | None)
     c: dict[str, Any] = {"prompt": gr.Textbox(label="Prompt", lines=2, placeholder="What to draw")}
     c["reference"] = gr.Gallery(
         label=text.reference_label, type="filepath", interactive=True, columns=4, height=200, file_types=["image"],
-        object_fit="contain", elem_id=f"{preset.mode}-reference",
+        object_fit="contain", elem_id=f"{preset.mode}-reference", elem_classes=["strip"],
     )  # fmt: skip
     c["strength"] = gr.Slider(label=text.strength_label, minimum=preset.strength.min, maximum=preset.strength.max,
                               step=preset.strength.step, value=d["strength"])  # fmt: skip
@@ -156,7 +156,7 @@ def _slot_group(preset: ModePreset, i: int) -> dict[str, Any]:
                             choices=[(SLOT_LABELS[m], m) for m in ("none", *kinds)])  # fmt: skip
     c[n["images"]] = gr.Gallery(
         label="Its images", type="filepath", interactive=True, columns=4, height=140, file_types=["image"],
-        object_fit="contain", elem_id=f"{preset.mode}-slot{i}-images",
+        object_fit="contain", elem_id=f"{preset.mode}-slot{i}-images", elem_classes=["strip"],
     )  # fmt: skip
     c[n["strength"]] = gr.Slider(
         label="Its strength", minimum=min(k.strength.min for k in kinds.values()),
@@ -206,7 +206,7 @@ def settings_group(preset: ModePreset, c: dict[str, Any]) -> dict[str, Any]:
                 c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=d[name])
         c["negative_reference"] = gr.Gallery(
             label="Negative images (a look that should NOT carry over)", type="filepath", interactive=True,
-            columns=4, height=120, file_types=["image"], object_fit="contain",
+            columns=4, height=120, file_types=["image"], object_fit="contain", elem_classes=["strip"],
         )  # fmt: skip
         with gr.Row():
             c["start_at"] = gr.Slider(
@@ -235,7 +235,8 @@ def result_panel(mode: str) -> dict[str, Any]:
     out["used_seed"] = gr.Number(label="Seed used", precision=0, interactive=False, visible=False,
                                  elem_id=f"{mode}-seed-used")  # fmt: skip
     out["diagnostics"] = gr.Markdown(label="diagnostics")
-    out["preview"] = gr.Gallery(label="What the adapter sees", columns=4, height=140, interactive=False,
+    out["preview"] = gr.Gallery(label="What the adapter sees", columns=4, height="auto", interactive=False,
+                                elem_classes=["strip"],
                                 object_fit="contain", elem_id=f"{mode}-preview")  # fmt: skip
     return out
 
@@ -251,7 +252,7 @@ def compare_panel(preset: ModePreset, c: dict[str, Any]) -> dict[str, Any]:
             placeholder="e.g. 0, 0.5, 1 (needs 'Add an image prompt')", value="",
         )  # fmt: skip
         out["compare"] = gr.Button("Compare strengths")
-        out["cells"] = gr.Gallery(label="Comparison (the strength under each cell)", columns=5, height=260,
+        out["cells"] = gr.Gallery(label="Comparison (the strength under each cell)", columns=5, height="auto",
                                   interactive=False, elem_id=f"{mode}-cells", object_fit="contain")  # fmt: skip
         out["ab"] = gr.ImageSlider(label="A/B", type="filepath", visible=False)
         out["grid_file"] = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
