@@ -83,7 +83,7 @@ def _heat_maps(scores: Sequence[dict[str, Any]], suggested: dict[str, Any] | Non
     names = measures_of(scores)
     cell, left, top, below, gap = 72, 64, 56, 28, 16
     panel_w, panel_h = left + cell * len(columns) + gap, top + cell * len(rows) + below
-    img = Image.new("RGB", (max(panel_w, 320), max(1, len(names)) * panel_h + gap), "white")
+    img = Image.new("RGB", (max(panel_w, 480), max(1, len(names)) * panel_h + gap), "white")
     draw = ImageDraw.Draw(img)
     font, small = label_font(15), label_font(13)
     by = {(s["strength"], s["extra_strength"]): s for s in scores}
@@ -106,7 +106,7 @@ def _heat_maps(scores: Sequence[dict[str, Any]], suggested: dict[str, Any] | Non
                               anchor="mm")  # fmt: skip
                 if suggested is not None and (suggested.get("strength"), suggested.get("extra_strength")) == (s, e):
                     draw.rectangle(box, outline=SUGGESTED, width=4)
-        legend = "rows: this tab's strength; columns: the first added prompt's"
+        legend = "rows: this tab's strength · columns: the added prompt's"
         draw.text((left, oy + top + cell * len(rows) + 6), legend, fill=(90, 90, 90), font=small, anchor="lt")
     return img
 

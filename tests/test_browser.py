@@ -245,3 +245,26 @@ def test_strips_show_whole_images(fresh, files):
         boxes = gallery.evaluate(WHOLE)
         assert boxes and all(b["inside"] and b["fit"] == "contain" and b["height"] > 40 for b in boxes), boxes
     page.screenshot(path=str(ARTIFACTS / "strips.png"), full_page=True)
+
+
+def test_a_two_dimensional_comparison_shows_every_row_and_whole_captions(fresh, files):
+    page = fresh
+    panel = page.locator("#tab-general")
+    panel.locator("#general-reference input[type=file]").set_input_files(files["gold"])
+    panel.get_by_text("Add an image prompt (a face, a style").click()
+    page.locator("#general-slot1-mode").get_by_text("A style").click()
+    page.locator("#general-slot1-images input[type=file]").set_input_files(files["gold"])
+    page.locator("#general-slot1-images img").first.wait_for(state="visible")
+    panel.get_by_text("Compare strengths (same seed, one batched pass)").click()
+    panel.get_by_label("Strengths (comma-separated; two give an A/B slider)").fill("0, 1")
+    panel.get_by_label("Strengths of the first added image prompt").fill("0, 0.5, 1")
+    panel.get_by_role("button", name="Compare strengths", exact=True).click()
+    cells = page.locator("#general-cells")
+    cells.locator("img").nth(5).wait_for(state="visible")
+    cells.scroll_into_view_if_needed()
+    boxes = cells.evaluate(WHOLE)
+    assert len(boxes) == 6 and all(b["inside"] for b in boxes), boxes  # both rows, no inner scroll hides one
+    captions = cells.locator(".caption-label")
+    for i in range(captions.count()):
+        assert captions.nth(i).evaluate("e => e.scrollWidth <= e.clientWidth"), captions.nth(i).inner_text()
+    page.screenshot(path=str(ARTIFACTS / "general-2d.png"), full_page=True)

@@ -139,10 +139,17 @@ def prompt_group(preset: ModePreset, text: TabText, extra: ExtraControls | None)
 def slot_groups(preset: ModePreset) -> dict[str, Any]:
     """ "Add an image prompt": up to three groups, each a face, a style or a general reference of its own."""
     c: dict[str, Any] = {}
+    groups = []
     with gr.Accordion("Add an image prompt (a face, a style, another reference: up to three)", open=False):
         for i in range(1, MAX_SLOTS + 1):
-            with gr.Group(visible=True, elem_id=f"{preset.mode}-slot{i}"):
+            with gr.Group(visible=i == 1, elem_id=f"{preset.mode}-slot{i}") as group:
                 c.update(_slot_group(preset, i))
+            groups.append(group)
+    # The next group shows once this one is in use (a loaded file sets the kinds: its groups show too).
+    for i in range(1, MAX_SLOTS):
+        c[f"slot{i}_mode"].change(lambda kind, nxt: gr.update(visible=kind != "none" or nxt != "none"),
+                                  inputs=[c[f"slot{i}_mode"], c[f"slot{i + 1}_mode"]], outputs=groups[i],
+                                  **PRIVATE)  # fmt: skip
     return c
 
 
