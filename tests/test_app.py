@@ -17,7 +17,7 @@ from PIL import Image
 import app
 from pipelines import build_request
 from pipelines.metadata import read_png_metadata
-from ui.common import RANDOM_SEED
+from pipelines.request import RANDOM_SEED
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,9 +44,11 @@ def test_general_endpoint_png_and_metadata(client, engines, presets, gold_file):
     assert seed == 1234
     assert Path(path).suffix == ".png"
     png_meta = read_png_metadata(path)
+    counters = meta.pop("diagnostics")  # returned beside the metadata, not stored in the PNG
     assert png_meta == meta  # the PNG survives Gradio unchanged, metadata included
+    assert counters["unet_calls"] == 3 and counters["batch_size"] == 1
     assert {k: meta[k] for k in settings} == settings
-    assert "UNet calls 3" in diagnostics and "batch 1" in diagnostics
+    assert "UNet calls" not in diagnostics and "CPU" in diagnostics  # a plain line; the counters are in the JSON
     # Through the app or straight through the library: the same pixels.
     request = build_request(presets["general"]["tiny"], prompt="a gold vase", references=[gold_file], **settings)
     direct = engines["tiny"].generate(request).image
@@ -131,7 +133,7 @@ def test_compare_endpoint_cells_grid_and_ab(client, gold_file):
     assert read_png_metadata(grid)["strengths"] == [0.0, 1.0]  # the grid PNG carries the whole sweep
     assert 2 * 64 < Image.open(grid).width < 2 * 64 + 40  # two cells with their margins, side by side
     assert len(slider) == 2 and all(Path(p).is_file() for p in slider)  # two strengths: the A/B pair, plain paths
-    assert "batch 2" in diagnostics
+    assert "2 images in 1 pass" in diagnostics and meta["diagnostics"]["batch_size"] == 2
     cell_b = np.asarray(Image.open(gallery_out[1]["image"]).convert("RGB")).astype(int)
     single, *_ = client.predict(
         prompt="a gold vase", reference=gallery(gold_file), strength=1, seed=77, steps=2, api_name="/general"

@@ -159,7 +159,7 @@ def test_each_mcp_session_is_its_own_visitor(mcp_url, engines, reference_files):
     assert fourth.isError and "You already have 3 requests waiting or running" in " ".join(texts(fourth.content))
     assert other_waiting and not other[0], texts(other[1])  # the other agent was let in, and drew
     assert all(not r.isError for r in firsts)
-    assert "cache hits 0" in " ".join(texts(other[1]))  # the first agent's cached reference is not shared
+    assert metadata_of(other[1])["diagnostics"]["cache_hits"] == 0  # the first agent's cached reference is not shared
 
 
 def test_a_caller_that_hangs_up_does_not_keep_its_job(mcp_url, engines):

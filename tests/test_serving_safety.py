@@ -236,7 +236,7 @@ def test_caches_are_no_membership_oracle(app_url, reference_files):
     gold = [{"image": handle_file(reference_files["gold"])}]
     first = Client(app_url, verbose=False).predict(prompt="x", reference=gold, steps=1, api_name="/general")
     other = Client(app_url, verbose=False).predict(prompt="x", reference=gold, steps=1, api_name="/general")
-    assert "cache hits 0" in first[2] and "cache hits 0" in other[2]  # the second visitor learns nothing
+    assert first[3]["diagnostics"]["cache_hits"] == 0 and other[3]["diagnostics"]["cache_hits"] == 0  # nothing learnt
 
 
 def _fn_index(url: str, api_name: str) -> tuple[int, list]:

@@ -63,25 +63,25 @@ def write_png(image: Any, metadata: dict[str, Any]) -> str:
 
 
 def format_diagnostics(diagnostics: dict[str, Any], warnings: list[str] | None = None) -> str:
-    """One line under each result (time, speed, memory, calls, batch), after any warnings (also shown as toasts)."""
-    parts = [f"{diagnostics['seconds']:.2f} s", f"{diagnostics['steps_per_second']} steps/s"]
-    if "peak_memory_gb" in diagnostics:
-        parts.append(f"peak {diagnostics['peak_memory_gb']} GB")
-    parts += [
-        f"base {diagnostics['base']}",
-        f"UNet calls {diagnostics['unet_calls']}",
-        f"encoder calls {diagnostics['encoder_calls']}",
-        f"cache hits {diagnostics['cache_hits']}",
-        f"batch {diagnostics.get('batch_plan', diagnostics['batch_size'])}"
-        + (" (measured)" if diagnostics.get("batch_choice", "fixed") != "fixed" and diagnostics["images"] > 1 else ""),
-        diagnostics["device"],
-    ]
+    """One plain line under each result (after any warnings, also shown as toasts): time, speed, what drew it.
+
+    The counters (denoiser and encoder calls, cache hits, face detections, the batch plan) are in the metadata
+    JSON's `diagnostics`, for whoever measures.
+    """
+    parts = [f"{diagnostics['seconds']:.2f} s"]
     if diagnostics.get("speed") == "fast":
-        parts.insert(1, "fast")
+        parts.append("fast")
     if diagnostics.get("image_prompts", 1) > 1:
-        parts.insert(1, f"{diagnostics['image_prompts']} image prompts")
-    if diagnostics.get("face_detections") is not None:
-        parts.insert(-1, f"face detections {diagnostics['face_detections']}")
+        parts.append(f"{diagnostics['image_prompts']} image prompts")
+    images, batches = diagnostics.get("images", 1), diagnostics.get("batches", 1)
+    if images > 1:
+        parts.append(f"{images} images in {batches} pass{'es' if batches > 1 else ''}")
+    parts.append(f"base {diagnostics['base']}")
+    if diagnostics.get("steps_per_second"):
+        parts.append(f"{diagnostics['steps_per_second']:g} steps a second")
+    parts.append("GPU" if str(diagnostics.get("device", "")).startswith("cuda") else "CPU")
+    if "peak_memory_gb" in diagnostics:
+        parts.append(f"peak memory {diagnostics['peak_memory_gb']} GB")
     lines = []
     for warning in warnings or []:  # they may quote the person's own text: never rendered as markup
         gr.Warning(escape(warning))

@@ -100,7 +100,8 @@ def single(studio: Studio, preset: ModePreset, values: dict[str, Any], progress:
     result = studio.generate(request, on_step=_progress(progress), scope=visitor_scope())
     path = write_png(result.image, result.metadata)
     report = format_diagnostics(result.diagnostics, result.warnings)
-    return path, request.settings.seed, report, result.metadata, result.previews
+    shown = {**result.metadata, "diagnostics": result.diagnostics}  # the counters, beside what reproduces it
+    return path, request.settings.seed, report, shown, result.previews
 
 
 def sweep(studio: Studio, preset: ModePreset, values: dict[str, Any], progress: Any) -> tuple:
@@ -132,8 +133,9 @@ def sweep(studio: Studio, preset: ModePreset, values: dict[str, Any], progress: 
     pair = (paths[0], paths[1]) if len(paths) == 2 else None
     report = format_diagnostics(out.diagnostics, out.warnings)
     gallery = list(zip(paths, captions, strict=True))
-    return (gallery, pair, str(grid_path), request.settings.seed, report, out.metadata, out.scores, out.suggested,
-            chart, str(settings_path))  # fmt: skip
+    shown = {**out.metadata, "diagnostics": out.diagnostics}
+    return (gallery, pair, str(grid_path), request.settings.seed, report, shown, out.scores, out.suggested, chart,
+            str(settings_path))  # fmt: skip
 
 
 def _plot(out: Any, mode: str) -> str:
