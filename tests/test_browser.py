@@ -268,3 +268,25 @@ def test_a_two_dimensional_comparison_shows_every_row_and_whole_captions(fresh, 
     for i in range(captions.count()):
         assert captions.nth(i).evaluate("e => e.scrollWidth <= e.clientWidth"), captions.nth(i).inner_text()
     page.screenshot(path=str(ARTIFACTS / "general-2d.png"), full_page=True)
+
+
+def test_an_error_stays_next_to_the_result_until_the_next_run(fresh, files):
+    """A refused run: its message stays beside the result (no vanishing toast, no red "Error" on every box); the
+    automatic preview and the button say it once, in the same place; a good run clears it."""
+    page = fresh
+    page.get_by_role("tab", name=TABS["face"]).click()
+    panel = page.locator("#tab-face")
+    panel.locator("#face-reference input[type=file]").set_input_files(files["gold"])  # no face in it
+    box = page.locator("#face-error")
+    box.get_by_text("No face found in reference 1").wait_for()  # from the automatic preview
+    panel.get_by_role("button", name="Start drawing").click()
+    page.wait_for_timeout(3000)
+    box.get_by_text("No face found in reference 1").wait_for()  # the run says the same, in the same place
+    assert box.get_by_text("No face found").count() == 1
+    assert panel.get_by_text("Error", exact=True).count() == 0  # no red pill on the outputs
+    assert page.get_by_test_id("toast-body").filter(has_text="No face found").count() == 0
+    panel.locator("#face-reference").get_by_role("button", name="Clear").first.click()
+    panel.locator("#face-reference input[type=file]").set_input_files(files["alice"])
+    panel.get_by_role("button", name="Start drawing").click()
+    page.locator("#face-seed-used").wait_for(state="visible")
+    box.get_by_text("No face found").wait_for(state="detached")  # fixed: the message is gone

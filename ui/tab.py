@@ -8,6 +8,7 @@ module-level functions (`ui/endpoints.py`) over a narrow `Studio` interface, nev
 
 from __future__ import annotations
 
+import html
 import inspect
 import os
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from . import endpoints
 from .common import GPU_CONCURRENCY_ID, IO_CONCURRENCY, on_gpu
 from .endpoints import FILE_INPUTS, Studio
 from .examples import reference_path
-from .serving import boundary, uploaded_image
+from .serving import as_code, boundary, uploaded_image
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
 SLOT_LABELS = {"none": "Nothing", "general": "General reference", "face": "A face", "style": "A style"}
@@ -242,6 +243,9 @@ def result_panel(mode: str) -> dict[str, Any]:
     out["used_seed"] = gr.Number(label="Seed used", precision=0, interactive=False, visible=False,
                                  elem_id=f"{mode}-seed-used")  # fmt: skip
     out["diagnostics"] = gr.Markdown(label="diagnostics")
+    # The last error of a run on this page stays here until the next run (instead of a toast that vanishes and a
+    # red "Error" on every output box); the API raises it as before.
+    out["error"] = gr.Markdown(elem_id=f"{mode}-error", elem_classes=["run-error"])
     out["preview"] = gr.Gallery(label="What the adapter sees", columns=4, height="auto", interactive=False,
                                 elem_classes=["strip"],
                                 object_fit="contain", elem_id=f"{mode}-preview")  # fmt: skip
@@ -326,6 +330,24 @@ def endpoint(
     return boundary(call, files={n: label for n, label in FILE_INPUTS.items() if n in names})
 
 
+def page_endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any], outputs: int) -> Callable[..., Any]:
+    """`endpoint` for the page's own events: one more output, the error box. A refused run leaves every output as
+    it was and puts its message (escaped already) in the box; a good run empties the box."""
+    inner = endpoint(names, body)
+
+    def call(*args: Any, **kwargs: Any) -> tuple:
+        try:
+            result = inner(*args, **kwargs)
+        except gr.Error as e:  # shown as the characters it is: a code span, never markup
+            return (*[gr.skip()] * outputs, f"⚠️ {as_code(html.unescape(str(e.message)))}")
+        return (*(result if outputs > 1 else (result,)), "")
+
+    call.__signature__ = inner.__signature__  # type: ignore[attr-defined] - Gradio injects the request by it
+    call.__annotations__ = inner.__annotations__
+    call.__name__ = inner.__name__
+    return call
+
+
 def page_names(names: list[str]) -> list[str]:
     """An endpoint's inputs on the page: its API keywords less the slot ones, plus the slot groups' controls."""
     slot_keywords = {"slots", "slot_images"} | {n for n in names if n.startswith("extra_") and n != "extra_strengths"}
@@ -367,11 +389,11 @@ def wire_endpoints(
         api_trigger.click(endpoint(names, body, api_name, summary), inputs=[inputs[n] for n in names],
                           outputs=outputs[kind], api_name=api_name, **slot)  # fmt: skip
         if kind in ("single", "compare"):  # first: a failed run leaves nothing stale
-            button.click(lambda: (None, ""), outputs=[out["used_seed"], outputs[kind][4 if kind == "compare" else 2]],
-                         **PRIVATE)  # fmt: skip
+            stale = [out["used_seed"], outputs[kind][4 if kind == "compare" else 2], out["error"]]
+            button.click(lambda: (None, "", ""), outputs=stale, **PRIVATE)
         page = page_names(names)
-        event = button.click(endpoint(page, body), inputs=[c[n] for n in page], outputs=outputs[kind],
-                             api_visibility="private", **slot)  # fmt: skip
+        event = button.click(page_endpoint(page, body, len(outputs[kind])), inputs=[c[n] for n in page],
+                             outputs=[*outputs[kind], out["error"]], api_visibility="private", **slot)  # fmt: skip
         if kind == "single":
             event.success(lambda: gr.update(visible=True), outputs=out["used_seed"], **PRIVATE)
         if kind == "compare":
@@ -387,9 +409,9 @@ def wire_endpoints(
                and not n.endswith(("_strength", "_region", "_start_at", "_stop_at"))]  # fmt: skip
     page = page_names(parameters_for(mode, "single"))
     gr.on([w.change for w in watched], lambda: [], outputs=out["preview"], **PRIVATE)
-    gr.on([w.change for w in watched], endpoint(page, _bound(endpoints.preview, studio, preset, 1)),
-          inputs=[c[n] for n in page], outputs=out["preview"], api_visibility="private", trigger_mode="always_last",
-          **GPU)  # fmt: skip
+    gr.on([w.change for w in watched], page_endpoint(page, _bound(endpoints.preview, studio, preset, 1), 1),
+          inputs=[c[n] for n in page], outputs=[out["preview"], out["error"]], api_visibility="private",
+          trigger_mode="always_last", **GPU)  # fmt: skip
 
 
 def _bound(fn: Callable[..., Any], studio: Studio, preset: ModePreset, images: int | None) -> Callable[..., Any]:
