@@ -220,7 +220,7 @@ def _load(source: str | Path | bytes | Image.Image, index: int, label: str) -> R
         raise ReferenceImageError(f"{label.capitalize()} is too large to open safely.") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
         raise ReferenceImageError(
-            f"{label.capitalize()} is not a readable image ({type(e).__name__}). Upload a PNG, JPEG or WebP file."
+            f"{label.capitalize()} is not a readable image. Upload a PNG, JPEG or WebP file."
         ) from e
     finally:
         if opened is not None:

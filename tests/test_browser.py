@@ -189,6 +189,12 @@ def test_two_people_in_a_style_through_the_ui(fresh, files):
     panel.get_by_text("This tab's image prompt acts on").locator("..").get_by_text("Left half").click()
     panel.get_by_text("Add an image prompt (a face, a style").click()
     page.locator("#face-slot1-mode").get_by_text("A face").click()
+    adapter = page.locator("#face-slot1").get_by_label("Its adapter")
+    page.wait_for_timeout(500)
+    adapter.click()  # only the face kind's adapters, by their labels
+    options = [o.replace("✓", "").strip() for o in page.get_by_role("option").all_inner_texts()]  # ✓: chosen
+    assert options == ["FaceID (identity only)", "FaceID Plus v2 (identity + face structure)"], options
+    page.keyboard.press("Escape")
     page.locator("#face-slot1 ").get_by_text("Right half").click()
     page.locator("#face-slot1-images input[type=file]").set_input_files(files["alice"])
     page.locator("#face-slot2-mode").get_by_text("A style").click()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import inspect
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -330,22 +331,52 @@ def endpoint(
     return boundary(call, files={n: label for n, label in FILE_INPUTS.items() if n in names})
 
 
-def page_endpoint(names: list[str], body: Callable[[dict[str, Any], Any], Any], outputs: int) -> Callable[..., Any]:
+def page_endpoint(
+    names: list[str], body: Callable[[dict[str, Any], Any], Any], outputs: int, labels: dict[str, str]
+) -> Callable[..., Any]:
     """`endpoint` for the page's own events: one more output, the error box. A refused run leaves every output as
-    it was and puts its message (escaped already) in the box; a good run empties the box."""
+    it was and puts its message in the box, in the words of the page (`labels`: keyword -> control label); a good
+    run empties the box."""
     inner = endpoint(names, body)
 
     def call(*args: Any, **kwargs: Any) -> tuple:
         try:
             result = inner(*args, **kwargs)
         except gr.Error as e:  # shown as the characters it is: a code span, never markup
-            return (*[gr.skip()] * outputs, f"⚠️ {as_code(html.unescape(str(e.message)))}")
+            message = in_page_words(html.unescape(str(e.message)), labels)
+            return (*[gr.skip()] * outputs, f"⚠️ {as_code(message)}")
         return (*(result if outputs > 1 else (result,)), "")
 
     call.__signature__ = inner.__signature__  # type: ignore[attr-defined] - Gradio injects the request by it
     call.__annotations__ = inner.__annotations__
     call.__name__ = inner.__name__
     return call
+
+
+def page_labels(c: dict[str, Any]) -> dict[str, str]:
+    """Each control's label as a person reads it (up to its first parenthesis), by the keyword it feeds."""
+    labels = {}
+    for name, control in c.items():
+        label = (getattr(control, "label", None) or "").split(" (")[0].strip()
+        if label:
+            labels[name] = label
+    return labels
+
+
+def in_page_words(message: str, labels: dict[str, str]) -> str:
+    """An API message with keyword names ("strengths must be a number") in the page's words ("“Strengths” must be
+    a number"); a slot's keys read as "image prompt 2: “Its strength”"."""
+
+    def slot(match: re.Match) -> str:
+        key = labels.get(f"slot{match.group(1)}_{match.group(2)}", match.group(2))
+        return f"image prompt {int(match.group(1)) + 1}: “{key}”"
+
+    message = re.sub(r"\bslot (\d) (strength|variant|region|start_at|stop_at|crop|images|mode)\b", slot, message)
+    for name in sorted((n for n in labels if not n.startswith("slot")), key=len, reverse=True):
+        # Only where the message names the setting itself: "strengths must ...", "start_at (1) ...", "seed = 5".
+        keyword = rf"(?<![\w“]){re.escape(name)}(?= (=|must|\(|'|\"|is |sweeps))"
+        message = re.sub(keyword, f"“{labels[name]}”", message)
+    return message
 
 
 def page_names(names: list[str]) -> list[str]:
@@ -381,6 +412,7 @@ def wire_endpoints(
          f"{title}: a settings file for these values.", buttons["settings"], None),
     ]  # fmt: skip
     inputs = {**c, **api}
+    labels = page_labels(c)
     for kind, role, fn, api_name, summary, button, images in specs:
         names = parameters_for(mode, role)
         body = _bound(fn, studio, preset, images)
@@ -392,7 +424,7 @@ def wire_endpoints(
             stale = [out["used_seed"], outputs[kind][4 if kind == "compare" else 2], out["error"]]
             button.click(lambda: (None, "", ""), outputs=stale, **PRIVATE)
         page = page_names(names)
-        event = button.click(page_endpoint(page, body, len(outputs[kind])), inputs=[c[n] for n in page],
+        event = button.click(page_endpoint(page, body, len(outputs[kind]), labels), inputs=[c[n] for n in page],
                              outputs=[*outputs[kind], out["error"]], api_visibility="private", **slot)  # fmt: skip
         if kind == "single":
             event.success(lambda: gr.update(visible=True), outputs=out["used_seed"], **PRIVATE)
@@ -409,7 +441,7 @@ def wire_endpoints(
                and not n.endswith(("_strength", "_region", "_start_at", "_stop_at"))]  # fmt: skip
     page = page_names(parameters_for(mode, "single"))
     gr.on([w.change for w in watched], lambda: [], outputs=out["preview"], **PRIVATE)
-    gr.on([w.change for w in watched], page_endpoint(page, _bound(endpoints.preview, studio, preset, 1), 1),
+    gr.on([w.change for w in watched], page_endpoint(page, _bound(endpoints.preview, studio, preset, 1), 1, labels),
           inputs=[c[n] for n in page], outputs=[out["preview"], out["error"]], api_visibility="private",
           trigger_mode="always_last", **GPU)  # fmt: skip
 
