@@ -85,6 +85,11 @@ def test_comparison_shows_the_grid(page, files):
     assert caption.evaluate("e => e.scrollWidth <= e.clientWidth")  # the whole caption shows, not "0.…"
     fit = cells.first.evaluate("e => getComputedStyle(e).objectFit")
     assert fit == "contain"  # cells are never cropped
+    blank = page.locator("#general-cells").evaluate(
+        "g => g.getBoundingClientRect().bottom - Math.max(...[...g.querySelectorAll('img')].map("
+        "i => i.getBoundingClientRect().bottom))"
+    )
+    assert blank < 60, blank  # the gallery ends under its one row of cells
     page.locator("#general-plot img").wait_for(state="visible")  # the scores against strength, beside the grid
     page.locator("#general-suggested").get_by_text("Suggested:").or_(
         page.locator("#general-suggested").get_by_text("Too close to call")
@@ -271,6 +276,7 @@ def test_a_two_dimensional_comparison_shows_every_row_and_whole_captions(fresh, 
     boxes = cells.evaluate(WHOLE)
     assert len(boxes) == 6 and all(b["inside"] for b in boxes), boxes  # both rows, no inner scroll hides one
     captions = cells.locator(".caption-label")
+    assert captions.count() == 6
     for i in range(captions.count()):
         assert captions.nth(i).evaluate("e => e.scrollWidth <= e.clientWidth"), captions.nth(i).inner_text()
     page.screenshot(path=str(ARTIFACTS / "general-2d.png"), full_page=True)

@@ -25,11 +25,13 @@ GPU_CONCURRENCY_ID = "gpu"  # every event that runs the pipeline shares one queu
 # crafted files cannot add up, and they never wait behind a render.
 IO_CONCURRENCY = {"concurrency_id": "io", "concurrency_limit": 2}
 # The page's own styling (Gradio 6 takes it at launch). Image strips (references, what the adapter sees) show whole
-# pictures as fixed thumbnails, wrapping into rows, instead of one picture cropped by the strip's height.
+# pictures as fixed thumbnails, wrapping into rows, instead of one picture cropped by the strip's height; the
+# comparison is as tall as its rows (no inner scroll hiding a row, no empty band under one row).
 PAGE_CSS = """
 .strip .grid-container { grid-template-columns: repeat(auto-fill, 150px) !important; }
 .strip .grid-wrap { min-height: 0 !important; max-height: none !important; height: auto !important; }
 .strip .thumbnail-item { width: 150px; height: 150px; }
+.fit-rows .grid-wrap { min-height: 0 !important; max-height: none !important; height: auto !important; }
 """
 
 

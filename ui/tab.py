@@ -265,6 +265,7 @@ def compare_panel(preset: ModePreset, c: dict[str, Any]) -> dict[str, Any]:
         )  # fmt: skip
         out["compare"] = gr.Button("Compare strengths")
         out["cells"] = gr.Gallery(label="Comparison (the strength under each cell)", columns=5, height="auto",
+                                  elem_classes=["fit-rows"],
                                   interactive=False, elem_id=f"{mode}-cells", object_fit="contain")  # fmt: skip
         out["ab"] = gr.ImageSlider(label="A/B", type="filepath", visible=False)
         out["grid_file"] = gr.File(label="Grid PNG (with the metadata of the whole sweep)")
