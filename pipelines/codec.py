@@ -28,7 +28,9 @@ from .presets import (
     REGIONS,
     SLOT_MODES,
     SPEEDS,
+    STRUCTURE_KINDS,
     ModePreset,
+    StructurePreset,
     preset_for,
     slot_kinds,
 )
@@ -212,6 +214,10 @@ def _slot(preset: ModePreset, raw: dict[str, Any], images: list[Any], name: Any,
     mode = choice(name("mode"), raw.get("mode"), slot_kinds(preset.family), field="slots")
     own = preset_for(mode, preset.family)
     v = {k.name: k.default_for(own) if raw.get(k.name) is None else raw[k.name] for k in SLOT_KEYS}
+    if mode in STRUCTURE_KINDS:
+        return _structure_slot(own, v, images, name, label)
+    if v["control_type"] is not None:
+        raise InvalidRequestError("slots", f"{name('control_type')}: only a 'control' slot takes a control_type.")
     variant = choice(name("variant"), v["variant"], own.variants, field="slots")
     strength = own.strength.check(number(name("strength"), v["strength"]), name("strength"))
     start, stop = _window(own, v["start_at"], v["stop_at"], name("start_at"), name("stop_at"))
@@ -220,6 +226,40 @@ def _slot(preset: ModePreset, raw: dict[str, Any], images: list[Any], name: Any,
         stop_at=stop, region=choice(name("region"), v["region"], REGIONS, field="slots"),
         crop=choice(name("crop"), v["crop"], CROP_MODES, field="slots"), block_map=_block_map(own, False),
         structure=own.structure.default if own.structure else None,
+    )  # fmt: skip
+
+
+def _structure_slot(own: StructurePreset, v: dict[str, Any], images: list[Any], name: Any, label: str) -> ImagePrompt:
+    """A ControlNet or start-image slot: one image, the whole picture, no adapter."""
+    kind = own.mode
+    if v["variant"] not in (None, ""):
+        raise InvalidRequestError("slots", f"{name('variant')}: a {kind} slot has no adapter; leave 'variant' out.")
+    if len(images) > 1:
+        raise InvalidRequestError("slots", f"A {kind} slot takes one image, got {len(images)} ({name('images')}).")
+    region = choice(name("region"), v["region"], REGIONS, field="slots")
+    if region != "whole":
+        raise InvalidRequestError("slots", f"{name('region')}: a {kind} slot acts on the whole image, not {region!r}.")
+    given = v["control_type"]
+    if kind == "control":
+        if given in (None, ""):
+            raise InvalidRequestError(
+                "slots", f"A control slot needs 'control_type': what its map shows, one of {list(own.control_types)}."
+            )
+        control_type = choice(name("control_type"), given, own.control_types, field="slots")
+    else:
+        control_type = {"canny": "canny", "depth": "depth", "start": None}[kind]
+        if given not in (None, "", control_type):
+            raise InvalidRequestError(
+                "slots", f"{name('control_type')}: a {kind} slot's map is made by the app; use a 'control' slot to "
+                f"give a {given} map."
+            )  # fmt: skip
+    strength = own.strength.check(number(name("strength"), v["strength"]), name("strength"))
+    start, stop = _window(own, v["start_at"], v["stop_at"], name("start_at"), name("stop_at"))
+    if kind == "start" and start != 0:
+        raise InvalidRequestError("slots", f"{name('start_at')}: a start image acts at the start; leave it at 0.")
+    return ImagePrompt(
+        mode=kind, variant="", references=load_all(images, label), strength=strength, start_at=start, stop_at=stop,
+        region="whole", crop=choice(name("crop"), v["crop"], CROP_MODES, field="slots"), control_type=control_type,
     )  # fmt: skip
 
 
@@ -306,10 +346,13 @@ def parse_strengths(value: Any, preset: ModePreset, name: str = "strengths") -> 
 
 def describe_slot(prompt: ImagePrompt) -> dict[str, Any]:
     """One added image prompt as `slots` takes it (its images by count; their hashes go beside)."""
-    return {
+    out = {
         "mode": prompt.mode, "strength": prompt.strength, "variant": prompt.variant, "region": prompt.region,
         "start_at": prompt.start_at, "stop_at": prompt.stop_at, "crop": prompt.crop, "images": len(prompt.references),
     }  # fmt: skip
+    if prompt.control_type is not None:
+        out["control_type"] = prompt.control_type
+    return out
 
 
 def describe(request: GenerationRequest) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from .presets import FamilySpec
 from .request import MAX_PROMPT_CHARS, GenerationRequest, ImagePrompt, Sweep
 from .scoring import Scorer, suggest
 from .sources import ModelSource
+from .structure import StructureBank, StructureInputs
 
 if TYPE_CHECKING:  # the model classes are imported where a model loads: the app serves its page before that
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -203,6 +204,7 @@ class Engine:
         self.encoder = ImagePromptEncoder(self.source, self.device, self.dtype, self.counters, embed_cache_size)
         self.bank = AdapterBank(self.source, self.encoder, self.counters)
         self.scorer = Scorer(self.source, self.encoder, self.counters)
+        self.structure = StructureBank(self.source, self.device, self.dtype, self.counters, embed_cache_size)
         self._bases: OrderedDict[str, BaseSlot] = OrderedDict()  # least recently used first
         self._current: BaseSlot | None = None
         # Every use of a pipeline or the model state happens under it, with `threads` CPU threads (default: this
@@ -343,10 +345,15 @@ class Engine:
             self._ensure_base()
             views: list[Image.Image] = []
             for n, prompt in enumerate(request.image_prompts):
-                if prompt.references or n == 0:
+                if (prompt.references or n == 0) and not prompt.is_structure:
                     adapter = self.bank.get(self._current, variant if n == 0 else prompt.variant)
                     views += self.encoder.views(adapter.specs, prompt.groups, prompt.crop, scope)
-            return views
+            return views + self._structure_views(request, scope)
+
+    def _structure_views(self, request: GenerationRequest, scope: str) -> list[Image.Image]:
+        """Each structure slot's control map (edges, depth, the given map) and the start image, at the output size."""
+        inputs = self.structure.inputs(request.image_prompts, request.settings.width, request.settings.height, scope)
+        return inputs.maps + ([inputs.start[2]] if inputs.start is not None else [])
 
     # ------------------------------------------------------------------------------------------- generation
 
@@ -414,7 +421,7 @@ class Engine:
     def _stack(self, request: GenerationRequest, scope: str, warnings: list[str]) -> tuple[_Stack, list]:
         """The request's acting image prompts on one combined adapter, with their embeddings and previews."""
         declared = request.image_prompts
-        indices = [i for i, p in enumerate(declared) if p.references]
+        indices = [i for i, p in enumerate(declared) if p.references and not p.is_structure]
         prompts = [declared[i] for i in indices]
         if request.primary.negative_references and 0 not in indices:
             warnings.append("Negative images act against the tab's own references: add a reference to use them.")
@@ -465,22 +472,30 @@ class Engine:
             warnings: list[str] = list(prompt_warnings)
             if not request.settings.prompt:
                 warnings.append("The prompt is empty: the image comes from the image prompt (and the mode) alone.")
-            if not any(p.references for p in request.image_prompts):
-                warnings.append("No reference image was given: the strength had no effect (a text-only image).")
+            if not any(p.references for p in request.image_prompts if not p.is_structure):
+                structured = any(p.references for p in request.image_prompts)
+                warnings.append(
+                    "No reference image was given: the strength had no effect"
+                    + ("." if structured else " (a text-only image).")
+                )
             text = self._encode_text(request, guided)  # (1, tokens, dim) each: shared by every chunk
-            sizes, calibrated = self._chunk_sizes(request, text, len(cells))
             stack, previews = self._stack(request, scope, warnings)
-            bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-            chunks = [cells[a:b] for a, b in itertools.pairwise(bounds)]
-            total_steps = request.settings.steps * len(chunks)
-            images: list[Image.Image] = []
-            for n, chunk in enumerate(chunks):
-                offset = n * request.settings.steps
+            settings = request.settings
+            inputs = self.structure.inputs(request.image_prompts, settings.width, settings.height, scope)
+            previews += self._structure_previews(inputs)
+            passes, calibrated = self._passes(request, cells, inputs, text)
+            total_steps = sum(self._steps_run(request, begin) for _, begin in passes)
+            images: list[Any] = [None] * len(cells)
+            done = 0
+            for members, begin in passes:
+                chunk = [cells[i] for i in members]
 
-                def denoise(chunk: list = chunk, offset: int = offset) -> list[Image.Image]:
-                    return self._denoise(request, text, chunk, stack, offset, total_steps, on_step)
+                def denoise(chunk: list = chunk, offset: int = done, begin: float | None = begin) -> list[Image.Image]:
+                    return self._denoise(request, text, chunk, stack, offset, total_steps, on_step, inputs, begin)
 
-                images += self._guarded(denoise, warnings)
+                for i, image in zip(members, self._guarded(denoise, warnings), strict=True):
+                    images[i] = image
+                done += self._steps_run(request, begin)
             scores: list[dict[str, Any]] = []
             score_seconds = None
             if score:  # after the sweep: every cell in one batched encoder pass
@@ -500,9 +515,9 @@ class Engine:
                 "encoder_calls": used["encoder_calls"],
                 "text_encoder_calls": used["text_encoder_calls"],
                 "cache_hits": used["embed_cache_hits"],
-                "batch_size": max(len(c) for c in chunks),
-                "batches": len(chunks),
-                "batch_plan": "+".join(str(len(c)) for c in chunks),
+                "batch_size": max(len(members) for members, _ in passes),
+                "batches": len(passes),
+                "batch_plan": "+".join(str(len(members)) for members, _ in passes),
                 "batch_choice": "fixed" if self.max_batch else ("measured now" if calibrated else "measured"),
                 "images": len(cells),
                 "image_prompts": len(stack.prompts),
@@ -512,6 +527,13 @@ class Engine:
             }
             if score_seconds is not None:
                 diagnostics["score_seconds"] = score_seconds
+            if inputs.controls:
+                diagnostics["controlnet_calls"] = used["controlnet_calls"]
+                diagnostics["control_maps"] = [p.control_type for _, p, _ in inputs.controls]
+            if len({begin for _, begin in passes}) > 1:
+                diagnostics["passes_note"] = (
+                    "A start image's strength decides where denoising starts, so each start strength is its own pass."
+                )
             if stack.adapter is not None and stack.adapter.uses_faces:
                 diagnostics["face_detections"] = self.encoder.face_detections - faces_before
             if self.device.startswith("cuda"):
@@ -521,6 +543,40 @@ class Engine:
             result = SweepResult(images, [c[0] for c in cells], metas, sweep_meta, diagnostics, warnings, previews)
             result.scores = scores
             return result
+
+    @staticmethod
+    def _structure_previews(inputs: StructureInputs) -> list[Image.Image]:
+        return inputs.maps + ([inputs.start[2]] if inputs.start is not None else [])
+
+    def _steps_run(self, request: GenerationRequest, start: float | None) -> int:
+        """The denoising steps a pass runs: all of them, or (start image) the last `1 - strength` of them, as
+        diffusers' img2img pipelines count them."""
+        steps = request.settings.steps
+        if not start:
+            return steps
+        return min(int(steps * (1.0 - start)), steps)
+
+    def _passes(
+        self, request: GenerationRequest, cells: list[tuple[float, ...]], inputs: StructureInputs, text: dict
+    ) -> tuple[list[tuple[list[int], float | None]], bool]:
+        """The cells in denoising passes: (cell indices, start strength or None). Cells that share a start strength
+        share passes (it decides the first step); each group is split into batches by `_chunk_sizes`."""
+        groups: dict[float | None, list[int]] = {}
+        for i, cell in enumerate(cells):
+            groups.setdefault(cell[inputs.start[0]] if inputs.start is not None else None, []).append(i)
+        passes, calibrated = [], False
+        for start, members in groups.items():
+            if start and self._steps_run(request, start) < 1:
+                raise InvalidRequestError(
+                    "slots",
+                    f"A start strength of {start:g} keeps the start image as it is with {request.settings.steps} "
+                    f"steps (no step is left to run): lower it or use more steps.",
+                )
+            sizes, measured = self._chunk_sizes(request, text, len(members))
+            calibrated |= measured
+            bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            passes += [(members[a:b], start) for a, b in itertools.pairwise(bounds)]
+        return passes, calibrated
 
     def _chunk_sizes(self, request: GenerationRequest, text: dict[str, torch.Tensor], n: int) -> tuple[list[int], bool]:
         """How many images each pass of a sweep of `n` holds, and whether this call measured the device for it.
@@ -636,10 +692,21 @@ class Engine:
         offset: int,
         total_steps: int,
         on_step: StepCallback | None,
+        structure: StructureInputs | None = None,
+        start: float | None = None,
     ) -> list[Image.Image]:
-        """One batched denoising pass: one sample per cell, sharing prompt, noise and image prompts."""
+        """One batched denoising pass: one sample per cell, sharing prompt, noise, image prompts and structure.
+
+        ControlNet slots whose strength is 0 in every cell of the pass are left out (exactly the image without
+        them); a start strength of 0 (or None) runs without the start image.
+        """
         guided = request.settings.guidance > 1
         batch = len(cells)
+        steps_run = self._steps_run(request, start)
+        structure = structure or StructureInputs([], None)
+        acting = StructureInputs(
+            [c for c in structure.controls if any(cell[c[0]] for cell in cells)], structure.start if start else None
+        )
         kwargs: dict[str, Any] = {}
         face_plus = []  # FaceID Plus projections read CLIP features from module attributes (diffusers' API)
         scales = None
@@ -656,15 +723,26 @@ class Engine:
             per_prompt = []
             scale = self.family.fast.strength_scale if request.settings.speed == "fast" else 1.0
             for n, prompt in enumerate(stack.prompts):
-                start, stop = step_window(prompt, request.settings.steps)
+                first, stop = step_window(prompt, steps_run)  # of the steps this pass runs (img2img: the last ones)
                 strengths = [cell[stack.indices[n]] * scale for cell in cells]
-                per_prompt.append(PromptScale(strengths, stack.weights[n], start, stop, stack.masks[n]))
+                per_prompt.append(PromptScale(strengths, stack.weights[n], first, stop, stack.masks[n]))
             scales = prompt_scales(per_prompt, guided, self.device, self.dtype, stack.prompt_of)
         slot = self._current
         if request.settings.speed == "fast":  # the few-step LoRA's sampler, for this call only (all under the lock)
             self.pipe.scheduler = self.bank.fast_scheduler(slot)
+        pipe, per_sample = self.structure.pipeline(self.pipe, acting)
+        kwargs |= self.structure.call_kwargs(acting, start)
+        if acting.start is None:  # text to image: the seeded noise, at the requested size
+            size = {"width": request.settings.width, "height": request.settings.height}
+            kwargs |= {**size, "latents": self.initial_latents(request, batch)}
+        else:  # img2img draws the start latents and noise from the seed, one generator per sample (= single renders)
+            kwargs["generator"] = [torch.Generator("cpu").manual_seed(request.settings.seed) for _ in range(batch)]
+        control_strengths = [[cell[index] for cell in cells] for index, _, _ in acting.controls]
         try:
-            with scales if scales is not None else nullcontext() as active:
+            with (
+                scales if scales is not None else nullcontext() as active,
+                self.structure.per_sample(per_sample, control_strengths),
+            ):
                 if active is not None:
                     active.set_step(0)
 
@@ -675,14 +753,11 @@ class Engine:
                         on_step(offset + i + 1, total_steps)
                     return callback_kwargs
 
-                out = self.pipe(
+                out = pipe(
                     **text,
                     num_inference_steps=request.settings.steps,
                     guidance_scale=request.settings.guidance,
-                    width=request.settings.width,
-                    height=request.settings.height,
                     num_images_per_prompt=batch,
-                    latents=self.initial_latents(request, batch),
                     output_type="np",
                     callback_on_step_end=step_end,
                     **kwargs,

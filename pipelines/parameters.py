@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .presets import EXTRA_MODES, MODES, REGIONS, SLOT_MODES, ModePreset, preset_for
+from .presets import CONTROL_TYPES, EXTRA_MODES, MODES, REGIONS, SLOT_MODES, STRUCTURE_KINDS, ModePreset, preset_for
 
 # JSON types of settings values: "number" is an integer or a decimal, "integer" a whole number; neither may be
 # true/false. "images" are files (not settings: their SHA-256 is recorded instead); "numbers" a list of numbers;
@@ -46,7 +46,8 @@ class Parameter:
 
 _REGIONS = ", ".join(f"'{r}'" for r in REGIONS)
 _EXTRA = ", ".join(f"'{m}'" for m in EXTRA_MODES)
-_SLOT_MODES = ", ".join(f"'{m}'" for m in SLOT_MODES)
+_SLOT_MODES = ", ".join(f"'{m}'" for m in SLOT_MODES + STRUCTURE_KINDS)
+_CONTROL_TYPES = ", ".join(f"'{c}'" for c in CONTROL_TYPES)
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("prompt", "text", "What to draw (text, at most 2,000 characters; may be empty).", default=""),
     Parameter(
@@ -185,7 +186,9 @@ PARAMETERS: tuple[Parameter, ...] = (
         "slots",
         f"Up to {MAX_SLOTS} more image prompts after the tab's own, as a JSON list of objects: 'mode' ({_SLOT_MODES}), "
         "'strength', and optionally 'variant', 'region', 'start_at', 'stop_at', 'crop' and 'images' (how many of "
-        "slot_images it takes, default 1). Use either slots or extra_*.",
+        "slot_images it takes, default 1). Structure: 'canny' (a photo; its edges guide a ControlNet), 'depth' (a "
+        "photo; its estimated depth), 'control' (a ready control map, with 'control_type'), 'start' (img2img: the "
+        "picture to start from; strength = how much of it stays). Use either slots or extra_*.",
         default=(),
     ),
     Parameter(
@@ -218,6 +221,7 @@ SLOT_KEYS: tuple[Parameter, ...] = (
     Parameter("stop_at", "number", "Share of the steps after which it stops.", default=lambda p: p.stop_at.default),
     Parameter("crop", "text", "How its non-square images become square.", default=lambda p: p.crop),
     Parameter("images", "integer", "How many of slot_images it takes, in order.", default=1),
+    Parameter("control_type", "text", f"A 'control' slot's map: {_CONTROL_TYPES}.", default=None),
 )
 SLOT_KEY_NAMES = tuple(k.name for k in SLOT_KEYS)
 

@@ -32,6 +32,10 @@ MAX_GRID_CELLS = 25  # cells of a 2-D comparison (5 x 5)
 REGIONS = ("whole", "left", "right", "top", "bottom")  # where an image prompt acts
 EXTRA_MODES = ("none", "general", "face", "style")  # `extra_mode`: the shorthand for one added image prompt
 SLOT_MODES = ("general", "face", "style")  # kinds of image prompt a request can add after the tab's own
+# Kinds of slot that give structure instead of a look: a ControlNet fed an edge map, a depth map or a ready control
+# map, and a start image (img2img). Their defaults are in presets/structure.toml.
+STRUCTURE_KINDS = ("canny", "depth", "control", "start")
+CONTROL_TYPES = ("canny", "depth", "pose", "scribble", "lineart", "normal", "segment")  # what a control map shows
 
 # Hard limits that no preset may widen: they protect the server, whatever a preset says.
 HARD_LIMITS = {
@@ -104,6 +108,21 @@ class FastSpec:
 
 
 @dataclass(frozen=True)
+class ControlNetSpec:
+    """A ControlNet for one control type: `ControlNetModel` / `ControlNetUnionModel.from_pretrained(repo, ...)`."""
+
+    control_type: str
+    repo: str
+    subfolder: str = ""
+    union_mode: int | None = None  # ControlNet-Union: the control type's index in the model (None: one-type model)
+
+    @property
+    def id(self) -> str:
+        """The stable identifier written into PNG metadata."""
+        return "/".join(p for p in (self.repo, self.subfolder) if p)
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """A model family: one base pipeline and the adapters that fit it."""
 
@@ -120,6 +139,8 @@ class FamilySpec:
     fast: FastSpec | None = None  # fast mode (a few-step LoRA)
     modes: tuple[str, ...] = MODES  # the tabs this family offers (one without a face adapter has no face mode)
     defaults: dict[str, Any] = field(default_factory=dict)  # what every mode's preset starts from (steps, size...)
+    controlnets: dict[str, ControlNetSpec] = field(default_factory=dict)  # control type -> its ControlNet
+    depth_model: str | None = None  # the depth estimator of "depth" slots (transformers, AutoModelForDepthEstimation)
 
     def hub_checkpoints(self) -> list[tuple[str, str | None]]:
         """Every (repository, file or None for a whole pipeline folder) this family loads, for Space preloading."""
@@ -132,6 +153,11 @@ class FamilySpec:
                 out.append((spec.image_encoder.repo, spec.image_encoder.subfolder + "/"))
         if self.fast is not None:
             out.append((self.fast.repo, self.fast.weight_name))
+        for spec in self.controlnets.values():  # the config and the one weights file from_pretrained reads
+            folder = spec.subfolder + "/" if spec.subfolder else ""
+            out += [(spec.repo, f"{folder}config.json"), (spec.repo, f"{folder}diffusion_pytorch_model.safetensors")]
+        if self.depth_model:
+            out.append((self.depth_model, None))
         if self.scoring is not None:  # the text tower's files only (the repository also holds OpenCLIP copies)
             out += [(self.scoring.text_encoder, f) for f in SCORING_TEXT_FILES]
         return list(dict.fromkeys(out))
@@ -210,6 +236,42 @@ class ModePreset:
             raise ValueError(f"prompt_template = {self.prompt_template!r} must contain {{prompt}}")
         if self.block_maps is not None and (not isinstance(self.block_maps, dict) or "style" not in self.block_maps):
             raise ValueError("block_maps must be a table with a 'style' map")
+
+
+@dataclass(frozen=True)
+class StructurePreset:
+    """A structure slot's defaults (presets/structure.toml): read where a slot is built, like a ModePreset.
+
+    It answers the same questions an image prompt's preset does (strength range, window, crop, comparison), and has
+    no adapter: `variants` is empty-named.
+    """
+
+    mode: str  # one of STRUCTURE_KINDS
+    family: str
+    strength: Range  # ControlNet: its conditioning scale; start: the share of the start image that carries over
+    stop_at: Range
+    crop: str  # how the slot's image is fitted to the output size
+    compare: tuple[float, ...]
+    control_types: tuple[str, ...]  # what this family can feed ("control" chooses one; canny/depth are fixed)
+    canny_thresholds: tuple[int, int] = (100, 200)  # OpenCV Canny's low and high hysteresis thresholds
+    variant: str = ""
+    variants: tuple[str, ...] = ("",)
+    block_maps: None = None
+    structure: None = None
+
+    def __post_init__(self) -> None:
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop = {self.crop!r} is not one of {list(CROP_MODES)}")
+        if not 1 <= len(self.compare) <= MAX_COMPARE or not all(
+            self.strength.min <= v <= self.strength.max for v in self.compare
+        ):
+            raise ValueError(
+                f"compare = {list(self.compare)!r} must be 1 to {MAX_COMPARE} numbers inside "
+                f"[{self.strength.min}, {self.strength.max}]"
+            )
+        low, high = self.canny_thresholds
+        if not 0 <= low < high <= 1000:
+            raise ValueError(f"canny_thresholds = {list(self.canny_thresholds)} must be 0 <= low < high <= 1000")
 
 
 class _Table:
@@ -366,7 +428,24 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
                 strength_scale=float(scale),
             )  # fmt: skip
             fa.done()
+        controlnets = {}
+        if t.has("controlnets"):
+            cn = t.table("controlnets")
+            for control_type in list(cn.data):
+                if control_type not in CONTROL_TYPES:
+                    raise PresetError(f"{cn.at(control_type)}: {control_type!r} is not one of {list(CONTROL_TYPES)}")
+                c = cn.table(control_type)
+                mode = c.get("union_mode") if c.has("union_mode") else None
+                if mode is not None and (isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode < 16):
+                    raise PresetError(f"{c.at('union_mode')} = {mode!r} must be a whole number in [0, 15]")
+                controlnets[control_type] = ControlNetSpec(
+                    control_type, c.text("repo"), c.text("subfolder") if c.has("subfolder") else "", mode
+                )
+                c.done()
+            cn.done()
         families[name] = FamilySpec(
+            controlnets=controlnets,
+            depth_model=t.text("depth_model") if t.has("depth_model") else None,
             name=name,
             pipeline=t.text("pipeline", PIPELINE_KINDS),
             source=t.text("source", SOURCES),
@@ -462,14 +541,59 @@ def _default_presets() -> dict[str, dict[str, ModePreset]]:
     return load_mode_presets(load_families())
 
 
-def preset_for(mode: str, family: str) -> ModePreset:
+def load_structure_presets(
+    families: dict[str, FamilySpec], preset_dir: Path = PRESET_DIR
+) -> dict[str, dict[str, StructurePreset]]:
+    """Read presets/structure.toml: `{kind: {family: StructurePreset}}` for the families that can run that kind
+    (a ControlNet kind needs the family's ControlNet for it; "depth" also its depth model; "start" needs nothing)."""
+    data, where = _read(preset_dir / "structure.toml")
+    root = _Table(data, where, "")
+    out: dict[str, dict[str, StructurePreset]] = {}
+    for kind in STRUCTURE_KINDS:
+        t = root.table(kind)
+        t.path = f"[{kind}]"
+        thresholds = (100, 200)
+        if t.has("canny_thresholds"):
+            raw = t.get("canny_thresholds")
+            if not (isinstance(raw, list) and len(raw) == 2 and all(type(x) is int for x in raw)):
+                raise PresetError(f"{t.at('canny_thresholds')} = {raw!r} must be two whole numbers [low, high]")
+            thresholds = (raw[0], raw[1])
+        strength, stop_at, crop = t.range("strength"), t.range("stop_at"), t.text("crop", CROP_MODES)
+        compare = t.get("compare")
+        if not isinstance(compare, list) or not all(isinstance(v, (int, float)) for v in compare):
+            raise PresetError(f"{t.at('compare')} = {compare!r} must be a list of numbers")
+        t.done()
+        out[kind] = {}
+        for name, spec in families.items():
+            types = {"canny": ("canny",), "depth": ("depth",), "control": tuple(spec.controlnets), "start": ()}[kind]
+            if any(c not in spec.controlnets for c in types) or (kind == "depth" and not spec.depth_model):
+                continue
+            if kind == "control" and not types:
+                continue
+            try:
+                out[kind][name] = StructurePreset(
+                    kind, name, strength, stop_at, crop, tuple(float(v) for v in compare), types, thresholds
+                )
+            except ValueError as e:
+                raise PresetError(f"{where}: [{kind}].{e}") from None
+    root.done()
+    return out
+
+
+@functools.cache
+def _structure_presets() -> dict[str, dict[str, StructurePreset]]:
+    return load_structure_presets(load_families())
+
+
+def preset_for(mode: str, family: str) -> ModePreset | StructurePreset:
     """The shipped preset of `mode` for `family` (read once): what an added image prompt of that kind uses."""
-    presets = _default_presets()[mode]
+    presets = (_structure_presets() if mode in STRUCTURE_KINDS else _default_presets())[mode]
     if family not in presets:
         raise InvalidRequestError("mode", f"The {mode} mode is not available with the {family} family.")
     return presets[family]
 
 
 def slot_kinds(family: str) -> tuple[str, ...]:
-    """The kinds of image prompt this family can add (those of SLOT_MODES it offers)."""
-    return tuple(m for m in SLOT_MODES if family in _default_presets()[m])
+    """The kinds of slot this family can add: the image prompts of SLOT_MODES it offers, then its structure kinds."""
+    own = tuple(m for m in SLOT_MODES if family in _default_presets()[m])
+    return own + tuple(k for k in STRUCTURE_KINDS if family in _structure_presets()[k])

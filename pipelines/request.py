@@ -13,6 +13,7 @@ from typing import Any
 from .errors import InvalidRequestError, shown
 from .images import ReferenceImage
 from .parameters import MAX_IMAGES_PER_INPUT
+from .presets import STRUCTURE_KINDS
 
 MAX_SEED = 2**32 - 1  # seeds are shown and typed by people; 32 bits is what every UI in this field uses
 RANDOM_SEED = -1  # the seed that asks for a fresh random one
@@ -44,9 +45,13 @@ class Settings:
 
 @dataclass(frozen=True)
 class ImagePrompt:
-    """One image prompt of a request: its adapter, references, strength, steps window and region."""
+    """One image prompt of a request: its adapter, references, strength, steps window and region.
 
-    mode: str  # the kind: "general", "face", "anime" or "style" (the adapter variant is that mode's)
+    A structure slot is one too (`mode` in STRUCTURE_KINDS): its one image feeds a ControlNet ("canny", "depth",
+    "control" with `control_type`) or starts the denoising ("start"); it has no adapter (`variant` is "").
+    """
+
+    mode: str  # the kind: "general", "face", "anime" or "style" (the adapter variant is that mode's), or structure
     variant: str
     references: tuple[ReferenceImage, ...]
     strength: float
@@ -59,6 +64,16 @@ class ImagePrompt:
     structure: float | None = None  # FaceID Plus: weight of the face structure (s_scale)
     face_references: tuple[ReferenceImage, ...] = ()  # close-ups for a Plus-Face component
     negative_references: tuple[ReferenceImage, ...] = ()  # replace the unconditional image embedding
+    control_type: str | None = None  # structure: what the control map shows ("canny", "depth", "pose", ...)
+
+    @property
+    def is_structure(self) -> bool:
+        """A ControlNet or start-image slot (no adapter)."""
+        return self.mode in STRUCTURE_KINDS
+
+    @property
+    def is_controlnet(self) -> bool:
+        return self.is_structure and self.mode != "start"
 
     @property
     def groups(self) -> list[tuple[ReferenceImage, ...]]:
@@ -86,6 +101,8 @@ class ImagePrompt:
             out["layout"] = self.layout
         if self.structure is not None:
             out["structure"] = self.structure
+        if self.control_type is not None:
+            out["control_type"] = self.control_type
         return out
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
+    ControlNetUnionModel,
     EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -24,18 +26,22 @@ from diffusers import (
 )
 from safetensors.torch import save_file
 from transformers import (
+    AutoImageProcessor,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    DepthAnythingConfig,
+    DepthAnythingForDepthEstimation,
+    Dinov2Config,
 )
 
 from .tiny_faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v6"
+TINY_VERSION = "v7"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -46,6 +52,13 @@ FACEID_REPO = "tiny-ip-adapter-faceid"  # mirrors h94/IP-Adapter-FaceID (.bin fi
 FACE_ROOT = "insightface"  # FaceAnalysis(root=...): packs live in <root>/models/<pack>
 FACE_PACK = "tiny_faces"
 CLIP_REPO = "tiny-clip-vit-h"  # mirrors laion/CLIP-ViT-H-14-laion2B-s32B-b79K: a whole CLIP model + tokenizer
+CONTROLNET_UNION_REPO = "tiny-controlnet-union"  # mirrors xinsir/controlnet-union-sdxl-1.0 (ControlNetUnionModel)
+CONTROLNET_SD15_REPOS = {  # mirror lllyasviel/control_v11* (ControlNetModel, one control type each)
+    "canny": "tiny-controlnet-sd15-canny",
+    "depth": "tiny-controlnet-sd15-depth",
+    "pose": "tiny-controlnet-sd15-openpose",
+}
+DEPTH_REPO = "tiny-depth-anything"  # mirrors depth-anything/Depth-Anything-V2-Small-hf (model + DPT processor)
 FAST_LORA_REPO = "tiny-fast-lora"  # few-step LoRAs (as ByteDance/SDXL-Lightning and ByteDance/Hyper-SD ship them)
 LORA_RANK = 4
 
@@ -82,6 +95,8 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         build_face_pack(staging / FACE_ROOT / "models" / FACE_PACK)
         _build_clip(staging / CLIP_REPO, staging / "tokenizer-files")
         _build_fast_loras(staging)
+        _build_controlnets(staging)
+        _build_depth(staging / DEPTH_REPO)
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
         try:
@@ -438,3 +453,81 @@ def _build_fast_loras(root: Path) -> None:
     ):
         unet = UNet2DConditionModel.from_pretrained(str(root / base / "unet"))
         save_file(few_step_lora(unet, LORA_RANK, seed=7), str(folder / name))
+
+
+def _random_zero_convs(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
+    """A fresh ControlNet's output convolutions start at zero (it would change nothing): give them random weights so
+    strength, windows and sweeps have something to act on."""
+    gen = torch.Generator().manual_seed(seed)
+    outputs = [*model.controlnet_down_blocks, model.controlnet_mid_block, model.controlnet_cond_embedding.conv_out]
+    if isinstance(model, ControlNetUnionModel):
+        outputs.append(model.spatial_ch_projs)
+    for layer in outputs:
+        layer.weight.data = torch.randn(layer.weight.shape, generator=gen) * std
+        layer.bias.data.zero_()
+
+
+def _controlnet_from_unet(cls: type, unet: UNet2DConditionModel, **config: object) -> torch.nn.Module:
+    """`cls.from_unet` with the tiny conditioning embedding (and, for the union model, its transformer width set
+    to the UNet's first channel count, which `from_unet` leaves at SDXL's 320)."""
+    made = cls.from_unet(unet, conditioning_embedding_out_channels=(16, 16, 16, 16), load_weights_from_unet=False)
+    options = {k: v for k, v in made.config.items() if not k.startswith("_")} | config
+    model = cls(**options)
+    model.conv_in.load_state_dict(unet.conv_in.state_dict())
+    model.time_embedding.load_state_dict(unet.time_embedding.state_dict())
+    model.down_blocks.load_state_dict(unet.down_blocks.state_dict(), strict=False)
+    model.mid_block.load_state_dict(unet.mid_block.state_dict(), strict=False)
+    return model
+
+
+def _build_controlnets(root: Path) -> None:
+    """ControlNets made from each tiny UNet, as the real ones were (weights copied from the UNet, then trained)."""
+    sdxl = UNet2DConditionModel.from_pretrained(str(root / SDXL_BASE / "unet"))
+    width = sdxl.config.block_out_channels[0]
+    union = _controlnet_from_unet(ControlNetUnionModel, sdxl, num_trans_channel=width, num_trans_head=2,
+                                  num_proj_channel=width)  # fmt: skip
+    _random_zero_convs(union, seed=20)
+    union.save_pretrained(str(root / CONTROLNET_UNION_REPO), safe_serialization=True)
+    sd15 = UNet2DConditionModel.from_pretrained(str(root / SD15_BASE / "unet"))
+    for n, (_, repo) in enumerate(sorted(CONTROLNET_SD15_REPOS.items())):
+        model = _controlnet_from_unet(ControlNetModel, sd15)
+        _random_zero_convs(model, seed=30 + n)
+        model.save_pretrained(str(root / repo), safe_serialization=True)
+
+
+def _build_depth(folder: Path) -> None:
+    """Depth Anything V2's layout (a DINOv2 backbone, DPT neck and head, its DPT image processor) at a tiny width."""
+    backbone = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=56,
+        patch_size=14,
+        out_indices=[1, 2, 3, 4],
+        reshape_hidden_states=False,
+    )
+    config = DepthAnythingConfig(
+        backbone_config=backbone,
+        reassemble_hidden_size=32,
+        neck_hidden_sizes=[16, 16, 16, 16],
+        fusion_hidden_size=16,
+        head_hidden_size=8,
+        patch_size=14,
+        depth_estimation_type="relative",
+    )
+    torch.manual_seed(40)
+    model = DepthAnythingForDepthEstimation(config)
+    gen = torch.Generator().manual_seed(41)
+    for param in model.parameters():  # default init gives a flat map: spread it so a depth map has contrast
+        if param.ndim > 1:
+            param.data = torch.randn(param.shape, generator=gen) * 1.5 / param.shape[1] ** 0.5
+    model.save_pretrained(str(folder), safe_serialization=True)
+    processor = {  # Depth-Anything-V2-Small-hf's preprocessor_config.json, at the tiny input size
+        "image_processor_type": "DPTImageProcessor", "do_resize": True, "size": {"height": 56, "width": 56},
+        "keep_aspect_ratio": True, "ensure_multiple_of": 14, "resample": 3, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225], "do_pad": False,
+    }  # fmt: skip
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    AutoImageProcessor.from_pretrained(str(folder))  # fails here, not in a request, if the format drifts

@@ -1,0 +1,332 @@
+"""Structure slots: ControlNets fed an edge map, a depth map or a ready control map, and a start image (img2img).
+
+`StructureBank` owns what they need: the control maps (Canny edges with OpenCV, depth with a transformers depth
+model, cached per visitor like face detections), the ControlNets (loaded on first use, kept in memory whatever the
+base), and the diffusers pipeline that runs a request, made with `from_pipe` from the base so it shares the base's
+modules (no second UNet). Each ControlNet's residuals are scaled per sample (`ScaledControlNets`), so a sweep over a
+ControlNet slot's strength is one batched pass whose cells equal single renders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
+from PIL import Image, ImageOps
+
+from .errors import InvalidRequestError
+from .images import ReferenceImage
+from .lru import LRU
+from .presets import ControlNetSpec, FamilySpec, preset_for
+from .request import ImagePrompt
+from .sources import ModelSource
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+# The diffusers pipeline for (family kind, with ControlNets, with a start image); the base runs neither.
+PIPELINES = {
+    ("sd15", True, False): "StableDiffusionControlNetPipeline",
+    ("sd15", False, True): "StableDiffusionImg2ImgPipeline",
+    ("sd15", True, True): "StableDiffusionControlNetImg2ImgPipeline",
+    ("sdxl", True, False): "StableDiffusionXLControlNetUnionPipeline",
+    ("sdxl", False, True): "StableDiffusionXLImg2ImgPipeline",
+    ("sdxl", True, True): "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+}
+
+
+def fit(image: Image.Image, width: int, height: int, crop: str) -> Image.Image:
+    """The slot's image at the output size: "center" covers and crops, "pad" fits and pads black, "squash" resizes."""
+    image = image.convert("RGB")
+    if crop == "squash":
+        return image.resize((width, height), Image.Resampling.BICUBIC)
+    if crop == "pad":
+        return ImageOps.pad(image, (width, height), Image.Resampling.BICUBIC, color=(0, 0, 0))
+    return ImageOps.fit(image, (width, height), Image.Resampling.BICUBIC)
+
+
+def canny_map(image: Image.Image, thresholds: tuple[int, int]) -> Image.Image:
+    """OpenCV's Canny edges of an RGB picture, white on black, as three channels (what canny ControlNets take)."""
+    import cv2
+
+    edges = cv2.Canny(np.asarray(image.convert("RGB")), *thresholds)
+    return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
+
+
+@dataclass
+class StructureInputs:
+    """A request's structure slots, ready to run: control maps per ControlNet slot, the fitted start image."""
+
+    controls: list[tuple[int, ImagePrompt, Image.Image]]  # (index in request.image_prompts, slot, control map)
+    start: tuple[int, ImagePrompt, Image.Image] | None  # (index, slot, start image at the output size)
+
+    @property
+    def maps(self) -> list[Image.Image]:
+        """What the ControlNets see, in slot order (previews and the result's diagnostics view)."""
+        return [image for _, _, image in self.controls]
+
+
+class ScaledControlNets:
+    """Per-sample strengths for a pass: each ControlNet's residuals times its slot's strength for that sample.
+
+    The pipeline runs with conditioning scale 1 inside each slot's window (0 outside), and the nets' outputs are
+    then multiplied by (rows, 1, 1, 1) scales: the same products stock diffusers computes with one float scale
+    (x * 1 * s = x * s), with another strength on each sample of the batch.
+    """
+
+    def __init__(self) -> None:
+        self.scales: list[torch.Tensor] | None = None  # one (batch,) tensor per net, set for one pass
+
+    def scaled(self, i: int, down: Sequence[torch.Tensor], mid: torch.Tensor) -> tuple[list[torch.Tensor], Any]:
+        if self.scales is None:
+            return list(down), mid
+        scale = self.scales[i]
+        rows = mid.shape[0]
+        column = scale.repeat(rows // scale.shape[0]).to(mid.device, mid.dtype).view(rows, 1, 1, 1)
+        return [d * column for d in down], mid * column
+
+
+def _merge(total: tuple[Any, Any] | None, down: Sequence[torch.Tensor], mid: torch.Tensor) -> tuple[Any, Any]:
+    """Sum residuals as diffusers' Multi(Union)ControlNetModel does (the first net's, then each next one added)."""
+    if total is None:
+        return list(down), mid
+    return [prev + curr for prev, curr in zip(total[0], down, strict=True)], total[1] + mid
+
+
+class ScaledMultiControlNet(MultiControlNetModel):
+    """diffusers' MultiControlNetModel with each net's residuals also scaled per sample (`ScaledControlNets`)."""
+
+    def __init__(self, nets: Sequence[torch.nn.Module]) -> None:
+        super().__init__(list(nets))
+        self.per_sample = ScaledControlNets()
+
+    # Adapted from diffusers 0.42.1 MultiControlNetModel.forward: the same calls and sums, each net's output scaled.
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: list[torch.Tensor],
+        conditioning_scale: list[float],
+        class_labels: Any = None,
+        timestep_cond: Any = None,
+        attention_mask: Any = None,
+        added_cond_kwargs: Any = None,
+        cross_attention_kwargs: Any = None,
+        guess_mode: bool = False,
+        return_dict: bool = True,
+    ) -> Any:
+        total = None
+        for i, (image, scale, net) in enumerate(zip(controlnet_cond, conditioning_scale, self.nets, strict=False)):
+            down, mid = net(
+                sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, controlnet_cond=image,
+                conditioning_scale=scale, class_labels=class_labels, timestep_cond=timestep_cond,
+                attention_mask=attention_mask, added_cond_kwargs=added_cond_kwargs,
+                cross_attention_kwargs=cross_attention_kwargs, guess_mode=guess_mode, return_dict=False,
+            )  # fmt: skip
+            total = _merge(total, *self.per_sample.scaled(i, down, mid))
+        return total
+
+
+class ScaledMultiControlNetUnion(MultiControlNetUnionModel):
+    """diffusers' MultiControlNetUnionModel with each net's residuals also scaled per sample."""
+
+    def __init__(self, nets: Sequence[torch.nn.Module]) -> None:
+        super().__init__(list(nets))
+        self.per_sample = ScaledControlNets()
+
+    # Adapted from diffusers 0.42.1 MultiControlNetUnionModel.forward: a net outside its window (scale 0) is
+    # skipped, the others called with from_multi=True and summed; each net's output scaled per sample.
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: list[torch.Tensor],
+        control_type: list[torch.Tensor],
+        control_type_idx: list[list[int]],
+        conditioning_scale: list[float],
+        class_labels: Any = None,
+        timestep_cond: Any = None,
+        attention_mask: Any = None,
+        added_cond_kwargs: Any = None,
+        cross_attention_kwargs: Any = None,
+        guess_mode: bool = False,
+        return_dict: bool = True,
+    ) -> Any:
+        total = None
+        parts = zip(controlnet_cond, control_type, control_type_idx, conditioning_scale, self.nets, strict=False)
+        for i, (image, ctype, ctype_idx, scale, net) in enumerate(parts):
+            if scale == 0.0:
+                continue
+            down, mid = net(
+                sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, controlnet_cond=image,
+                control_type=ctype, control_type_idx=ctype_idx, conditioning_scale=scale, class_labels=class_labels,
+                timestep_cond=timestep_cond, attention_mask=attention_mask, added_cond_kwargs=added_cond_kwargs,
+                cross_attention_kwargs=cross_attention_kwargs, from_multi=True, guess_mode=guess_mode,
+                return_dict=False,
+            )  # fmt: skip
+            total = _merge(total, *self.per_sample.scaled(i, down, mid))
+        return total if total is not None else (None, None)
+
+
+class StructureBank:
+    """Control maps, ControlNets and the structure pipelines of one family."""
+
+    def __init__(self, source: ModelSource, device: str, dtype: torch.dtype, counters: Any, cache_size: int = 64):
+        self.source = source
+        self.family: FamilySpec = source.family
+        self.device, self.dtype, self.counters = device, dtype, counters
+        self._nets: dict[str, torch.nn.Module] = {}  # repo/subfolder -> ControlNet (one union model serves all types)
+        self._depth: tuple[Any, Any] | None = None
+        self._maps = LRU(cache_size)  # (scope, kind, image hash, size, crop, thresholds) -> control map
+        self._pipes: dict[tuple, tuple[Any, Any]] = {}  # the structure pipelines made on `_pipes_base`
+        self._pipes_base: Any = None
+
+    # ------------------------------------------------------------------------------------------ control maps
+
+    def inputs(self, prompts: Sequence[ImagePrompt], width: int, height: int, scope: str) -> StructureInputs:
+        """The control maps and the start image of a request's structure slots that have an image."""
+        controls, start = [], None
+        for index, prompt in enumerate(prompts):
+            if not prompt.is_structure or not prompt.references:
+                continue
+            if prompt.mode == "start":
+                start = (index, prompt, fit(prompt.references[0].image, width, height, prompt.crop))
+            else:
+                controls.append((index, prompt, self.control_map(prompt, width, height, scope)))
+        return StructureInputs(controls, start)
+
+    def control_map(self, prompt: ImagePrompt, width: int, height: int, scope: str) -> Image.Image:
+        """What a ControlNet slot's net sees: Canny edges, estimated depth, or the given map, at the output size."""
+        reference: ReferenceImage = prompt.references[0]
+        thresholds = preset_for("canny", self.family.name).canny_thresholds if prompt.mode == "canny" else None
+        key = (scope, prompt.mode, reference.sha256, width, height, prompt.crop, thresholds)
+        cached = self._maps.get(key)
+        if cached is not None:
+            self.counters["control_map_hits"] += 1
+            return cached
+        fitted = fit(reference.image, width, height, prompt.crop)
+        if prompt.mode == "canny":
+            out = canny_map(fitted, thresholds)
+        elif prompt.mode == "depth":
+            out = self.depth_map(fitted)
+        else:
+            out = fitted
+        self._maps.put(key, out)
+        return out
+
+    def depth_map(self, image: Image.Image) -> Image.Image:
+        """Relative depth (near = white), estimated at the model's input size and resized to the picture's."""
+        if self._depth is None:
+            from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+            repo = self.family.depth_model
+            processor = self.source.from_pretrained(AutoImageProcessor.from_pretrained, repo)
+            model = self.source.from_pretrained(AutoModelForDepthEstimation.from_pretrained, repo)
+            self._depth = (processor, model.to(self.device).eval())
+        processor, model = self._depth
+        inputs = processor(images=image, return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            depth = model(**inputs).predicted_depth  # (1, h, w)
+        self.counters["depth_estimations"] += 1
+        depth = torch.nn.functional.interpolate(
+            depth[:, None].float(), size=(image.height, image.width), mode="bicubic", align_corners=False
+        )[0, 0]
+        low, high = depth.min(), depth.max()
+        scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
+        grey = (scaled * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+    # ------------------------------------------------------------------------------------------- ControlNets
+
+    def spec(self, prompt: ImagePrompt) -> ControlNetSpec:
+        spec = self.family.controlnets.get(prompt.control_type or "")
+        if spec is None:
+            raise InvalidRequestError(
+                "slots", f"The {self.family.name} family has no ControlNet for {prompt.control_type!r} maps."
+            )
+        return spec
+
+    def net(self, spec: ControlNetSpec) -> torch.nn.Module:
+        """The ControlNet of `spec`, loaded on first use and kept (it does not depend on the base)."""
+        if spec.id not in self._nets:
+            from diffusers import ControlNetModel, ControlNetUnionModel
+
+            cls = ControlNetUnionModel if spec.union_mode is not None else ControlNetModel
+            kwargs = {"subfolder": spec.subfolder} if spec.subfolder else {}
+            net = self.source.from_pretrained(cls.from_pretrained, spec.repo, torch_dtype=self.dtype, **kwargs)
+            self._nets[spec.id] = net.to(self.device).eval()
+            net.register_forward_pre_hook(self._count_call)
+            self.counters["controlnet_loads"] += 1
+        return self._nets[spec.id]
+
+    def _count_call(self, module: torch.nn.Module, args: Any) -> None:
+        self.counters["controlnet_calls"] += 1
+
+    def pipeline(self, base: Any, inputs: StructureInputs) -> tuple[Any, ScaledControlNets | None]:
+        """The pipeline that runs these structure slots on `base`'s modules (the base itself when none act)."""
+        import diffusers
+
+        controls, img2img = bool(inputs.controls), inputs.start is not None
+        if not controls and not img2img:
+            return base, None
+        name = PIPELINES[(self.family.pipeline, controls, img2img)]
+        specs = [self.spec(prompt) for _, prompt, _ in inputs.controls]
+        if self._pipes_base is not base:  # made on another base (or none yet): those hold its modules
+            self._pipes, self._pipes_base = {}, base
+        key = (name, tuple(s.id for s in specs))
+        if key not in self._pipes:
+            extra: dict[str, Any] = {}
+            per_sample = None
+            if controls:
+                union = self.family.pipeline == "sdxl"
+                if union != all(s.union_mode is not None for s in specs):
+                    raise InvalidRequestError("slots", "This family's ControlNets do not fit its pipeline (presets).")
+                nets = [self.net(s) for s in specs]
+                multi = (ScaledMultiControlNetUnion if union else ScaledMultiControlNet)(nets)
+                per_sample = multi.per_sample
+                extra["controlnet"] = multi
+            pipe = getattr(diffusers, name).from_pipe(base, **extra)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[key] = (pipe, per_sample)
+        pipe, per_sample = self._pipes[key]
+        pipe.scheduler = base.scheduler  # the base's sampler of this call (fast mode swaps it)
+        return pipe, per_sample
+
+    def call_kwargs(self, inputs: StructureInputs, start_strength: float | None) -> dict[str, Any]:
+        """The pipeline's structure keywords: control images, modes, windows (scales come per sample)."""
+        kwargs: dict[str, Any] = {}
+        if inputs.controls:
+            maps = [image for _, _, image in inputs.controls]
+            prompts = [prompt for _, prompt, _ in inputs.controls]
+            if self.family.pipeline == "sdxl":
+                kwargs["control_image"] = maps  # the pipeline makes them one list per net
+                kwargs["control_mode"] = [self.spec(p).union_mode for p in prompts]
+            else:
+                kwargs["image" if inputs.start is None else "control_image"] = maps
+            kwargs["controlnet_conditioning_scale"] = [1.0] * len(maps)
+            kwargs["control_guidance_start"] = [p.start_at for p in prompts]
+            kwargs["control_guidance_end"] = [p.stop_at for p in prompts]
+        if inputs.start is not None and start_strength is not None:
+            kwargs["image"] = inputs.start[2]
+            kwargs["strength"] = 1.0 - start_strength
+        return kwargs
+
+    @contextmanager
+    def per_sample(self, scaled: ScaledControlNets | None, strengths: list[list[float]]) -> Iterator[None]:
+        """Each ControlNet slot's strength per sample of the pass, for the pass only."""
+        if scaled is None:
+            yield
+            return
+        scaled.scales = [torch.tensor(s, dtype=torch.float32) for s in strengths]
+        try:
+            yield
+        finally:
+            scaled.scales = None
