@@ -793,6 +793,9 @@ class Engine:
             index: self.bank.get(self._current, prompt.variant).id
             for index, prompt in zip(stack.indices, stack.prompts, strict=True)
         }
+        for index, prompt in enumerate(request.image_prompts):
+            if prompt.is_controlnet:  # the ControlNet that read its map
+                ids[index] = self.structure.spec(prompt).id
         prompts = []
         for index, prompt in enumerate(request.image_prompts):
             described = prompt.describe(ids.get(index))

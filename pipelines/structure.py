@@ -106,7 +106,8 @@ class ScaledMultiControlNet(MultiControlNetModel):
         super().__init__(list(nets))
         self.per_sample = ScaledControlNets()
 
-    # Adapted from diffusers 0.42.1 MultiControlNetModel.forward: the same calls and sums, each net's output scaled.
+    # Adapted from diffusers 0.42.1 MultiControlNetModel.forward: the same calls and sums, each net's output scaled,
+    # and (as the union one does) a net outside its window not run.
     def forward(
         self,
         sample: torch.Tensor,
@@ -124,6 +125,8 @@ class ScaledMultiControlNet(MultiControlNetModel):
     ) -> Any:
         total = None
         for i, (image, scale, net) in enumerate(zip(controlnet_cond, conditioning_scale, self.nets, strict=False)):
+            if scale == 0.0:  # outside its window: stock adds zeros; x + 0 is x, so it is not run at all
+                continue
             down, mid = net(
                 sample=sample, timestep=timestep, encoder_hidden_states=encoder_hidden_states, controlnet_cond=image,
                 conditioning_scale=scale, class_labels=class_labels, timestep_cond=timestep_cond,
@@ -131,7 +134,7 @@ class ScaledMultiControlNet(MultiControlNetModel):
                 cross_attention_kwargs=cross_attention_kwargs, guess_mode=guess_mode, return_dict=False,
             )  # fmt: skip
             total = _merge(total, *self.per_sample.scaled(i, down, mid))
-        return total
+        return total if total is not None else (None, None)
 
 
 class ScaledMultiControlNetUnion(MultiControlNetUnionModel):
