@@ -479,11 +479,11 @@ class Engine:
                     + ("." if structured else " (a text-only image).")
                 )
             text = self._encode_text(request, guided)  # (1, tokens, dim) each: shared by every chunk
-            stack, previews = self._stack(request, scope, warnings)
             settings = request.settings
             inputs = self.structure.inputs(request.image_prompts, settings.width, settings.height, scope)
+            passes, calibrated = self._passes(request, cells, inputs, text)  # measuring runs without adapters: first
+            stack, previews = self._stack(request, scope, warnings)
             previews += self._structure_previews(inputs)
-            passes, calibrated = self._passes(request, cells, inputs, text)
             total_steps = sum(self._steps_run(request, begin) for _, begin in passes)
             images: list[Any] = [None] * len(cells)
             done = 0

@@ -227,6 +227,59 @@ def write_mirror(root: Path, family: FamilySpec, tokenizer_files: Path, dtype: t
             torch.save(checkpoint, folder / spec.weight_name)
     if family.scoring is not None:
         write_scoring_clip(root / family.scoring.text_encoder, tokenizer, dtype)
+    write_structure(root, family, dtype)
+
+
+# `config.json` of depth-anything/Depth-Anything-V2-Small-hf (a DINOv2-small backbone, DPT neck and head) and its
+# `preprocessor_config.json`.
+DEPTH_ANYTHING_V2_SMALL = {
+    "backbone_config": {"hidden_size": 384, "num_attention_heads": 6, "num_hidden_layers": 12, "image_size": 518,
+                        "patch_size": 14, "out_indices": [3, 6, 9, 12], "reshape_hidden_states": False},
+    "fusion_hidden_size": 64, "head_hidden_size": 32, "neck_hidden_sizes": [48, 96, 192, 384],
+    "reassemble_factors": [4, 2, 1, 0.5], "reassemble_hidden_size": 384, "patch_size": 14,
+    "depth_estimation_type": "relative",
+}  # fmt: skip
+DEPTH_PROCESSOR = {
+    "image_processor_type": "DPTImageProcessor", "do_resize": True, "size": {"height": 518, "width": 518},
+    "keep_aspect_ratio": True, "ensure_multiple_of": 14, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
+    "do_normalize": True, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "do_pad": False,
+}  # fmt: skip
+
+
+def write_structure(root: Path, family: FamilySpec, dtype: torch.dtype) -> None:
+    """The family's ControlNets at their published shapes (SD1.5: ControlNet v1.1 from the UNet's config, its
+    conditioning embedding (16, 32, 96, 256); SDXL: ControlNet-Union with 6 control types, transformer width 320), and
+    its depth model. One random ControlNet per class is written and hard-linked into each repository that uses it."""
+    import json
+    import os
+
+    from diffusers import ControlNetModel, ControlNetUnionModel
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    written: dict[str, Path] = {}
+    for spec in family.controlnets.values():
+        folder = root / spec.repo / spec.subfolder
+        if folder.exists():
+            continue
+        cls = ControlNetUnionModel if spec.union_mode is not None else ControlNetModel
+        if cls.__name__ not in written:
+            with default_dtype(dtype):
+                net = cls.from_unet(build_unet(family.pipeline, dtype), load_weights_from_unet=False)
+            net.to(dtype=dtype).save_pretrained(str(folder), safe_serialization=True)
+            written[cls.__name__] = folder
+            del net
+            continue
+        folder.mkdir(parents=True)
+        for file in written[cls.__name__].iterdir():
+            os.link(file, folder / file.name)
+    if family.depth_model:
+        config = dict(DEPTH_ANYTHING_V2_SMALL)
+        config["backbone_config"] = Dinov2Config(**config["backbone_config"])
+        with default_dtype(dtype):
+            model = DepthAnythingForDepthEstimation(DepthAnythingConfig(**config))
+        folder = root / family.depth_model
+        model.save_pretrained(str(folder), safe_serialization=True)
+        (folder / "preprocessor_config.json").write_text(json.dumps(DEPTH_PROCESSOR, indent=2))
 
 
 def write_scoring_clip(folder: Path, tokenizer: object, dtype: torch.dtype) -> None:

@@ -156,8 +156,8 @@ class FamilySpec:
         for spec in self.controlnets.values():  # the config and the one weights file from_pretrained reads
             folder = spec.subfolder + "/" if spec.subfolder else ""
             out += [(spec.repo, f"{folder}config.json"), (spec.repo, f"{folder}diffusion_pytorch_model.safetensors")]
-        if self.depth_model:
-            out.append((self.depth_model, None))
+        if self.depth_model:  # transformers' files: model, its config, the image processor's
+            out += [(self.depth_model, f) for f in ("config.json", "model.safetensors", "preprocessor_config.json")]
         if self.scoring is not None:  # the text tower's files only (the repository also holds OpenCLIP copies)
             out += [(self.scoring.text_encoder, f) for f in SCORING_TEXT_FILES]
         return list(dict.fromkeys(out))

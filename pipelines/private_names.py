@@ -26,6 +26,16 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
         "bench/run.py, bench/stack.py: stock diffusers' adapter load timed as its users run it",
     ),
     ("diffusers", "DiffusionPipeline._execution_device", "pipelines/engine.py: encode_prompt's device argument"),
+    (
+        "diffusers.models.controlnets.multicontrolnet",
+        "MultiControlNetModel.forward",
+        "pipelines/structure.py: subclassed; its forward adapted to scale each net's residuals per sample",
+    ),
+    (
+        "diffusers.models.controlnets.multicontrolnet_union",
+        "MultiControlNetUnionModel.forward",
+        "pipelines/structure.py: the same for ControlNet-Union (SDXL)",
+    ),
     ("gradio.context", "Context.root_block", "ui/tab.py: a tab builds its own Blocks only when used alone"),
     ("gradio.blocks", "Blocks._queue", "ui/serving.py: the gate wraps the queue's push"),
     (

@@ -45,3 +45,13 @@ def test_the_fast_and_score_benchmarks_run():
         assert proc.returncode == 0, proc.stderr[-2000:]
         for row in rows:
             assert row in proc.stdout, (script, row)
+
+
+def test_the_structure_benchmark_runs():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    args = ["--steps", "1", "--size", "64", "--rounds", "1", "--no-full-size"]
+    proc = subprocess.run([sys.executable, "-m", "bench.structure", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| 5-strength sweep, one pass | 1 | 1 |" in proc.stdout and "| 5 stock calls | 5 | 5 |" in proc.stdout
+    assert "canny slot" in proc.stdout

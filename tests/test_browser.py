@@ -221,6 +221,38 @@ def test_two_people_in_a_style_through_the_ui(fresh, files):
     page.screenshot(path=str(ARTIFACTS / "two-faces-and-style.png"), full_page=True)
 
 
+def test_edges_of_a_photo_through_the_ui(fresh, files):
+    """General tab + "Edges of a photo" in "Add an image prompt": the structure kind hides the adapter and region
+    controls, the preview shows the edge map, and the result's metadata names the canny ControlNet."""
+    page = fresh
+    panel = page.locator("#tab-general")
+    panel.locator("#general-reference input[type=file]").set_input_files(files["gold"])
+    panel.get_by_text("Add an image prompt (a face, a style").click()
+    page.locator("#general-slot1-mode").get_by_text("Edges of a photo").click()
+    slot = page.locator("#general-slot1")
+    slot.get_by_label("Its adapter").wait_for(state="hidden")  # no adapter, the whole image, no map type to pick
+    assert (
+        not slot.get_by_text("It acts on").is_visible() and not page.locator("#general-slot1-control-type").is_visible()
+    )
+    page.locator("#general-slot1-images input[type=file]").set_input_files(files["alice"])
+    page.locator("#general-slot1-images img").first.wait_for(state="visible")
+    preview = page.locator("#general-preview img")
+    preview.nth(1).wait_for(state="visible")  # what CLIP sees of the reference, then the edge map
+    panel.get_by_role("button", name="Start drawing").click()
+    page.locator("#general-seed-used").wait_for(state="visible")
+    page.locator("#general-result").scroll_into_view_if_needed()
+    page.locator("#general-result img").wait_for(state="visible")
+    panel.get_by_text("Metadata (also stored in the PNG)").click()
+    metadata = page.locator("#general-metadata")
+    metadata.get_by_text('"control_type"').first.wait_for()
+    text = "".join(metadata.inner_text().split())
+    assert '"mode":"canny"' in text and '"control_type":"canny"' in text and "tiny-controlnet-union" in text
+    page.locator("#general-slot1-mode").get_by_text("A control map (pose, sketch...)").click()
+    page.locator("#general-slot1-control-type").wait_for(state="visible")  # a ready map: say what it shows
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "edges-of-a-photo.png"), full_page=True)
+
+
 def test_fast_mode_through_the_ui(fresh, files):
     """The speed switch: fast hides the steps and guidance sliders (the LoRA has its own) and draws in fast mode."""
     page = fresh

@@ -88,6 +88,23 @@ def test_every_named_checkpoint_loads_and_steps(mirrored, presets, gold):
     fast = engine.generate(build_request(preset, prompt="a test", seed=0, reference=[gold], speed="fast"))
     assert fast.diagnostics["unet_calls"] == engine.family.fast.steps and fast.metadata["fast_lora"]
     assert np.isfinite(np.asarray(fast.image, dtype=np.float32)).all()
+    # Structure at the real shapes: each ControlNet kind (SD1.5's three v1.1 models, SDXL's union model), the depth
+    # model at its published input size, and a start image (img2img), beside an image prompt.
+    slots = [{"mode": "canny"}, {"mode": "depth"}, {"mode": "control", "control_type": "pose"}]
+    for structure in [[s] for s in slots] + [[{"mode": "start", "strength": 0.5}]]:
+        request = build_request(preset, prompt="a test", seed=0, steps=2, reference=[gold], slots=structure,
+                                slot_images=[gold])  # fmt: skip
+        result = engine.generate(request)
+        assert np.isfinite(np.asarray(result.image, dtype=np.float32)).all() and result.image.size == (64, 64)
+        assert result.diagnostics.get("controlnet_calls", 1) == (2 if structure[0]["mode"] != "start" else 1)
+    nets = {spec.id: engine.structure.net(spec) for spec in engine.family.controlnets.values()}
+    union = name == "sdxl"
+    assert len(nets) == (1 if union else 3)  # one union model serves every type
+    for net in nets.values():
+        assert net.config.block_out_channels == engine.pipe.unet.config.block_out_channels
+        assert tuple(net.config.conditioning_embedding_out_channels) == (16, 32, 96, 256)
+        if union:
+            assert (net.config.num_control_type, net.config.num_trans_channel) == (6, 320)
     model, _ = engine.scorer.text_tower()
     assert model.config.hidden_size == 1024 and model.config.projection_dim == 1024
     assert engine.counters["base_loads"] == 1

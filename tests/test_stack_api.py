@@ -140,3 +140,25 @@ def test_slots_through_the_api_and_back(client, files):
         client.predict(prompt="x", slots=slots[:1], slot_images=images[:1], extra_mode="style", api_name="/general")
     with pytest.raises(Exception, match=r"The slots take 2 images \(1 \+ 1\), but slot_images holds 1"):
         client.predict(prompt="x", slots=slots, slot_images=images[:1], api_name="/general")
+
+
+def test_a_face_on_a_depth_map_through_the_api(client, files):
+    """Face tab + a depth slot by `slots`: the PNG names the ControlNet and its control type, the preview shows the
+    face box and crop then the depth map, and strength 0 is exactly the face alone."""
+    slots = [{"mode": "depth", "strength": 1.0, "stop_at": 0.75}]
+    path, _, _, meta, seen = client.predict(prompt="a portrait", reference=gallery(files["alice"]), slots=slots,
+                                            slot_images=gallery(files["gold"]), seed=4, api_name="/face")  # fmt: skip
+    stored = read_png_metadata(path)
+    face, depth = stored["image_prompts"]
+    assert (face["mode"], depth["mode"], depth["control_type"]) == ("face", "depth", "depth")
+    assert depth["adapter"] == "tiny-controlnet-union" and depth["stop_at"] == 0.75
+    assert stored["slots"][0]["control_type"] == "depth" and meta["diagnostics"]["control_maps"] == ["depth"]
+    assert len(seen) == 3  # the face box, its aligned crop, then the depth map
+    zero, *_ = client.predict(
+        prompt="a portrait", reference=gallery(files["alice"]), slot_images=gallery(files["gold"]),
+        slots=[{**slots[0], "strength": 0}], seed=4, api_name="/face",
+    )  # fmt: skip
+    alone, *_ = client.predict(prompt="a portrait", reference=gallery(files["alice"]), seed=4, api_name="/face")
+    assert np.array_equal(rgb(zero), rgb(alone)) and np.abs(rgb(path) - rgb(alone)).mean() > 0.5
+    with pytest.raises(Exception, match=r"A control slot needs 'control_type'"):
+        client.predict(prompt="x", slots=[{"mode": "control"}], slot_images=gallery(files["gold"]), api_name="/face")

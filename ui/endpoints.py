@@ -24,7 +24,7 @@ from pipelines.images import load_reference
 from pipelines.metadata import save_png
 from pipelines.parameters import MAX_SLOTS, SLOT_KEY_NAMES
 from pipelines.plot import score_plot
-from pipelines.presets import MAX_GRID_CELLS, FamilySpec, ModePreset
+from pipelines.presets import MAX_GRID_CELLS, STRUCTURE_KINDS, FamilySpec, ModePreset
 from pipelines.request import GenerationRequest
 from pipelines.settings import settings_of
 
@@ -68,6 +68,10 @@ def fold_slot_groups(values: dict[str, Any]) -> dict[str, Any]:
         if group["mode"] in (None, "", "none"):
             continue
         taken = list(group.pop("images") or [])
+        if group["mode"] in STRUCTURE_KINDS:  # its hidden controls do not apply: no adapter, the whole image
+            group["variant"] = group["region"] = None
+        if group["mode"] != "control":
+            group["control_type"] = None
         slots.append({**{k: v for k, v in group.items() if v not in (None, "")}, "images": len(taken)})
         images += taken
     if slots or "slots" not in out:

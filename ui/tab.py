@@ -20,7 +20,7 @@ import gradio as gr
 from gradio.context import Context
 
 from pipelines.parameters import BY_NAME, MAX_SLOTS, defaults, parameters_for
-from pipelines.presets import CROP_MODES, REGIONS, ModePreset, preset_for, slot_kinds
+from pipelines.presets import CROP_MODES, REGIONS, STRUCTURE_KINDS, ModePreset, preset_for, slot_kinds
 
 from . import endpoints
 from .common import GPU_CONCURRENCY_ID, IO_CONCURRENCY, on_gpu
@@ -29,7 +29,12 @@ from .examples import reference_path
 from .serving import as_code, boundary, uploaded_image
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
-SLOT_LABELS = {"none": "Nothing", "general": "General reference", "face": "A face", "style": "A style"}
+SLOT_LABELS = {"none": "Nothing", "general": "General reference", "face": "A face", "style": "A style",
+               "canny": "Edges of a photo", "depth": "Depth of a photo", "control": "A control map (pose, sketch...)",
+               "start": "A start image"}  # fmt: skip
+CONTROL_TYPE_LABELS = {"canny": "Edges (Canny)", "depth": "Depth", "pose": "Pose skeleton (OpenPose)",
+                       "scribble": "Scribble / soft edges", "lineart": "Line art", "normal": "Normal map",
+                       "segment": "Segmentation"}  # fmt: skip
 REGION_LABELS = {"whole": "Whole image", "left": "Left half", "right": "Right half", "top": "Top half",
                  "bottom": "Bottom half"}  # fmt: skip
 VARIANT_LABELS = {  # every adapter variant, as a person reads it (the tabs' own radios and the slots' dropdowns)
@@ -69,8 +74,10 @@ class TabText:
 
 def slot_names(i: int) -> list[str]:
     """The page's controls of slot group `i` (1-based)."""
-    return [f"slot{i}_{key}" for key in ("mode", "images", "strength", "variant", "region", "start_at", "stop_at",
-                                         "crop")]  # fmt: skip
+    return [f"slot{i}_{key}" for key in SLOT_GROUP_KEYS]
+
+
+SLOT_GROUP_KEYS = ("mode", "images", "strength", "variant", "region", "start_at", "stop_at", "crop", "control_type")
 
 
 SLOT_CONTROL_NAMES = [n for i in range(1, MAX_SLOTS + 1) for n in slot_names(i)]
@@ -142,7 +149,8 @@ def slot_groups(preset: ModePreset) -> dict[str, Any]:
     """ "Add an image prompt": up to three groups, each a face, a style or a general reference of its own."""
     c: dict[str, Any] = {}
     groups = []
-    with gr.Accordion("Add an image prompt (a face, a style, another reference: up to three)", open=False):
+    with gr.Accordion("Add an image prompt (a face, a style, another reference) or structure (edges, depth, a pose, a "
+                      "start image): up to three", open=False):  # fmt: skip
         for i in range(1, MAX_SLOTS + 1):
             with gr.Group(visible=i == 1, elem_id=f"{preset.mode}-slot{i}") as group:
                 c.update(_slot_group(preset, i))
@@ -157,8 +165,7 @@ def slot_groups(preset: ModePreset) -> dict[str, Any]:
 
 def _slot_group(preset: ModePreset, i: int) -> dict[str, Any]:
     kinds = {m: preset_for(m, preset.family) for m in slot_kinds(preset.family)}
-    n = dict(zip(("mode", "images", "strength", "variant", "region", "start_at", "stop_at", "crop"), slot_names(i),
-                 strict=True))  # fmt: skip
+    n = dict(zip(SLOT_GROUP_KEYS, slot_names(i), strict=True))
     general = kinds["general"]
     c: dict[str, Any] = {}
     c[n["mode"]] = gr.Radio(label=f"Image prompt {i + 1}", value="none", elem_id=f"{preset.mode}-slot{i}-mode",
@@ -176,6 +183,10 @@ def _slot_group(preset: ModePreset, i: int) -> dict[str, Any]:
     # queued while the choices change never trips Gradio's own check.
     c[n["variant"]] = gr.Dropdown(label="Its adapter", choices=[("That kind's default", "")], value="",
                                   allow_custom_value=True)  # fmt: skip
+    types = kinds["control"].control_types if "control" in kinds else ()
+    c[n["control_type"]] = gr.Dropdown(label="What its map shows", value=types[0] if types else None, visible=False,
+                                       choices=[(CONTROL_TYPE_LABELS.get(t, t), t) for t in types],
+                                       elem_id=f"{preset.mode}-slot{i}-control-type")  # fmt: skip
     with gr.Row():
         c[n["region"]] = gr.Radio(label="It acts on", choices=[(REGION_LABELS[r], r) for r in REGIONS], value="whole")
         c[n["crop"]] = gr.Radio(label="Its non-square images", choices=[(CROP_LABELS[m], m) for m in CROP_MODES],
@@ -372,7 +383,8 @@ def in_page_words(message: str, labels: dict[str, str]) -> str:
         key = labels.get(f"slot{match.group(1)}_{match.group(2)}", match.group(2))
         return f"image prompt {int(match.group(1)) + 1}: “{key}”"
 
-    message = re.sub(r"\bslot (\d) (strength|variant|region|start_at|stop_at|crop|images|mode)\b", slot, message)
+    message = re.sub(r"\bslot (\d) (strength|variant|region|start_at|stop_at|crop|images|mode|control_type)\b", slot,
+                     message)  # fmt: skip
     for name in sorted((n for n in labels if not n.startswith("slot")), key=len, reverse=True):
         # Only where the message names the setting itself: "strengths must ...", "start_at (1) ...", "seed = 5".
         keyword = rf"(?<![\w“]){re.escape(name)}(?= (=|must|\(|'|\"|is |sweeps))"
@@ -482,7 +494,9 @@ def _follow_slot_kind(preset: ModePreset, c: dict, i: int) -> None:
     """Choosing a slot's kind offers only that kind's adapters, by their labels, and sets its strength to that
     kind's default (a person's choice only: loading a settings file keeps the file's own strength)."""
     kinds = {m: preset_for(m, preset.family) for m in slot_kinds(preset.family)}
-    mode, strength, variant = (c[f"slot{i}_{k}"] for k in ("mode", "strength", "variant"))
+    mode, strength, variant, region, control_type = (
+        c[f"slot{i}_{k}"] for k in ("mode", "strength", "variant", "region", "control_type")
+    )
 
     def chosen(kind: str) -> tuple:
         if kind not in kinds:
@@ -494,10 +508,15 @@ def _follow_slot_kind(preset: ModePreset, c: dict, i: int) -> None:
     def offered(kind: str, value: str) -> Any:  # a loaded file sets the kind and its adapter together
         own = kinds.get(kind)
         choices = [(VARIANT_LABELS.get(v, v), v) for v in own.variants] if own else [("That kind's default", "")]
-        return gr.update(choices=choices, value=value if own and value in own.variants else choices[0][1])
+        look = kind not in STRUCTURE_KINDS  # structure has no adapter and acts on the whole image
+        return (
+            gr.update(choices=choices, value=value if own and value in own.variants else choices[0][1], visible=look),
+            gr.update(visible=look),
+            gr.update(visible=kind == "control"),
+        )
 
     mode.input(chosen, inputs=mode, outputs=[strength, variant], **PRIVATE)
-    mode.change(offered, inputs=[mode, variant], outputs=variant, **PRIVATE)
+    mode.change(offered, inputs=[mode, variant], outputs=[variant, region, control_type], **PRIVATE)
 
 
 def _grid_columns(metadata: dict | None) -> Any:

@@ -122,7 +122,7 @@ def test_a_two_dimensional_comparison_over_the_tab_and_the_first_slot(engines, p
         ({"slots": ["style"]}, "slot 1 must be an object with a 'mode'"),
         ({"slots": [{"mode": "style"}, {"strenght": 1}]}, "slot 2: unknown key 'strenght'; a slot takes mode, "),
         ({"slots": [{"strength": 1}]}, "slot 1: 'mode' is missing"),
-        ({"slots": [{"mode": "anime"}]}, r"slot 1 mode 'anime' is not one of \['general', 'face', 'style'\]"),
+        ({"slots": [{"mode": "anime"}]}, r"slot 1 mode 'anime' is not one of \['general', 'face', 'style', 'canny'"),
         ({"slots": [{"mode": "style", "strength": 9}]}, r"slot 1 strength = 9.0 is outside \[0.0, 1.5\]"),
         ({"slots": [{"mode": "face", "variant": "plus"}]}, r"slot 1 variant 'plus' is not one of \['faceid'"),
         ({"slots": [{"mode": "style", "region": "middle"}]}, "slot 1 region 'middle' is not one of"),

@@ -23,8 +23,8 @@ from PIL import Image
 from pipelines import InvalidRequestError, build_request
 from pipelines.codec import describe
 from pipelines.images import load_reference
-from pipelines.presets import preset_for
 from pipelines.metadata import save_png
+from pipelines.presets import preset_for
 from pipelines.settings import read_settings_file, settings_of, validated_settings
 from pipelines.structure import canny_map, fit
 from tests.conftest import pixels
@@ -60,12 +60,16 @@ def slot(kind: str, **kwargs) -> dict:
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_each_kind_at_strength_zero_is_exactly_no_slot(engines, presets, family, gold, photo, kind):
     without = render(engines, family, request(presets, family, reference=[gold]))
-    zero = render(engines, family, request(presets, family, reference=[gold], slots=[slot(kind, strength=0)],
-                                            slot_images=[photo]))  # fmt: skip
+    zero = render(
+        engines, family, request(presets, family, reference=[gold], slots=[slot(kind, strength=0)], slot_images=[photo])
+    )
     assert np.array_equal(pixels(zero.image), pixels(without.image))
     assert zero.diagnostics.get("controlnet_calls", 0) == 0  # nothing ran for it
-    acting = render(engines, family, request(presets, family, reference=[gold], slots=[slot(kind, strength=0.6)],
-                                              slot_images=[photo]))  # fmt: skip
+    acting = render(
+        engines,
+        family,
+        request(presets, family, reference=[gold], slots=[slot(kind, strength=0.6)], slot_images=[photo]),
+    )
     assert np.abs(pixels(acting.image) - pixels(without.image)).mean() > 1.0
 
 
@@ -77,8 +81,13 @@ def stock_embeds(engine, gold):
 def stock_with_adapter(engine, strength: float):
     pipe = direct_pipeline(engine)
     spec = engine.family.adapters["plain"]
-    pipe.load_ip_adapter(engine.source.resolve(spec.repo), subfolder=spec.subfolder, weight_name=spec.weight_name,
-                         image_encoder_folder=None, local_files_only=True)  # fmt: skip
+    pipe.load_ip_adapter(
+        engine.source.resolve(spec.repo),
+        subfolder=spec.subfolder,
+        weight_name=spec.weight_name,
+        image_encoder_folder=None,
+        local_files_only=True,
+    )
     pipe.set_ip_adapter_scale(strength)
     return pipe
 
@@ -90,8 +99,11 @@ def stock_controlnet(engine, control_type: str):
 
 
 def control_kwargs(spec, control_map, strength, start_at, stop_at, img2img=False):
-    kwargs = {"controlnet_conditioning_scale": strength, "control_guidance_start": start_at,
-              "control_guidance_end": stop_at}  # fmt: skip
+    kwargs = {
+        "controlnet_conditioning_scale": strength,
+        "control_guidance_start": start_at,
+        "control_guidance_end": stop_at,
+    }
     if spec.union_mode is not None:
         return kwargs | {"control_image": [control_map], "control_mode": [spec.union_mode]}
     return kwargs | {"control_image" if img2img else "image": control_map}
@@ -99,8 +111,14 @@ def control_kwargs(spec, control_map, strength, start_at, stop_at, img2img=False
 
 def call(pipe, req, **kwargs):
     s = req.settings
-    return pipe(prompt=s.prompt, negative_prompt=s.negative_prompt, num_inference_steps=s.steps,
-                guidance_scale=s.guidance, generator=torch.Generator("cpu").manual_seed(s.seed), **kwargs).images[0]  # fmt: skip
+    return pipe(
+        prompt=s.prompt,
+        negative_prompt=s.negative_prompt,
+        num_inference_steps=s.steps,
+        guidance_scale=s.guidance,
+        generator=torch.Generator("cpu").manual_seed(s.seed),
+        **kwargs,
+    ).images[0]
 
 
 @pytest.mark.parametrize("kind", ["canny", "depth", "control"])
@@ -108,15 +126,27 @@ def test_controlnet_slots_equal_stock_diffusers(engines, presets, family, gold, 
     """A ControlNet slot with a window, beside an image prompt: stock diffusers' ControlNet pipeline
     (ControlNet-Union for SDXL) with `ip_adapter_image_embeds`, fed the same control map."""
     engine = engines[family]
-    req = request(presets, family, reference=[gold], strength=0.7,
-                  slots=[slot(kind, strength=0.9, start_at=0.25, stop_at=0.75)], slot_images=[photo])  # fmt: skip
+    req = request(
+        presets,
+        family,
+        reference=[gold],
+        strength=0.7,
+        slots=[slot(kind, strength=0.9, start_at=0.25, stop_at=0.75)],
+        slot_images=[photo],
+    )
     ours = render(engines, family, req)
     control_map = engine.structure.control_map(req.slots[0], req.settings.width, req.settings.height, "")
     net, spec = stock_controlnet(engine, req.slots[0].control_type)
     cls = StableDiffusionXLControlNetUnionPipeline if spec.union_mode is not None else StableDiffusionControlNetPipeline
     pipe = cls.from_pipe(stock_with_adapter(engine, 0.7), controlnet=net)
-    stock = call(pipe, req, width=req.settings.width, height=req.settings.height,
-                 ip_adapter_image_embeds=stock_embeds(engine, gold), **control_kwargs(spec, control_map, 0.9, 0.25, 0.75))  # fmt: skip
+    stock = call(
+        pipe,
+        req,
+        width=req.settings.width,
+        height=req.settings.height,
+        ip_adapter_image_embeds=stock_embeds(engine, gold),
+        **control_kwargs(spec, control_map, 0.9, 0.25, 0.75),
+    )
     assert np.abs(pixels(ours.image) - pixels(stock)).max() <= 1
     assert ours.diagnostics["controlnet_calls"] == req.settings.steps // 2  # its window: half the steps
     assert ours.metadata["image_prompts"][1]["adapter"] == spec.id
@@ -126,8 +156,15 @@ def test_controlnet_slots_equal_stock_diffusers(engines, presets, family, gold, 
 def test_start_image_equals_stock_img2img(engines, presets, family, gold, photo):
     """A start image at strength s = stock img2img at denoising strength 1 - s (with the image prompt too)."""
     engine = engines[family]
-    req = request(presets, family, reference=[gold], strength=0.7, steps=8, slots=[slot("start", strength=0.5)],
-                  slot_images=[photo])  # fmt: skip
+    req = request(
+        presets,
+        family,
+        reference=[gold],
+        strength=0.7,
+        steps=8,
+        slots=[slot("start", strength=0.5)],
+        slot_images=[photo],
+    )
     ours = render(engines, family, req)
     start = fit(photo, req.settings.width, req.settings.height, "center")
     cls = StableDiffusionXLImg2ImgPipeline if family == "tiny" else StableDiffusionImg2ImgPipeline
@@ -139,18 +176,35 @@ def test_start_image_equals_stock_img2img(engines, presets, family, gold, photo)
 
 def test_a_start_image_and_a_controlnet_together_equal_stock(engines, presets, family, gold, photo):
     engine = engines[family]
-    req = request(presets, family, reference=[gold], strength=0.5, steps=6,
-                  slots=[slot("canny", strength=1.1), slot("start", strength=0.4)], slot_images=[photo, gold])  # fmt: skip
+    req = request(
+        presets,
+        family,
+        reference=[gold],
+        strength=0.5,
+        steps=6,
+        slots=[slot("canny", strength=1.1), slot("start", strength=0.4)],
+        slot_images=[photo, gold],
+    )
     ours = render(engines, family, req)
     w, h = req.settings.width, req.settings.height
     control_map = engine.structure.control_map(req.slots[0], w, h, "")
     net, spec = stock_controlnet(engine, "canny")
-    cls = (StableDiffusionXLControlNetUnionImg2ImgPipeline if spec.union_mode is not None
-           else StableDiffusionControlNetImg2ImgPipeline)  # fmt: skip
+    cls = (
+        StableDiffusionXLControlNetUnionImg2ImgPipeline
+        if spec.union_mode is not None
+        else StableDiffusionControlNetImg2ImgPipeline
+    )
     pipe = cls.from_pipe(stock_with_adapter(engine, 0.5), controlnet=net)
-    stock = call(pipe, req, image=fit(gold, w, h, "center"), strength=0.6, width=w, height=h,
-                 ip_adapter_image_embeds=stock_embeds(engine, gold),
-                 **control_kwargs(spec, control_map, 1.1, 0.0, 1.0, img2img=True))  # fmt: skip
+    stock = call(
+        pipe,
+        req,
+        image=fit(gold, w, h, "center"),
+        strength=0.6,
+        width=w,
+        height=h,
+        ip_adapter_image_embeds=stock_embeds(engine, gold),
+        **control_kwargs(spec, control_map, 1.1, 0.0, 1.0, img2img=True),
+    )
     assert np.abs(pixels(ours.image) - pixels(stock)).max() <= 1
 
 
@@ -164,8 +218,9 @@ def test_a_controlnet_strength_sweep_is_one_pass_of_single_renders(engines, pres
     assert (d["unet_calls"], d["batches"], d["controlnet_calls"]) == (steps, 1, steps)  # one pass, whatever the cells
     assert d["control_maps"] == ["depth"] and "passes_note" not in d
     for strength, cell, meta in zip(strengths, sweep.images, sweep.cell_metadata, strict=True):
-        single = request(presets, family, reference=[gold], slots=[slot("depth", strength=strength)],
-                         slot_images=[photo])  # fmt: skip
+        single = request(
+            presets, family, reference=[gold], slots=[slot("depth", strength=strength)], slot_images=[photo]
+        )
         assert np.abs(pixels(render(engines, family, single).image) - pixels(cell)).max() <= CELL_TOLERANCE
         assert meta["slots"][0]["strength"] == strength
     assert np.abs(pixels(sweep.images[-1]) - pixels(sweep.images[0])).mean() > 1.0
@@ -185,8 +240,7 @@ def test_a_start_strength_sweep_runs_a_pass_per_strength(engines, presets, gold,
 
 def test_preview_shows_the_edge_map_and_the_result_keeps_it(engines, presets, gold, photo):
     engine, family = engines["tiny"], "tiny"
-    req = request(presets, family, reference=[gold], slots=[slot("canny"), slot("start")],
-                  slot_images=[photo, gold])  # fmt: skip
+    req = request(presets, family, reference=[gold], slots=[slot("canny"), slot("start")], slot_images=[photo, gold])
     w, h = req.settings.width, req.settings.height
     expected = canny_map(fit(photo, w, h, "center"), preset_for("canny", family).canny_thresholds)
     views = engine.encoder_preview(req, req.primary.variant)
