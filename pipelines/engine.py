@@ -353,7 +353,7 @@ class Engine:
     def _structure_views(self, request: GenerationRequest, scope: str) -> list[Image.Image]:
         """Each structure slot's control map (edges, depth, the given map) and the start image, at the output size."""
         inputs = self.structure.inputs(request.image_prompts, request.settings.width, request.settings.height, scope)
-        return inputs.maps + ([inputs.start[2]] if inputs.start is not None else [])
+        return self._structure_previews(inputs)
 
     # ------------------------------------------------------------------------------------------- generation
 

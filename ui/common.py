@@ -41,9 +41,10 @@ GPU_SECONDS_OVERHEAD = 15
 GPU_SECONDS_MAX = 300
 
 
-def gpu_seconds(pipeline: str, steps: int, images: int, width: int, height: int) -> int:
-    """A generous estimate of the GPU time a request needs (ZeroGPU reserves this much)."""
-    per_step = GPU_SECONDS_PER_STEP_MP.get(pipeline, 0.06) * width * height / 1e6
+def gpu_seconds(pipeline: str, steps: int, images: int, width: int, height: int, weight: float = 1.0) -> int:
+    """A generous estimate of the GPU time a request needs (ZeroGPU reserves this much); `weight`: the cost of one
+    step relative to the UNet's alone (ControlNets add to it)."""
+    per_step = GPU_SECONDS_PER_STEP_MP.get(pipeline, 0.06) * width * height / 1e6 * weight
     return int(min(GPU_SECONDS_MAX, GPU_SECONDS_OVERHEAD + 3 * steps * images * per_step))
 
 

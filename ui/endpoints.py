@@ -7,6 +7,7 @@ same code. Nothing here builds UI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 from PIL import Image
 
-from pipelines.codec import build_request
+from pipelines.codec import build_request, parse_slots
 from pipelines.errors import InvalidRequestError
 from pipelines.grid import make_grid
 from pipelines.images import load_reference
@@ -189,9 +190,19 @@ def gpu_time(studio: Studio, preset: ModePreset, images: int) -> Callable[[dict[
             steps, width, height = preset.steps.max, preset.width.max, preset.height.max
         if values.get("speed") == "fast" and preset.fast is not None:
             steps = preset.fast.steps
-        return gpu_seconds(studio.family.pipeline, steps, n, width, height)
+        controlnets = sum(kind in STRUCTURE_KINDS and kind != "start" for kind in slot_kinds_of(values))
+        # A ControlNet costs up to about a UNet's encoder half again per step (bench.structure).
+        return gpu_seconds(studio.family.pipeline, steps, n, width, height, 1 + 0.6 * controlnets)
 
     return estimate
+
+
+def slot_kinds_of(values: dict[str, Any]) -> list[str]:
+    """The kinds of the slots a request's values name (the page's groups or the API's `slots`; bad values: none)."""
+    kinds = [values.get(f"slot{i}_mode") for i in range(1, MAX_SLOTS + 1)]
+    with contextlib.suppress(InvalidRequestError):  # the request itself says what is wrong
+        kinds += [s.get("mode") for s in parse_slots(values.get("slots")) if isinstance(s, dict)]
+    return [k for k in kinds if isinstance(k, str)]
 
 
 def comparison_cells(values: dict[str, Any]) -> int:

@@ -42,3 +42,21 @@ def test_page_messages_use_the_controls_labels_and_the_api_keeps_keywords():
     assert words[0] == "“Strengths” must be a number, got 'abc'"
     assert words[1].startswith("“Start at” (1) must be below “Stop at” (1)")
     assert words[2] == "image prompt 2: “Its strength” = 9.0 is outside [0.0, 1.5]"
+
+
+def test_the_gpu_time_estimate_counts_controlnet_slots():
+    """ZeroGPU reserves what the estimate says: a ControlNet slot (page group or API `slots`) adds to each step."""
+    from types import SimpleNamespace
+
+    from pipelines.presets import preset_for
+    from ui.endpoints import gpu_time
+
+    preset = preset_for("general", "sdxl")
+    estimate = gpu_time(SimpleNamespace(family=SimpleNamespace(pipeline="sdxl")), preset, 1)
+    plain = estimate({"steps": 30, "width": 1024, "height": 1024}, None)
+    page = estimate({"steps": 30, "width": 1024, "height": 1024, "slot1_mode": "depth"}, None)
+    api = estimate(
+        {"steps": 30, "width": 1024, "height": 1024, "slots": '[{"mode": "canny"}, {"mode": "start"}]'}, None
+    )
+    assert plain < page == api  # a start image costs no more per step; a bad `slots` value is the request's to refuse
+    assert estimate({"steps": 30, "width": 1024, "height": 1024, "slots": "not json"}, None) == plain
