@@ -258,7 +258,7 @@ def result_panel(mode: str) -> dict[str, Any]:
     # The last error of a run on this page stays here until the next run (instead of a toast that vanishes and a
     # red "Error" on every output box); the API raises it as before.
     out["error"] = gr.Markdown(elem_id=f"{mode}-error", elem_classes=["run-error"])
-    out["preview"] = gr.Gallery(label="What the adapter sees", columns=4, height="auto", interactive=False,
+    out["preview"] = gr.Gallery(label="What the adapters see (then each structure map)", columns=4, height="auto", interactive=False,
                                 elem_classes=["strip"],
                                 object_fit="contain", elem_id=f"{mode}-preview")  # fmt: skip
     return out

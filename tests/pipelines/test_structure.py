@@ -313,3 +313,22 @@ def test_a_start_strength_that_leaves_no_step_is_refused(engines, presets, photo
         InvalidRequestError, match=r"A start strength of 0.9 keeps the start image as it is with 4 steps"
     ):
         engines["tiny"].generate(req)
+
+
+def test_controlnets_stay_loaded_across_bases_and_speeds(families, tiny_root, presets, gold, photo):
+    """The ControlNet loads once; a request on another base (anime) and one in fast mode reuse it, each with its own
+    base's UNet and sampler, and the base's own pixels do not change."""
+    from pipelines import Engine
+
+    engine = Engine(families["tiny"], tiny_root=tiny_root)
+    anime = presets["anime"]["tiny"]
+    slots = [slot("canny", strength=1.0)]
+    default = engine.generate(request(presets, "tiny", reference=[gold], slots=slots, slot_images=[photo]))
+    other = engine.generate(build_request(anime, prompt=PROMPT, seed=9, reference=[gold], base="anime", slots=slots,
+                                          slot_images=[photo]))  # fmt: skip
+    fast = engine.generate(request(presets, "tiny", reference=[gold], slots=slots, slot_images=[photo], speed="fast"))
+    again = engine.generate(request(presets, "tiny", reference=[gold], slots=slots, slot_images=[photo]))
+    assert engine.counters["controlnet_loads"] == 1 and engine.counters["base_loads"] == 3  # default, anime, default
+    assert other.metadata["base"] == "anime" and fast.diagnostics["unet_calls"] == engine.family.fast.steps
+    assert fast.diagnostics["controlnet_calls"] == engine.family.fast.steps
+    assert np.array_equal(pixels(default.image), pixels(again.image))
