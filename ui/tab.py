@@ -32,6 +32,11 @@ CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squas
 SLOT_LABELS = {"none": "Nothing", "general": "General reference", "face": "A face", "style": "A style",
                "canny": "Edges of a photo", "depth": "Depth of a photo", "control": "A control map (pose, sketch...)",
                "start": "A start image"}  # fmt: skip
+STRENGTH_INFO = {  # what a slot's strength means, by kind
+    "general": "How much of its images carries over (0 = none)",
+    **dict.fromkeys(("canny", "depth", "control"), "How strongly its map steers the layout (0 = not at all)"),
+    "start": "How much of the start image stays (0 = none; at most 0.95)",
+}
 CONTROL_TYPE_LABELS = {"canny": "Edges (Canny)", "depth": "Depth", "pose": "Pose skeleton (OpenPose)",
                        "scribble": "Scribble / soft edges", "lineart": "Line art", "normal": "Normal map",
                        "segment": "Segmentation"}  # fmt: skip
@@ -258,9 +263,9 @@ def result_panel(mode: str) -> dict[str, Any]:
     # The last error of a run on this page stays here until the next run (instead of a toast that vanishes and a
     # red "Error" on every output box); the API raises it as before.
     out["error"] = gr.Markdown(elem_id=f"{mode}-error", elem_classes=["run-error"])
-    out["preview"] = gr.Gallery(label="What the adapters see (then each structure map)", columns=4, height="auto", interactive=False,
-                                elem_classes=["strip"],
-                                object_fit="contain", elem_id=f"{mode}-preview")  # fmt: skip
+    out["preview"] = gr.Gallery(label="What the adapters see (then each structure map)", columns=4, height="auto",
+                                interactive=False, elem_classes=["strip"], object_fit="contain",
+                                elem_id=f"{mode}-preview")  # fmt: skip
     return out
 
 
@@ -513,10 +518,11 @@ def _follow_slot_kind(preset: ModePreset, c: dict, i: int) -> None:
             gr.update(choices=choices, value=value if own and value in own.variants else choices[0][1], visible=look),
             gr.update(visible=look),
             gr.update(visible=kind == "control"),
+            gr.update(info=STRENGTH_INFO.get(kind, STRENGTH_INFO["general"])),
         )
 
     mode.input(chosen, inputs=mode, outputs=[strength, variant], **PRIVATE)
-    mode.change(offered, inputs=[mode, variant], outputs=[variant, region, control_type], **PRIVATE)
+    mode.change(offered, inputs=[mode, variant], outputs=[variant, region, control_type, strength], **PRIVATE)
 
 
 def _grid_columns(metadata: dict | None) -> Any:
