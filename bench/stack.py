@@ -19,6 +19,7 @@ import argparse
 import os
 import platform
 import statistics
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -174,8 +175,9 @@ def full_size_section(args: argparse.Namespace) -> dict:
     return slot_table(title, runs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_sections(description: str, tiny: Any, full_size: Any) -> None:
+    """Parse the shared options (tiny steps and size, full-size size, rounds), print the machine, run both parts."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--full-size-px", type=int, default=256)
@@ -185,9 +187,13 @@ def main() -> None:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, gpu {gpu}, "
           f"torch {torch.__version__}")  # fmt: skip
-    engine_sections(args)
+    tiny(args)
     if not args.no_full_size:
-        full_size_section(args)
+        full_size(args)
+
+
+def main() -> None:
+    run_sections(__doc__.splitlines()[0], engine_sections, full_size_section)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.stack import interleave
+from bench.stack import interleave, run_sections
 from bench.versus import rounds_table
 
 STRENGTHS = [0.0, 0.3, 0.6, 0.9, 1.2]
@@ -139,19 +138,7 @@ def full_size_section(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--full-size-px", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--no-full-size", action="store_true")
-    args = parser.parse_args()
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, gpu {gpu}, "
-          f"torch {torch.__version__}")  # fmt: skip
-    tiny_sections(args)
-    if not args.no_full_size:
-        full_size_section(args)
+    run_sections(__doc__.splitlines()[0], tiny_sections, full_size_section)
 
 
 if __name__ == "__main__":

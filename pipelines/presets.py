@@ -192,6 +192,14 @@ class Range:
         return value
 
 
+def _check_compare(compare: tuple[float, ...], strength: Range) -> None:
+    """A comparison's default strengths: 1 to MAX_COMPARE, each inside the strength range."""
+    if not 1 <= len(compare) <= MAX_COMPARE or not all(strength.min <= v <= strength.max for v in compare):
+        raise ValueError(
+            f"compare = {list(compare)!r} must be 1 to {MAX_COMPARE} numbers inside [{strength.min}, {strength.max}]"
+        )
+
+
 @dataclass(frozen=True)
 class ModePreset:
     """A mode's defaults for one family."""
@@ -225,13 +233,7 @@ class ModePreset:
             raise ValueError(f"crop = {self.crop!r} is not one of {list(CROP_MODES)}")
         if not 32 * 32 <= self.max_pixels <= 2048 * 2048:
             raise ValueError(f"max_pixels = {self.max_pixels!r} must be an integer in [1024, 4194304]")
-        if not 1 <= len(self.compare) <= MAX_COMPARE or not all(
-            self.strength.min <= v <= self.strength.max for v in self.compare
-        ):
-            raise ValueError(
-                f"compare = {list(self.compare)!r} must be 1 to {MAX_COMPARE} numbers inside "
-                f"[{self.strength.min}, {self.strength.max}]"
-            )
+        _check_compare(self.compare, self.strength)
         if "{prompt}" not in self.prompt_template:
             raise ValueError(f"prompt_template = {self.prompt_template!r} must contain {{prompt}}")
         if self.block_maps is not None and (not isinstance(self.block_maps, dict) or "style" not in self.block_maps):
@@ -262,13 +264,7 @@ class StructurePreset:
     def __post_init__(self) -> None:
         if self.crop not in CROP_MODES:
             raise ValueError(f"crop = {self.crop!r} is not one of {list(CROP_MODES)}")
-        if not 1 <= len(self.compare) <= MAX_COMPARE or not all(
-            self.strength.min <= v <= self.strength.max for v in self.compare
-        ):
-            raise ValueError(
-                f"compare = {list(self.compare)!r} must be 1 to {MAX_COMPARE} numbers inside "
-                f"[{self.strength.min}, {self.strength.max}]"
-            )
+        _check_compare(self.compare, self.strength)
         low, high = self.canny_thresholds
         if not 0 <= low < high <= 1000:
             raise ValueError(f"canny_thresholds = {list(self.canny_thresholds)} must be 0 <= low < high <= 1000")

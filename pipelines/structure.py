@@ -99,12 +99,16 @@ def _merge(total: tuple[Any, Any] | None, down: Sequence[torch.Tensor], mid: tor
     return [prev + curr for prev, curr in zip(total[0], down, strict=True)], total[1] + mid
 
 
-class ScaledMultiControlNet(MultiControlNetModel):
-    """diffusers' MultiControlNetModel with each net's residuals also scaled per sample (`ScaledControlNets`)."""
+class _PerSample:
+    """Holds the per-sample strengths a Scaled* model reads during one pass."""
 
     def __init__(self, nets: Sequence[torch.nn.Module]) -> None:
-        super().__init__(list(nets))
+        super().__init__(list(nets))  # type: ignore[call-arg] - the diffusers Multi* model after this in the MRO
         self.per_sample = ScaledControlNets()
+
+
+class ScaledMultiControlNet(_PerSample, MultiControlNetModel):
+    """diffusers' MultiControlNetModel with each net's residuals also scaled per sample (`ScaledControlNets`)."""
 
     # Adapted from diffusers 0.42.1 MultiControlNetModel.forward: the same calls and sums, each net's output scaled,
     # and (as the union one does) a net outside its window not run.
@@ -137,12 +141,8 @@ class ScaledMultiControlNet(MultiControlNetModel):
         return total if total is not None else (None, None)
 
 
-class ScaledMultiControlNetUnion(MultiControlNetUnionModel):
+class ScaledMultiControlNetUnion(_PerSample, MultiControlNetUnionModel):
     """diffusers' MultiControlNetUnionModel with each net's residuals also scaled per sample."""
-
-    def __init__(self, nets: Sequence[torch.nn.Module]) -> None:
-        super().__init__(list(nets))
-        self.per_sample = ScaledControlNets()
 
     # Adapted from diffusers 0.42.1 MultiControlNetUnionModel.forward: a net outside its window (scale 0) is
     # skipped, the others called with from_multi=True and summed; each net's output scaled per sample.
