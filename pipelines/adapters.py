@@ -23,7 +23,7 @@ from .errors import ModelNotAvailableError
 from .presets import AdapterSpec
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DiffusionPipeline
 
     from .encoder import ImagePromptEncoder
     from .sources import ModelSource
@@ -78,7 +78,7 @@ class BaseSlot:
     """One loaded base pipeline and what is on its UNet now."""
 
     name: str
-    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline
+    pipe: DiffusionPipeline
     processors: dict[str, Any]  # the UNet's own attention processors (no image prompt)
     layers: dict[str, torch.nn.Module]  # its attention layers by processor name, to set processors directly
     active: Key | None = None  # the combination whose processors are on the UNet now
@@ -86,18 +86,19 @@ class BaseSlot:
     lora_state: tuple = ()  # (name, weight) of the LoRAs on now; () = none active
     scheduler: Any = None  # the pipeline's own scheduler (quality)
     fast_scheduler: Any = None  # fast mode's, made from the same config on first use
+    denoiser: Any = None  # the model whose attention layers carry the image prompts (pipelines/arch/)
 
     @classmethod
-    def of(cls, name: str, pipe: Any) -> BaseSlot:
-        processors = dict(pipe.unet.attn_processors)
+    def of(cls, name: str, pipe: Any, denoiser: torch.nn.Module) -> BaseSlot:
+        processors = dict(denoiser.attn_processors)
         # The UNet's own attention layers by processor name, so a switch sets each one directly instead of walking
         # the module tree twice (diffusers' set_attn_processor): about 10x faster.
         layers = {
             f"{layer}.processor": module
-            for layer, module in pipe.unet.named_modules()
+            for layer, module in denoiser.named_modules()
             if f"{layer}.processor" in processors
         }
-        return cls(name, pipe, processors, layers, scheduler=pipe.scheduler)
+        return cls(name, pipe, processors, layers, scheduler=pipe.scheduler, denoiser=denoiser)
 
 
 def _projection_layers(adapters: list[LoadedAdapter]) -> list[torch.nn.Module]:
@@ -193,7 +194,8 @@ class AdapterBank:
         for i, full in checkpoints.items():
             if specs[i].lora_weight > 0:
                 self._load_lora(slot, components[i], full)
-        adapter = LoadedAdapter(components, wrap_ip_processors(pipe.unet.attn_processors), pipe.unet.encoder_hid_proj)
+        denoiser = slot.denoiser
+        adapter = LoadedAdapter(components, wrap_ip_processors(denoiser.attn_processors), denoiser.encoder_hid_proj)
         self._variants[name] = adapter
         self.counters["adapter_loads"] += 1
         slot.active = ("loading",)  # the UNet now holds diffusers' processors: force the swap below
@@ -202,7 +204,7 @@ class AdapterBank:
 
     def _load_lora(self, slot: BaseSlot, component: Component, checkpoint: dict) -> None:
         """Keep the LoRA inside a FaceID checkpoint as a PEFT adapter of its own (none when it has none)."""
-        converted = slot.pipe.unet._load_ip_adapter_loras([checkpoint])
+        converted = slot.denoiser._load_ip_adapter_loras([checkpoint])
         if not converted:
             log.warning("%s has no LoRA weights; lora_weight is ignored", component.spec.id)
             return
@@ -224,7 +226,7 @@ class AdapterBank:
         key = (key,) if isinstance(key, str) else key
         adapter = self.get(slot, key) if key is not None else None
         if key != slot.active:
-            unet = slot.pipe.unet
+            unet = slot.denoiser
             if adapter is None:
                 processors, image_proj, hid_type = slot.processors, None, None
             else:
@@ -278,5 +280,5 @@ class AdapterBank:
             return None
         key = block_map_key(block_map)
         if key not in self._block_weights:
-            self._block_weights[key] = block_weights(slot.pipe.unet, block_map)
+            self._block_weights[key] = block_weights(slot.denoiser, block_map)
         return self._block_weights[key]

@@ -29,6 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .adapters import AdapterBank, BaseSlot, LoadedAdapter
+from .arch import architecture
 from .attention import PromptScale, prompt_scales
 from .batching import BatchPlanner
 from .codec import describe
@@ -43,7 +44,7 @@ from .sources import ModelSource
 from .structure import StructureBank, StructureInputs
 
 if TYPE_CHECKING:  # the model classes are imported where a model loads: the app serves its page before that
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DiffusionPipeline
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 WARNING_PREFIX_CHARS = 1000  # the length warning tokenises at most this much of a prompt (75 tokens need far less)
@@ -187,6 +188,7 @@ class Engine:
         threads: int | None = None,
     ) -> None:
         self.family = family
+        self.arch = architecture(family.pipeline)  # what differs between architectures (pipelines/arch/)
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
         self.tiny_root = tiny_root
@@ -204,7 +206,7 @@ class Engine:
         self.encoder = ImagePromptEncoder(self.source, self.device, self.dtype, self.counters, embed_cache_size)
         self.bank = AdapterBank(self.source, self.encoder, self.counters)
         self.scorer = Scorer(self.source, self.encoder, self.counters)
-        self.structure = StructureBank(self.source, self.device, self.dtype, self.counters, embed_cache_size)
+        self.structure = StructureBank(self.source, self.arch, self.device, self.dtype, self.counters, embed_cache_size)
         self._bases: OrderedDict[str, BaseSlot] = OrderedDict()  # least recently used first
         self._current: BaseSlot | None = None
         # Every use of a pipeline or the model state happens under it, with `threads` CPU threads (default: this
@@ -222,7 +224,7 @@ class Engine:
         return bool(self._bases)
 
     @property
-    def pipe(self) -> StableDiffusionPipeline | StableDiffusionXLPipeline | None:
+    def pipe(self) -> DiffusionPipeline | None:
         """The base pipeline in use now (None before the first load)."""
         return self._current.pipe if self._current is not None else None
 
@@ -276,40 +278,27 @@ class Engine:
             pipe.enable_model_cpu_offload(device=self.device)
         else:
             pipe.to(self.device)
+        denoiser = self.arch.denoiser(pipe)
         if self.compile:
-            pipe.unet.compile()  # in place: processors stay swappable (a variant switch recompiles once)
+            denoiser.compile()  # in place: processors stay swappable (a variant switch recompiles once)
         pipe.set_progress_bar_config(disable=True)
-        pipe.unet.register_forward_pre_hook(self._count_unet_call)
-        for encoder in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
-            if encoder is not None:
-                encoder.register_forward_pre_hook(self._count_text_encoder_call)
+        denoiser.register_forward_pre_hook(self._count_denoiser_call)
+        for encoder in self.arch.text_encoders(pipe):
+            encoder.register_forward_pre_hook(self._count_text_encoder_call)
         if self._warning_tokenizer is None:
             self._warning_tokenizer = copy.deepcopy(pipe.tokenizer)
         self.counters["base_loads"] += 1
-        return BaseSlot.of(name, pipe)
+        return BaseSlot.of(name, pipe, denoiser)
 
-    def _count_unet_call(self, module: torch.nn.Module, args: Any) -> None:
-        self.counters["unet_calls"] += 1
+    def _count_denoiser_call(self, module: torch.nn.Module, args: Any) -> None:
+        self.counters["unet_calls"] += 1  # the name the diagnostics have always had; `denoiser_calls` beside it
 
     def _count_text_encoder_call(self, module: torch.nn.Module, args: Any) -> None:
         self.counters["text_encoder_calls"] += 1
 
     def _encode_text(self, request: GenerationRequest, guided: bool) -> dict[str, torch.Tensor]:
-        """The prompt's text embeddings for one sample, once per request: every chunk of a sweep reuses them.
-
-        The same `encode_prompt` call the pipeline makes; the pipeline repeats them for each image of a batch.
-        """
-        pipe = self.pipe
-        with torch.inference_mode():
-            out = pipe.encode_prompt(
-                prompt=request.settings.full_prompt,
-                device=pipe._execution_device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=guided,
-                negative_prompt=request.settings.negative_prompt or None,
-            )
-        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-        return {name: value for name, value in zip(names, out, strict=False) if value is not None}
+        """The prompt's text embeddings for one sample, once per request: every chunk of a sweep reuses them."""
+        return self.arch.encode_text(self.pipe, request.settings.full_prompt, request.settings.negative_prompt, guided)
 
     def face_analyzer(self) -> FaceAnalyzer:
         """The family's insightface pack, created on first use and shared by every request."""
@@ -512,6 +501,7 @@ class Engine:
                 "seconds": round(seconds, 4),
                 "steps_per_second": round(total_steps / seconds, 2) if seconds > 0 else None,
                 "unet_calls": used["unet_calls"],
+                "denoiser_calls": used["unet_calls"],  # the UNet's or the transformer's, whatever the architecture
                 "encoder_calls": used["encoder_calls"],
                 "text_encoder_calls": used["text_encoder_calls"],
                 "cache_hits": used["embed_cache_hits"],
@@ -778,9 +768,7 @@ class Engine:
 
     def initial_latents(self, request: GenerationRequest, batch: int = 1) -> torch.Tensor:
         """Seeded noise drawn on the CPU (identical on every device), repeated for each sample of a batch."""
-        scale = self.pipe.vae_scale_factor
-        settings = request.settings
-        shape = (1, self.pipe.unet.config.in_channels, settings.height // scale, settings.width // scale)
+        shape = self.arch.latent_shape(self.pipe, request.settings.width, request.settings.height)
         generator = torch.Generator("cpu").manual_seed(request.settings.seed)
         noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         return noise.repeat(batch, 1, 1, 1).to(self.device, self.dtype)

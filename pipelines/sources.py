@@ -17,7 +17,7 @@ from .face import FaceSpec
 from .presets import AdapterSpec, FamilySpec
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import DiffusionPipeline
 
 
 class ModelSource:
@@ -81,12 +81,14 @@ class ModelSource:
             spec = FaceSpec(spec.pack, self.resolve(spec.root))
         return spec
 
-    def pipeline(self, base: str, dtype: torch.dtype) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
+    def pipeline(self, base: str, dtype: torch.dtype) -> DiffusionPipeline:
         """The family's base pipeline `base` ("default" or a key of `alt_bases`), on the CPU in `dtype`."""
-        from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
+        from diffusers import AutoencoderKL
+
+        from .arch import architecture
 
         family = self.family
-        cls = StableDiffusionXLPipeline if family.pipeline == "sdxl" else StableDiffusionPipeline
+        cls = architecture(family.pipeline).pipeline_class()
         repo = family.bases[base]
         kwargs: dict[str, Any] = {"dtype": dtype}
         if dtype == torch.float16 and family.vae_fp16:

@@ -20,6 +20,7 @@ from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
 from PIL import Image, ImageOps
 
+from .arch import Architecture
 from .errors import InvalidRequestError
 from .images import ReferenceImage
 from .lru import LRU
@@ -29,16 +30,6 @@ from .sources import ModelSource
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-# The diffusers pipeline for (family kind, with ControlNets, with a start image); the base runs neither.
-PIPELINES = {
-    ("sd15", True, False): "StableDiffusionControlNetPipeline",
-    ("sd15", False, True): "StableDiffusionImg2ImgPipeline",
-    ("sd15", True, True): "StableDiffusionControlNetImg2ImgPipeline",
-    ("sdxl", True, False): "StableDiffusionXLControlNetUnionPipeline",
-    ("sdxl", False, True): "StableDiffusionXLImg2ImgPipeline",
-    ("sdxl", True, True): "StableDiffusionXLControlNetUnionImg2ImgPipeline",
-}
 
 
 def fit(image: Image.Image, width: int, height: int, crop: str) -> Image.Image:
@@ -182,8 +173,10 @@ class ScaledMultiControlNetUnion(_PerSample, MultiControlNetUnionModel):
 class StructureBank:
     """Control maps, ControlNets and the structure pipelines of one family."""
 
-    def __init__(self, source: ModelSource, device: str, dtype: torch.dtype, counters: Any, cache_size: int = 64):
-        self.source = source
+    def __init__(
+        self, source: ModelSource, arch: Architecture, device: str, dtype: torch.dtype, counters: Any, cache_size: int
+    ) -> None:
+        self.source, self.arch = source, arch
         self.family: FamilySpec = source.family
         self.device, self.dtype, self.counters = device, dtype, counters
         self._nets: dict[str, torch.nn.Module] = {}  # repo/subfolder -> ControlNet (one union model serves all types)
@@ -280,7 +273,7 @@ class StructureBank:
         controls, img2img = bool(inputs.controls), inputs.start is not None
         if not controls and not img2img:
             return base, None
-        name = PIPELINES[(self.family.pipeline, controls, img2img)]
+        name = self.arch.structure_pipeline(controls, img2img)
         specs = [self.spec(prompt) for _, prompt, _ in inputs.controls]
         if self._pipes_base is not base:  # made on another base (or none yet): those hold its modules
             self._pipes, self._pipes_base = {}, base

@@ -193,3 +193,20 @@ def test_pixels_do_not_depend_on_the_thread_that_runs_them(engines, presets, fam
         hook.remove()
     assert seen and set(seen) == {engine.lock.threads}
     assert np.array_equal(out["image"], solo)
+
+
+def test_only_the_architecture_modules_name_the_unet():
+    """The seam: the runner, adapter bank, structure slots and model source reach the denoiser through
+    `pipelines/arch/` (full_size.py and tiny.py build UNets and may name them)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "pipelines"
+    naming = {p.name for p in root.glob("*.py") if re.search(r"\.unet\b|StableDiffusion(XL)?Pipeline\b", p.read_text())}
+    assert naming <= {"full_size.py", "tiny.py"}, naming
+
+
+def test_diagnostics_name_the_denoiser_calls(engines, presets, family, gold):
+    result = render(engines, presets, family, references=[gold])
+    d = result.diagnostics
+    assert d["denoiser_calls"] == d["unet_calls"] == presets["general"][family].steps.default

@@ -1,0 +1,56 @@
+"""The architecture seam: what differs between model architectures lives in one module per architecture.
+
+The runner (`pipelines/engine.py`), the adapter bank, the structure slots and the model source talk to an
+architecture only through `Architecture`: its pipeline classes, its denoiser (a UNet, a transformer), its text
+encoders and text encoding, and its latents. `sd.py` holds Stable Diffusion's (SD1.5 and SDXL); a family's
+`pipeline` key in presets/models.toml names the architecture it runs on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+
+class Architecture(ABC):
+    """One model architecture, as the rest of the app needs it."""
+
+    name: str  # the `pipeline` value of presets/models.toml
+
+    @abstractmethod
+    def pipeline_class(self) -> type:
+        """The diffusers text-to-image pipeline of a base model."""
+
+    @abstractmethod
+    def structure_pipeline(self, controls: bool, img2img: bool) -> str:
+        """The diffusers pipeline class name that runs ControlNets (`controls`) and/or a start image (`img2img`)."""
+
+    @abstractmethod
+    def denoiser(self, pipe: Any) -> torch.nn.Module:
+        """The model called once per step per batch (the UNet, the transformer): its attention layers carry the
+        image prompts, its calls are counted."""
+
+    @abstractmethod
+    def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
+        """The text encoders a prompt goes through (their calls are counted)."""
+
+    @abstractmethod
+    def encode_text(self, pipe: Any, prompt: str, negative_prompt: str, guided: bool) -> dict[str, torch.Tensor]:
+        """The prompt's embeddings for one sample, as keywords of the pipeline's call (the pipeline repeats them
+        for each image of a batch)."""
+
+    @abstractmethod
+    def latent_shape(self, pipe: Any, width: int, height: int) -> tuple[int, ...]:
+        """The shape of one sample's initial noise (drawn on the CPU from the seed, identical on every device)."""
+
+
+def architecture(kind: str) -> Architecture:
+    """The architecture a family's `pipeline` key names."""
+    from .sd import StableDiffusion
+
+    known = {"sdxl": StableDiffusion(xl=True), "sd15": StableDiffusion(xl=False)}
+    if kind not in known:
+        raise ValueError(f"unknown architecture {kind!r}; one of {list(known)}")
+    return known[kind]

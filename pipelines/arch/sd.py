@@ -1,0 +1,57 @@
+"""Stable Diffusion (SD1.5 and SDXL): a UNet denoiser, CLIP text encoders, one `[uncond, cond]` batch under
+classifier-free guidance, 4-channel latents at 1/8 of the image size."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import Architecture
+
+# The diffusers pipeline for (SDXL?, with ControlNets, with a start image); the base pipeline runs neither.
+STRUCTURE_PIPELINES = {
+    (False, True, False): "StableDiffusionControlNetPipeline",
+    (False, False, True): "StableDiffusionImg2ImgPipeline",
+    (False, True, True): "StableDiffusionControlNetImg2ImgPipeline",
+    (True, True, False): "StableDiffusionXLControlNetUnionPipeline",
+    (True, False, True): "StableDiffusionXLImg2ImgPipeline",
+    (True, True, True): "StableDiffusionXLControlNetUnionImg2ImgPipeline",
+}
+TEXT_KEYWORDS = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+
+
+class StableDiffusion(Architecture):
+    def __init__(self, xl: bool) -> None:
+        self.xl = xl
+        self.name = "sdxl" if xl else "sd15"
+
+    def pipeline_class(self) -> type:
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline if self.xl else StableDiffusionPipeline
+
+    def structure_pipeline(self, controls: bool, img2img: bool) -> str:
+        return STRUCTURE_PIPELINES[(self.xl, controls, img2img)]
+
+    def denoiser(self, pipe: Any) -> torch.nn.Module:
+        return pipe.unet
+
+    def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
+        return [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+
+    def encode_text(self, pipe: Any, prompt: str, negative_prompt: str, guided: bool) -> dict[str, torch.Tensor]:
+        """The same `encode_prompt` call the pipeline makes."""
+        with torch.inference_mode():
+            out = pipe.encode_prompt(
+                prompt=prompt,
+                device=pipe._execution_device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=guided,
+                negative_prompt=negative_prompt or None,
+            )
+        return {name: value for name, value in zip(TEXT_KEYWORDS, out, strict=False) if value is not None}
+
+    def latent_shape(self, pipe: Any, width: int, height: int) -> tuple[int, ...]:
+        scale = pipe.vae_scale_factor
+        return (1, pipe.unet.config.in_channels, height // scale, width // scale)
