@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
 from .adapters import AdapterBank, BaseSlot, LoadedAdapter
@@ -457,7 +456,7 @@ class Engine:
             faces_before = self.encoder.face_detections
             if self.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
-            guided = request.settings.guidance > 1
+            guided = self.arch.cfg_batch(request.settings.guidance)
             warnings: list[str] = list(prompt_warnings)
             if not request.settings.prompt:
                 warnings.append("The prompt is empty: the image comes from the image prompt (and the mode) alone.")
@@ -577,7 +576,7 @@ class Engine:
         """
         if self.max_batch:
             return [min(self.max_batch, n - i) for i in range(0, n, self.max_batch)], False
-        guided = request.settings.guidance > 1
+        guided = self.arch.cfg_batch(request.settings.guidance)
         key = (request.settings.width, request.settings.height, str(self.dtype), guided, request.settings.base)
         measured = []
 
@@ -690,7 +689,7 @@ class Engine:
         ControlNet slots whose strength is 0 in every cell of the pass are left out (exactly the image without
         them); a start strength of 0 (or None) runs without the start image.
         """
-        guided = request.settings.guidance > 1
+        guided = self.arch.cfg_batch(request.settings.guidance)
         batch = len(cells)
         steps_run = self._steps_run(request, start)
         structure = structure or StructureInputs([], None)
@@ -768,10 +767,9 @@ class Engine:
 
     def initial_latents(self, request: GenerationRequest, batch: int = 1) -> torch.Tensor:
         """Seeded noise drawn on the CPU (identical on every device), repeated for each sample of a batch."""
-        shape = self.arch.latent_shape(self.pipe, request.settings.width, request.settings.height)
-        generator = torch.Generator("cpu").manual_seed(request.settings.seed)
-        noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)
-        return noise.repeat(batch, 1, 1, 1).to(self.device, self.dtype)
+        settings = request.settings
+        noise = self.arch.initial_latents(self.pipe, settings.seed, settings.width, settings.height)
+        return noise.repeat(batch, *([1] * (noise.dim() - 1))).to(self.device, self.dtype)
 
     def _metadata(self, request: GenerationRequest, stack: _Stack, cell: tuple[float, ...]) -> dict[str, Any]:
         """Everything needed to reproduce the image of `cell` (one strength per declared image prompt)."""

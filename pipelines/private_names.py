@@ -25,7 +25,8 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
         "UNet2DConditionModel._load_ip_adapter_weights",
         "bench/run.py, bench/stack.py: stock diffusers' adapter load timed as its users run it",
     ),
-    ("diffusers", "DiffusionPipeline._execution_device", "pipelines/engine.py: encode_prompt's device argument"),
+    ("diffusers", "DiffusionPipeline._execution_device", "pipelines/arch/: encode_prompt's device argument"),
+    ("diffusers", "FluxPipeline._pack_latents", "pipelines/arch/flux.py: seeded noise in the pipeline's packed form"),
     (
         "diffusers.models.controlnets.multicontrolnet",
         "MultiControlNetModel.forward",

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -41,7 +42,7 @@ from transformers import (
 from .tiny_faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v7"
+TINY_VERSION = "v9"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -59,6 +60,15 @@ CONTROLNET_SD15_REPOS = {  # mirror lllyasviel/control_v11* (ControlNetModel, on
     "pose": "tiny-controlnet-sd15-openpose",
 }
 DEPTH_REPO = "tiny-depth-anything"  # mirrors depth-anything/Depth-Anything-V2-Small-hf (model + DPT processor)
+FLUX_BASE = "tiny-flux"  # mirrors black-forest-labs/FLUX.1-dev: FluxPipeline (transformer, CLIP + T5, 16-channel VAE)
+FLUX_IP_ADAPTER_REPO = (
+    "tiny-flux-ip-adapter"  # mirrors XLabs-AI/flux-ip-adapter-v2 (XLabs keys, ip_adapter.safetensors)
+)
+CLIP_VIT_L_REPO = "tiny-clip-vit-large-patch14"  # mirrors openai/clip-vit-large-patch14 (a whole CLIPModel)
+FLUX_JOINT_DIM = 32  # T5 width (FLUX.1: 4096)
+FLUX_INNER_DIM = 32  # heads x head dim (FLUX.1: 24 x 128)
+FLUX_DOUBLE_BLOCKS = 2  # FLUX.1: 19
+XLABS_TOKENS = 4  # image tokens of the XLabs projection (v2: 16)
 FAST_LORA_REPO = "tiny-fast-lora"  # few-step LoRAs (as ByteDance/SDXL-Lightning and ByteDance/Hyper-SD ship them)
 LORA_RANK = 4
 
@@ -97,6 +107,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         _build_fast_loras(staging)
         _build_controlnets(staging)
         _build_depth(staging / DEPTH_REPO)
+        _build_flux(staging, staging / "tokenizer-files")
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
         try:
@@ -531,3 +542,77 @@ def _build_depth(folder: Path) -> None:
     }  # fmt: skip
     (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     AutoImageProcessor.from_pretrained(str(folder))  # fails here, not in a request, if the format drifts
+
+
+def _t5_tokenizer(folder: Path) -> Any:
+    """A T5 tokenizer in the real `tokenizer.json` form: a unigram model over printable characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)] + [(chr(c), -1.0) for c in range(32, 127)]
+    tokenizer = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return T5TokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), pad_token="<pad>", eos_token="</s>",
+                           unk_token="<unk>", extra_ids=0, model_max_length=512)  # fmt: skip
+
+
+def _build_flux(root: Path, tokenizer_files: Path) -> None:
+    """FLUX.1's layout at a tiny width: FluxPipeline (double- and single-stream blocks, rotary axes, guidance
+    embedding, CLIP + T5 text encoders, a 16-channel VAE, its flow-matching scheduler), an XLabs-format IP-Adapter
+    for its double-stream blocks, and the CLIP ViT-L image encoder that adapter reads."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPConfig, CLIPModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(50)
+    t5_tokenizer = _t5_tokenizer(root / "t5-tokenizer-files")
+    t5_config = T5Config(vocab_size=len(t5_tokenizer), d_model=FLUX_JOINT_DIM, d_kv=8, d_ff=64, num_layers=2,
+                         num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu")  # fmt: skip
+    t5 = T5EncoderModel(t5_config)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16 * 4, num_layers=FLUX_DOUBLE_BLOCKS, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=FLUX_INNER_DIM // 16, joint_attention_dim=FLUX_JOINT_DIM, pooled_projection_dim=TEXT_HIDDEN,
+        guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+    vae = AutoencoderKL(block_out_channels=(32, 32, 32, 32), in_channels=3, out_channels=3,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        latent_channels=16, layers_per_block=1, norm_num_groups=16, use_quant_conv=False,
+                        use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611)  # fmt: skip
+    scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                                max_shift=1.15, shift=3.0, use_dynamic_shifting=True)  # fmt: skip
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=CLIPTextModel(_text_config(TEXT_HIDDEN)),
+                        tokenizer=_tokenizer(tokenizer_files), text_encoder_2=t5, tokenizer_2=t5_tokenizer,
+                        transformer=transformer)  # fmt: skip
+    pipe.save_pretrained(str(root / FLUX_BASE), safe_serialization=True)
+    shutil.rmtree(root / "t5-tokenizer-files")
+
+    gen = torch.Generator().manual_seed(51)
+    weights = {  # XLabs' key names: the projection, then each double-stream block's k and v for the image tokens
+        "ip_adapter_proj_model.proj.weight": torch.randn(XLABS_TOKENS * FLUX_JOINT_DIM, VISION_PROJECTION,
+                                                         generator=gen) * 0.2,
+        "ip_adapter_proj_model.proj.bias": torch.zeros(XLABS_TOKENS * FLUX_JOINT_DIM),
+        "ip_adapter_proj_model.norm.weight": torch.ones(FLUX_JOINT_DIM),
+        "ip_adapter_proj_model.norm.bias": torch.zeros(FLUX_JOINT_DIM),
+    }  # fmt: skip
+    for block in range(FLUX_DOUBLE_BLOCKS):
+        for kv in ("k", "v"):
+            key = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kv}_proj"
+            weights[f"{key}.weight"] = torch.randn(FLUX_INNER_DIM, FLUX_JOINT_DIM, generator=gen) * 0.3
+            weights[f"{key}.bias"] = torch.zeros(FLUX_INNER_DIM)
+    (root / FLUX_IP_ADAPTER_REPO).mkdir(parents=True)
+    save_file(weights, str(root / FLUX_IP_ADAPTER_REPO / "ip_adapter.safetensors"))
+
+    vision = {"hidden_size": VISION_HIDDEN, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "image_size": VISION_IMAGE_SIZE, "patch_size": 8, "projection_dim": VISION_PROJECTION}  # fmt: skip
+    text = {
+        "hidden_size": TEXT_HIDDEN,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "projection_dim": VISION_PROJECTION,
+    }
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=VISION_PROJECTION)
+    CLIPModel(config).save_pretrained(str(root / CLIP_VIT_L_REPO), safe_serialization=True)

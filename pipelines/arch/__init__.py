@@ -42,15 +42,22 @@ class Architecture(ABC):
         for each image of a batch)."""
 
     @abstractmethod
-    def latent_shape(self, pipe: Any, width: int, height: int) -> tuple[int, ...]:
-        """The shape of one sample's initial noise (drawn on the CPU from the seed, identical on every device)."""
+    def cfg_batch(self, guidance: float) -> bool:
+        """Whether a call at `guidance` denoises an `[uncond, cond]` batch (classifier-free guidance in one batch)
+        rather than one row per image (no guidance, or guidance distilled into the model)."""
+
+    @abstractmethod
+    def initial_latents(self, pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
+        """One sample's initial noise, drawn on the CPU from `seed` as the stock pipeline draws it from a CPU
+        generator (identical on every device), in the form the pipeline's `latents` keyword takes."""
 
 
 def architecture(kind: str) -> Architecture:
     """The architecture a family's `pipeline` key names."""
+    from .flux import Flux
     from .sd import StableDiffusion
 
-    known = {"sdxl": StableDiffusion(xl=True), "sd15": StableDiffusion(xl=False)}
+    known = {"sdxl": StableDiffusion(xl=True), "sd15": StableDiffusion(xl=False), "flux": Flux()}
     if kind not in known:
         raise ValueError(f"unknown architecture {kind!r}; one of {list(known)}")
     return known[kind]

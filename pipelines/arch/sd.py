@@ -52,6 +52,13 @@ class StableDiffusion(Architecture):
             )
         return {name: value for name, value in zip(TEXT_KEYWORDS, out, strict=False) if value is not None}
 
-    def latent_shape(self, pipe: Any, width: int, height: int) -> tuple[int, ...]:
+    def cfg_batch(self, guidance: float) -> bool:
+        return guidance > 1
+
+    def initial_latents(self, pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
         scale = pipe.vae_scale_factor
-        return (1, pipe.unet.config.in_channels, height // scale, width // scale)
+        shape = (1, pipe.unet.config.in_channels, height // scale, width // scale)
+        generator = torch.Generator("cpu").manual_seed(seed)
+        return randn_tensor(shape, generator=generator, device=torch.device("cpu"), dtype=torch.float32)

@@ -1,0 +1,59 @@
+"""FLUX.1: a transformer denoiser (19 double-stream and 38 single-stream blocks), CLIP + T5 text encoders,
+guidance distilled into the model (one row per image; true CFG would be a second call), 16-channel latents packed
+into 2 x 2 patches.
+
+The seam's second architecture. Not offered as a family yet: the engine's image prompts on FLUX (XLabs IP-Adapter,
+Redux) come next; what is here is proven against stock `FluxPipeline` on the generated tiny FLUX.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import Architecture
+
+MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FLUX.1-dev's default
+
+
+class Flux(Architecture):
+    name = "flux"
+
+    def pipeline_class(self) -> type:
+        from diffusers import FluxPipeline
+
+        return FluxPipeline
+
+    def structure_pipeline(self, controls: bool, img2img: bool) -> str:
+        raise NotImplementedError("structure slots are not offered on FLUX yet")
+
+    def denoiser(self, pipe: Any) -> torch.nn.Module:
+        return pipe.transformer
+
+    def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
+        return [pipe.text_encoder, pipe.text_encoder_2]
+
+    def encode_text(self, pipe: Any, prompt: str, negative_prompt: str, guided: bool) -> dict[str, torch.Tensor]:
+        """The same `encode_prompt` call FluxPipeline makes (CLIP pooled + T5 tokens); the negative prompt only
+        matters under true CFG, which runs as a second call."""
+        with torch.inference_mode():
+            embeds, pooled, _ = pipe.encode_prompt(
+                prompt=prompt, prompt_2=None, device=pipe._execution_device, num_images_per_prompt=1,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+            )  # fmt: skip
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    def cfg_batch(self, guidance: float) -> bool:
+        return False  # distilled guidance: the guidance value is an input of the transformer
+
+    def initial_latents(self, pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
+        """FluxPipeline.prepare_latents' noise: (1, 16, 2 * (h // 16), 2 * (w // 16)), packed to (1, tokens, 64)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        channels = pipe.transformer.config.in_channels // 4
+        h = 2 * (int(height) // (pipe.vae_scale_factor * 2))
+        w = 2 * (int(width) // (pipe.vae_scale_factor * 2))
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = randn_tensor((1, channels, h, w), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+        return pipe._pack_latents(noise, 1, channels, h, w)
