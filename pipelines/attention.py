@@ -16,12 +16,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers.image_processor import IPAdapterMaskProcessor
 from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor, _get_qkv_projections
 
 from .errors import BlockMapError
 
@@ -144,6 +148,46 @@ def sample_scales(
     return prompt_scales([PromptScale(strengths, block_weights)], guided, device, dtype)
 
 
+@dataclass
+class ImageBranch:
+    """How one adapter component's image branch enters one layer for this call: its weight (a float, or (B, 1, 1)
+    per-sample weights) and its prompt's region. The per-sample part both architectures' processors share."""
+
+    weights: float | torch.Tensor
+    prompt: int | None = None
+
+    def add(self, ip_out: torch.Tensor, hidden_states: torch.Tensor, layer_name: str) -> torch.Tensor:
+        """What the branch adds: `ip_out` (B, queries, dim) weighted, inside the prompt's region."""
+        per_sample = _SCALES.get()
+        if per_sample is not None and self.prompt is not None:
+            mask = per_sample.mask(self.prompt, ip_out.shape[1], ip_out.dtype)
+            if mask is not None:
+                ip_out = ip_out * mask  # (1, queries, 1): the prompt's region at this layer's resolution
+        added = self.weights * ip_out
+        stats = _STATS.get()
+        if stats is not None and per_sample is not None:
+            stats.append((layer_name, added.abs().mean().item(), hidden_states.abs().mean().item()))
+        return added
+
+
+def image_branch(component: int, layer_name: str, layer_weight: float, batch_size: int) -> ImageBranch | None:
+    """Adapter component `component`'s image branch in layer `layer_name` for this call, or None when it adds
+    exactly nothing (its prompt is outside its window, at strength 0 everywhere, or weighted 0 in this layer)."""
+    per_sample = _SCALES.get()
+    if per_sample is None:
+        return ImageBranch(layer_weight) if layer_weight != 0 else None
+    p = per_sample.prompt(component)
+    if not per_sample.acting(p):
+        return None
+    layer_weight = per_sample.weight(p, layer_name, layer_weight)
+    if layer_weight == 0:
+        return None
+    values = per_sample.values[p]
+    if values.shape[0] != batch_size:
+        raise RuntimeError(f"{values.shape[0]} sample scales for a batch of {batch_size}")
+    return ImageBranch((layer_weight * values).view(batch_size, 1, 1), p)
+
+
 class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
     """IPAdapterAttnProcessor2_0 with `self.scale` as a layer weight times the call's per-sample strengths."""
 
@@ -208,38 +252,18 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
 
-        per_sample = _SCALES.get()
         for j, (ip_states, layer_weight, to_k_ip, to_v_ip) in enumerate(
             zip(ip_hidden_states, self.scale, self.to_k_ip, self.to_v_ip, strict=True)
         ):
-            mask = None
-            if per_sample is not None:
-                p = per_sample.prompt(j)
-                if not per_sample.acting(p):
-                    continue  # exactly the result without this prompt: nothing is added
-                layer_weight = per_sample.weight(p, self.layer_name, layer_weight)
-            if layer_weight == 0:
-                continue
+            branch = image_branch(j, self.layer_name, layer_weight, batch_size)
+            if branch is None:
+                continue  # exactly the result without this prompt: nothing is added
             # ip_states: (B, num_images, tokens, dim) -> keys over all images' tokens together
             ip_key = to_k_ip(ip_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_value = to_v_ip(ip_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
             ip_out = F.scaled_dot_product_attention(query, ip_key, ip_value)
             ip_out = ip_out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-            if per_sample is None:
-                hidden_states = hidden_states + layer_weight * ip_out
-            else:
-                mask = per_sample.mask(p, ip_out.shape[1], query.dtype)
-                if mask is not None:
-                    ip_out = ip_out * mask  # (1, queries, 1): the prompt's region at this layer's resolution
-                values = per_sample.values[p]
-                if values.shape[0] != batch_size:
-                    raise RuntimeError(f"{values.shape[0]} sample scales for a batch of {batch_size}")
-                weights = (layer_weight * values).view(batch_size, 1, 1)  # (B, 1, 1)
-                added = weights * ip_out
-                stats = _STATS.get()
-                if stats is not None:
-                    stats.append((self.layer_name, added.abs().mean().item(), hidden_states.abs().mean().item()))
-                hidden_states = hidden_states + added
+            hidden_states = hidden_states + branch.add(ip_out, hidden_states, self.layer_name)
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
@@ -250,12 +274,108 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         return hidden_states / attn.rescale_output_factor
 
 
+class ScaledFluxIPAdapterAttnProcessor(FluxIPAdapterAttnProcessor):
+    """FLUX's twin of `ScaledIPAdapterAttnProcessor`: diffusers' FluxIPAdapterAttnProcessor (the XLabs IP-Adapter on
+    a double-stream block) with `self.scale` as a layer weight times the call's per-sample strengths."""
+
+    @classmethod
+    def sharing(cls, layer_name: str, procs: Sequence[FluxIPAdapterAttnProcessor]) -> ScaledFluxIPAdapterAttnProcessor:
+        new = cls.__new__(cls)  # diffusers' __init__ would build fresh (random) projections
+        torch.nn.Module.__init__(new)
+        new.layer_name = layer_name
+        new.hidden_size = procs[0].hidden_size
+        new.cross_attention_dim = procs[0].cross_attention_dim
+        new.scale = [s for p in procs for s in p.scale]
+        new.to_k_ip = torch.nn.ModuleList([m for p in procs for m in p.to_k_ip])
+        new.to_v_ip = torch.nn.ModuleList([m for p in procs for m in p.to_v_ip])
+        return new
+
+    # Copied from diffusers 0.42.1 (models/transformers/transformer_flux.py, FluxIPAdapterAttnProcessor.__call__),
+    # with the image branch changed: per-sample strengths from the call's context, step windows, layer weights.
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+        ip_hidden_states: list[torch.Tensor] | None = None,
+        ip_adapter_masks: torch.Tensor | None = None,
+    ) -> Any:
+        if ip_adapter_masks is not None:
+            raise NotImplementedError("IP-Adapter masks are not supported on FLUX's packed tokens")
+        batch_size = hidden_states.shape[0]
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query = attn.norm_q(query.unflatten(-1, (attn.heads, -1)))
+        key = attn.norm_k(key.unflatten(-1, (attn.heads, -1)))
+        value = value.unflatten(-1, (attn.heads, -1))
+        ip_query = query
+        if encoder_hidden_states is not None:
+            encoder_query = attn.norm_added_q(encoder_query.unflatten(-1, (attn.heads, -1)))
+            encoder_key = attn.norm_added_k(encoder_key.unflatten(-1, (attn.heads, -1)))
+            encoder_value = encoder_value.unflatten(-1, (attn.heads, -1))
+            query = torch.cat([encoder_query, query], dim=1)
+            key = torch.cat([encoder_key, key], dim=1)
+            value = torch.cat([encoder_value, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        hidden_states = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return hidden_states
+        text_tokens = encoder_hidden_states.shape[1]
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [text_tokens, hidden_states.shape[1] - text_tokens], dim=1
+        )
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        ip_attn_output = torch.zeros_like(hidden_states)
+        for j, (states, layer_weight, to_k_ip, to_v_ip) in enumerate(
+            zip(ip_hidden_states or [], self.scale, self.to_k_ip, self.to_v_ip, strict=False)
+        ):
+            branch = image_branch(j, self.layer_name, layer_weight, batch_size)
+            if branch is None:
+                continue  # stock adds zeros here: x + 0 is x
+            ip_key = to_k_ip(states).view(batch_size, -1, attn.heads, attn.head_dim)
+            ip_value = to_v_ip(states).view(batch_size, -1, attn.heads, attn.head_dim)
+            out = dispatch_attention_fn(
+                ip_query,
+                ip_key,
+                ip_value,
+                attn_mask=None,
+                dropout_p=0.0,
+                is_causal=False,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+            out = out.reshape(batch_size, -1, attn.heads * attn.head_dim).to(ip_query.dtype)
+            ip_attn_output += branch.add(out, hidden_states, self.layer_name)
+        return hidden_states, encoder_hidden_states, ip_attn_output
+
+
+SCALED = {
+    IPAdapterAttnProcessor2_0: ScaledIPAdapterAttnProcessor,
+    FluxIPAdapterAttnProcessor: ScaledFluxIPAdapterAttnProcessor,
+}
+
+
 def wrap_ip_processors(processors: Mapping[str, object]) -> dict[str, object]:
-    """`unet.attn_processors` after `load_ip_adapter`, with every IP-Adapter processor made per-sample scalable."""
+    """A denoiser's `attn_processors` after `load_ip_adapter`, with every IP-Adapter processor (SD's or FLUX's)
+    made per-sample scalable."""
     return {
-        name: ScaledIPAdapterAttnProcessor.sharing(name, [proc])
-        if isinstance(proc, IPAdapterAttnProcessor2_0)
-        else proc
+        name: SCALED[type(proc)].sharing(name, [proc]) if type(proc) in SCALED else proc
         for name, proc in processors.items()
     }
 
@@ -268,10 +388,10 @@ def combine_processors(parts: Sequence[Mapping[str, object]]) -> dict[str, objec
     """
     combined: dict[str, object] = {}
     for name, first in parts[0].items():
-        if not isinstance(first, ScaledIPAdapterAttnProcessor):
-            combined[name] = first  # self-attention and the like: the UNet's own processor
+        if not isinstance(first, tuple(SCALED.values())):
+            combined[name] = first  # self-attention and the like: the denoiser's own processor
             continue
-        combined[name] = ScaledIPAdapterAttnProcessor.sharing(name, [p[name] for p in parts])
+        combined[name] = type(first).sharing(name, [p[name] for p in parts])
     return combined
 
 
