@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .arch import architecture
 from .attention import block_map_key, block_weights, combine_processors, wrap_ip_processors
 from .errors import ModelNotAvailableError
 from .presets import AdapterSpec
@@ -185,8 +186,8 @@ class AdapterBank:
                 sources,
                 subfolder=[s.subfolder for s in specs],
                 weight_name=[s.weight_name for s in specs],
-                image_encoder_folder=None,
                 local_files_only=self.source.local_only,
+                **architecture(family.pipeline).ip_adapter_load_kwargs(),
             )
         except OSError as e:
             missing = " or ".join(s.id for s in specs)
@@ -273,6 +274,18 @@ class AdapterBank:
             cls = getattr(diffusers, spec.scheduler)
             slot.fast_scheduler = cls.from_config(slot.scheduler.config, timestep_spacing=spec.timestep_spacing)
         return slot.fast_scheduler
+
+    def layer_weights(self, slot: BaseSlot, variant: str, block_map: dict | None) -> dict[str, float] | None:
+        """Each adapter layer's weight for an image prompt: its block map (InstantStyle), else its adapter's
+        `layer_ramp` (first to last adapter layer, linearly: XLabs' recipe), else None (1.0 everywhere)."""
+        if block_map is not None:
+            return self.block_weights(slot, block_map)
+        ramp = self.source.family.adapters[variant.split("+")[0]].layer_ramp
+        if ramp is None:
+            return None
+        names = [n for n, p in self._variant(slot, variant).processors.items() if hasattr(p, "to_k_ip")]
+        last = max(len(names) - 1, 1)
+        return {name: ramp[0] + (ramp[1] - ramp[0]) * i / last for i, name in enumerate(names)}
 
     def block_weights(self, slot: BaseSlot, block_map: dict | None) -> dict[str, float] | None:
         """An InstantStyle block map as a weight per attention processor of `slot`'s UNet (cached)."""

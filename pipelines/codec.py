@@ -114,6 +114,18 @@ def _size(name: str, value: Any, bounds: Any) -> int:
     return int(bounds.check(snapped, name))
 
 
+WHOLE_IMAGE_ONLY = ("flux",)  # architectures whose attention takes no region mask yet (pipelines/arch/)
+
+
+def _region(preset: ModePreset, value: Any, name: str, field: str | None = None) -> str:
+    region = choice(name, value, REGIONS, field=field)
+    if region != "whole" and preset.pipeline in WHOLE_IMAGE_ONLY:
+        raise InvalidRequestError(
+            field or name, f"{name}: regions are not available on {preset.pipeline.upper()} yet; use 'whole'."
+        )
+    return region
+
+
 def _primary(preset: ModePreset, v: dict[str, Any]) -> ImagePrompt:
     """The tab's own image prompt."""
     variant = choice("variant", v["variant"], preset.variants)
@@ -129,7 +141,7 @@ def _primary(preset: ModePreset, v: dict[str, Any]) -> ImagePrompt:
     strength = preset.strength.check(number("strength", v["strength"]), "strength")
     return ImagePrompt(
         mode=preset.mode, variant=variant, references=load_all(v["reference"], "reference"), strength=strength,
-        start_at=start, stop_at=stop, region=choice("region", v["region"], REGIONS), crop=crop, block_map=block_map,
+        start_at=start, stop_at=stop, region=_region(preset, v["region"], "region"), crop=crop, block_map=block_map,
         layout=layout and block_map is not None, structure=structure,
         face_references=load_all(v["face_reference"], "face close-up"),
         negative_references=load_all(v["negative_reference"], "negative image"),
@@ -223,7 +235,7 @@ def _slot(preset: ModePreset, raw: dict[str, Any], images: list[Any], name: Any,
     start, stop = _window(own, v["start_at"], v["stop_at"], name("start_at"), name("stop_at"))
     return ImagePrompt(
         mode=mode, variant=variant, references=load_all(images, label), strength=strength, start_at=start,
-        stop_at=stop, region=choice(name("region"), v["region"], REGIONS, field="slots"),
+        stop_at=stop, region=_region(preset, v["region"], name("region"), field="slots"),
         crop=choice(name("crop"), v["crop"], CROP_MODES, field="slots"), block_map=_block_map(own, False),
         structure=own.structure.default if own.structure else None,
     )  # fmt: skip

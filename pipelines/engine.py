@@ -434,7 +434,7 @@ class Engine:
             prompt_of += [n] * len(got)
             warnings += notes
             previews += views or self.encoder.clip_views(single.specs, prompt.groups, prompt.crop)
-        weights = [self.bank.block_weights(slot, p.block_map) for p in prompts]
+        weights = [self.bank.layer_weights(slot, p.variant, p.block_map) for p in prompts]
         masks = [region_mask(p.region, request.settings.width, request.settings.height) for p in prompts]
         return _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks), previews
 
@@ -701,6 +701,7 @@ class Engine:
         scales = None
         if stack.adapter is not None:
             kwargs["ip_adapter_image_embeds"] = [e.for_pipeline(guided) for e in stack.embeds]
+            kwargs |= self.arch.ip_adapter_call_kwargs(kwargs["ip_adapter_image_embeds"])
             for j, e in enumerate(stack.embeds):
                 if e.clip_cond is not None:
                     layer = stack.adapter.image_proj.image_projection_layers[j]
@@ -782,9 +783,15 @@ class Engine:
         for index, prompt in enumerate(request.image_prompts):
             if prompt.is_controlnet:  # the ControlNet that read its map
                 ids[index] = self.structure.spec(prompt).id
+        ramps = {
+            index: self.family.adapters[prompt.variant.split("+")[0]].layer_ramp
+            for index, prompt in zip(stack.indices, stack.prompts, strict=True)
+        }
         prompts = []
         for index, prompt in enumerate(request.image_prompts):
             described = prompt.describe(ids.get(index))
+            if ramps.get(index) is not None and prompt.block_map is None:
+                described["layer_ramp"] = list(ramps[index])  # its layer weights, first to last adapter layer
             described["strength"] = cell[index]
             prompts.append(described)
         meta = {

@@ -18,7 +18,7 @@ from .face import FaceSpec
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("general", "face", "anime", "style")  # one TOML file per mode
-PIPELINE_KINDS = ("sdxl", "sd15")
+PIPELINE_KINDS = ("sdxl", "sd15", "flux")
 SOURCES = ("hub", "tiny", "local")  # local: a folder mirror of the Hub layout (dry runs)
 EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus")  # what feeds the adapter's image projection
 CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
@@ -35,6 +35,7 @@ SLOT_MODES = ("general", "face", "style")  # kinds of image prompt a request can
 # Kinds of slot that give structure instead of a look: a ControlNet fed an edge map, a depth map or a ready control
 # map, and a start image (img2img). Their defaults are in presets/structure.toml.
 STRUCTURE_KINDS = ("canny", "depth", "control", "start")
+STRUCTURE_PIPELINES = ("sdxl", "sd15")  # the architectures whose structure pipelines are wired (pipelines/arch/)
 CONTROL_TYPES = ("canny", "depth", "pose", "scribble", "lineart", "normal", "segment")  # what a control map shows
 
 # Hard limits that no preset may widen: they protect the server, whatever a preset says.
@@ -70,6 +71,7 @@ class AdapterSpec:
     embeds: str  # "pooled" (plain), "hidden" (Plus), "faceid" or "faceid-plus" (FaceID Plus: both)
     lora_weight: float = 0.0  # weight of the LoRA inside the checkpoint (FaceID); 0 leaves it off
     face_crop_channels: str = "bgr"  # FaceID Plus: channel order of the aligned crop given to CLIP (see models.toml)
+    layer_ramp: tuple[float, float] | None = None  # layer weights from the first to the last adapter layer (XLabs)
 
     @property
     def uses_faces(self) -> bool:
@@ -224,6 +226,7 @@ class ModePreset:
     structure: Range | None = None  # FaceID Plus: s_scale
     bases: tuple[str, ...] = ("default",)  # the family's base pipelines a request may name
     fast: FastSpec | None = None  # the family's fast mode, if it has one
+    pipeline: str = "sdxl"  # the family's architecture (pipelines/arch/)
 
     def __post_init__(self) -> None:
         """Checks that tie fields together (each message names its key; the loader adds file and family)."""
@@ -391,6 +394,7 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
                 face_crop_channels=a.text("face_crop_channels", ("bgr", "rgb"))
                 if a.has("face_crop_channels")
                 else "bgr",
+                layer_ramp=_ramp(a) if a.has("layer_ramp") else None,
             )
             a.done()
         ad_table.done()
@@ -460,6 +464,13 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
     return families
 
 
+def _ramp(t: _Table) -> tuple[float, float]:
+    ramp = t.get("layer_ramp")
+    if not (isinstance(ramp, list) and len(ramp) == 2 and all(type(v) in (int, float) and 0 <= v <= 2 for v in ramp)):
+        raise PresetError(f"{t.at('layer_ramp')} = {ramp!r} must be [first, last], two numbers in [0, 2]")
+    return float(ramp[0]), float(ramp[1])
+
+
 def _modes(t: _Table) -> tuple[str, ...]:
     if not t.has("modes"):
         return MODES
@@ -523,6 +534,7 @@ def _mode_preset(t: _Table, mode: str, spec: FamilySpec) -> ModePreset:
         prompt_template=t.text("prompt_template") if t.has("prompt_template") else "{prompt}",
         block_maps=t.get("block_maps") if t.has("block_maps") else None,
         structure=t.range("structure") if t.has("structure") else None, bases=tuple(spec.bases), fast=spec.fast,
+        pipeline=spec.pipeline,
     )  # fmt: skip
     t.done()
     try:
@@ -565,6 +577,8 @@ def load_structure_presets(
             if any(c not in spec.controlnets for c in types) or (kind == "depth" and not spec.depth_model):
                 continue
             if kind == "control" and not types:
+                continue
+            if spec.pipeline not in STRUCTURE_PIPELINES:  # no ControlNet or img2img pipeline wired for it yet
                 continue
             try:
                 out[kind][name] = StructurePreset(

@@ -45,7 +45,10 @@ def quiet_libraries() -> None:
     class _TextTowerReport(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             message = record.getMessage()
-            if "CLIPTextModelWithProjection LOAD REPORT" not in message:
+            # One tower read from a whole CLIP checkpoint (the scorer's text half; the CLIP ViT-L image encoder of
+            # FLUX's XLabs adapter): the other tower's keys are "unexpected", which is the point.
+            towers = ("CLIPTextModelWithProjection LOAD REPORT", "CLIPVisionModelWithProjection LOAD REPORT")
+            if not any(t in message for t in towers):
                 return True
             return "MISSING" in message or "MISMATCH" in message
 

@@ -42,6 +42,17 @@ class Architecture(ABC):
         for each image of a batch)."""
 
     @abstractmethod
+    def ip_adapter_load_kwargs(self) -> dict[str, Any]:
+        """What `pipe.load_ip_adapter` needs besides the checkpoints so it loads no image encoder of its own (the
+        app's encoder cache owns the encoders)."""
+
+    def ip_adapter_call_kwargs(self, embeds: list[torch.Tensor]) -> dict[str, Any]:
+        """Keywords the pipeline's call needs beside `ip_adapter_image_embeds` (none by default)."""
+        return {}
+
+    regions = True  # whether an image prompt may act on part of the image (a mask in attention)
+
+    @abstractmethod
     def cfg_batch(self, guidance: float) -> bool:
         """Whether a call at `guidance` denoises an `[uncond, cond]` batch (classifier-free guidance in one batch)
         rather than one row per image (no guidance, or guidance distilled into the model)."""

@@ -2,8 +2,7 @@
 guidance distilled into the model (one row per image; true CFG would be a second call), 16-channel latents packed
 into 2 x 2 patches.
 
-The seam's second architecture. Not offered as a family yet: the engine's image prompts on FLUX (XLabs IP-Adapter,
-Redux) come next; what is here is proven against stock `FluxPipeline` on the generated tiny FLUX.
+The seam's second architecture: the `flux` and `tiny-flux` families (General tab, XLabs IP-Adapter).
 """
 
 from __future__ import annotations
@@ -43,6 +42,16 @@ class Flux(Architecture):
                 max_sequence_length=MAX_SEQUENCE_LENGTH,
             )  # fmt: skip
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+
+    regions = False  # diffusers' FLUX processor ignores masks; on packed tokens they are not proven here yet
+
+    def ip_adapter_load_kwargs(self) -> dict[str, Any]:
+        return {"image_encoder_pretrained_model_name_or_path": None}
+
+    def ip_adapter_call_kwargs(self, embeds: list[torch.Tensor]) -> dict[str, Any]:
+        """FluxPipeline encodes a black negative image whenever image embeds are given, even when no true CFG pass
+        reads it: handing it the embeds skips that encoder call (without true CFG they are never read)."""
+        return {"negative_ip_adapter_image_embeds": embeds}
 
     def cfg_batch(self, guidance: float) -> bool:
         return False  # distilled guidance: the guidance value is an input of the transformer

@@ -52,6 +52,9 @@ class StableDiffusion(Architecture):
             )
         return {name: value for name, value in zip(TEXT_KEYWORDS, out, strict=False) if value is not None}
 
+    def ip_adapter_load_kwargs(self) -> dict[str, Any]:
+        return {"image_encoder_folder": None}
+
     def cfg_batch(self, guidance: float) -> bool:
         return guidance > 1
 
