@@ -7,12 +7,13 @@ and tests) is built on first access, without loading weights or launching; `pyth
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import os
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 try:  # Hugging Face ZeroGPU: `spaces` must be imported before torch initialises CUDA
     import spaces
@@ -24,6 +25,7 @@ import torch
 
 import pipelines
 from pipelines import ImagePromptError, load_families, load_mode_presets
+from pipelines.parameters import parameters_for
 from pipelines.presets import FamilySpec, ModePreset
 from ui import anime, face, general, style
 from ui.common import PAGE_CSS
@@ -77,10 +79,37 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
                 with gr.Tab(title, id=mode, elem_id=f"tab-{mode}"):
                     handles.append(module.create_demo(studio, presets[mode][family]))
         load_settings_panel(presets, family, handles, tabs)
+        offered = [title for mode, title, _ in TABS if family in presets[mode]]
+        for mode, title, _ in TABS:
+            if family not in presets[mode]:
+                unavailable_endpoints(mode, title, engine.family, offered)
     demo.queue(max_size=QUEUE_SIZE)
     install_mcp()  # images, sessions and logins for the MCP tools (ui/mcp.py); nothing changes while MCP is off
     GATE.install(demo)  # one client holds a few queued jobs at most; others still get in while it floods
     return demo
+
+
+def unavailable_endpoints(mode: str, title: str, family: FamilySpec, offered: list[str]) -> None:
+    """A tab this family does not offer still answers on its API names, in one line that says why."""
+    message = (
+        f"The {title} tab is not available with the {family.name} family ({family.pipeline.upper()}): it offers "
+        f"{', '.join(offered)}. Start the app with another family (--models) for it."
+    )
+    for role, suffix in (("single", ""), ("compare", "_compare")):
+        names = parameters_for(mode, role)
+
+        def refuse(*args: Any, **kwargs: Any) -> str:
+            raise gr.Error(message, print_exception=False)
+
+        refuse.__signature__ = inspect.Signature(  # type: ignore[attr-defined] - gr.api reads the signature
+            [
+                inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Any)
+                for n in names
+            ],
+            return_annotation=str,
+        )
+        refuse.__annotations__ = {n: Any for n in names} | {"return": str}
+        gr.api(refuse, api_name=f"{mode}{suffix}", api_description=message)
 
 
 def launch_options() -> dict:

@@ -42,7 +42,7 @@ from transformers import (
 from .tiny_faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v9"
+TINY_VERSION = "v10"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -607,12 +607,7 @@ def _build_flux(root: Path, tokenizer_files: Path) -> None:
 
     vision = {"hidden_size": VISION_HIDDEN, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
               "image_size": VISION_IMAGE_SIZE, "patch_size": 8, "projection_dim": VISION_PROJECTION}  # fmt: skip
-    text = {
-        "hidden_size": TEXT_HIDDEN,
-        "intermediate_size": 37,
-        "num_attention_heads": 4,
-        "num_hidden_layers": 2,
-        "projection_dim": VISION_PROJECTION,
-    }
+    text = _text_config(VISION_PROJECTION).to_dict()
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=VISION_PROJECTION)
     CLIPModel(config).save_pretrained(str(root / CLIP_VIT_L_REPO), safe_serialization=True)
+    _tokenizer(tokenizer_files).save_pretrained(str(root / CLIP_VIT_L_REPO))  # the repository holds its tokenizer

@@ -98,3 +98,11 @@ def test_settings_round_trip_on_flux(preset, gold):
     restored = validated_settings(preset, settings_of(req))
     keywords = {k: v for k, v in restored.items() if not k.startswith("extra_")}
     assert describe(build_request(preset, **keywords, reference=[gold])) == describe(req)
+
+
+def test_a_scored_comparison_on_flux(engine, preset, gold):
+    """Likeness with the adapter's own CLIP ViT-L, adherence with the text half of the same CLIP checkpoint."""
+    sweep = engine.generate_sweep(request(preset, reference=[gold], steps=2), [0.0, 1.0], score=True)
+    assert [s["strength"] for s in sweep.scores] == [0.0, 1.0]
+    assert all(-1 <= s["likeness"] <= 1 and -1 <= s["adherence"] <= 1 for s in sweep.scores)
+    assert sweep.suggested is not None and sweep.diagnostics["denoiser_calls"] == 2
