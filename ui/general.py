@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pipelines.presets import ModePreset
@@ -18,10 +19,21 @@ TEXT = TabText(
     example_references=("gold", "tiles", "sunset"),
     reference_label="Reference images (several are combined into one image prompt)",
     strength_label="Strength (how much of the reference carries over)",
-    variant_labels={"plain": "IP-Adapter (colour, texture, composition)", "plus": "IP-Adapter Plus (finer detail)"},
+    variant_labels={
+        "plain": "IP-Adapter (colour, texture, composition)",
+        "plus": "IP-Adapter Plus (finer detail)",
+        "xlabs": "XLabs IP-Adapter v2 (FLUX)",
+    },
+)
+
+
+FLUX_LICENCE = (
+    "*FLUX.1 [dev] and the XLabs IP-Adapter are for non-commercial use (the FLUX.1 [dev] Non-Commercial License); "
+    "images made with them too. Check their model cards before any other use.*"
 )
 
 
 def create_demo(studio: Studio, preset: ModePreset) -> TabHandle:
     """The tab's UI; runs alone with `create_demo(...).demo.launch()`."""
-    return build_tab(studio, preset, TEXT)
+    text = replace(TEXT, notice=FLUX_LICENCE) if preset.pipeline == "flux" else TEXT
+    return build_tab(studio, preset, text)

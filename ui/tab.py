@@ -45,7 +45,7 @@ REGION_LABELS = {"whole": "Whole image", "left": "Left half", "right": "Right ha
 VARIANT_LABELS = {  # every adapter variant, as a person reads it (the tabs' own radios and the slots' dropdowns)
     "plain": "IP-Adapter (colour, texture, composition)", "plus": "IP-Adapter Plus (finer detail)",
     "faceid": "FaceID (identity only)", "faceid-plusv2": "FaceID Plus v2 (identity + face structure)",
-    "plus+plus-face": "Plus + Plus-Face (needs a face close-up)",
+    "plus+plus-face": "Plus + Plus-Face (needs a face close-up)", "xlabs": "XLabs IP-Adapter v2 (FLUX)",
 }  # fmt: skip
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
 PRIVATE = {"api_visibility": "private", "queue": False}

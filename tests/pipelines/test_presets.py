@@ -13,9 +13,10 @@ from pipelines.presets import MODES, PRESET_DIR
 
 
 def test_shipped_presets_are_valid(families, presets):
-    assert {"sdxl", "sd15", "tiny", "tiny-sd15"} <= set(families)
+    assert {"sdxl", "sd15", "tiny", "tiny-sd15", "flux", "tiny-flux"} <= set(families)
     for mode in MODES:
-        assert set(presets[mode]) == set(families)
+        assert set(presets[mode]) == {name for name, f in families.items() if mode in f.modes}
+    assert families["flux"].modes == ("general",) and presets["general"]["flux"].variants == ("xlabs",)
     assert presets["general"]["sdxl"].strength.default == 0.5
     assert families["sdxl"].adapters["plus"].weight_name == "ip-adapter-plus_sdxl_vit-h.safetensors"
     assert families["sd15"].adapters["plain"].image_encoder.subfolder == "models/image_encoder"
@@ -98,8 +99,8 @@ def test_a_family_offers_only_its_modes(preset_copy):
 
 
 def test_models_errors(preset_copy):
-    edit(preset_copy / "models.toml", 'pipeline = "sdxl"', 'pipeline = "flux"')
-    with pytest.raises(PresetError, match=re.escape("presets/models.toml: [sdxl].pipeline = 'flux' is not one of")):
+    edit(preset_copy / "models.toml", 'pipeline = "sdxl"', 'pipeline = "sd3"')
+    with pytest.raises(PresetError, match=re.escape("presets/models.toml: [sdxl].pipeline = 'sd3' is not one of")):
         load_all(preset_copy)
 
 
