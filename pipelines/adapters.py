@@ -115,6 +115,14 @@ def _projection_layers(adapters: list[LoadedAdapter]) -> list[torch.nn.Module]:
     return layers
 
 
+def ramp_weights(processors: dict[str, Any], ramp: tuple[float, float]) -> dict[str, float]:
+    """A weight per image-prompt processor, from ramp[0] at the first to ramp[1] at the last, linearly (in the
+    denoiser's order: FLUX's double-stream blocks 0 to 18)."""
+    names = [n for n, p in processors.items() if hasattr(p, "to_k_ip")]
+    last = max(len(names) - 1, 1)
+    return {name: ramp[0] + (ramp[1] - ramp[0]) * i / last for i, name in enumerate(names)}
+
+
 class AdapterBank:
     """Every variant and combination loaded for a family, shared by all its bases."""
 
@@ -283,9 +291,7 @@ class AdapterBank:
         ramp = self.source.family.adapters[variant.split("+")[0]].layer_ramp
         if ramp is None:
             return None
-        names = [n for n, p in self._variant(slot, variant).processors.items() if hasattr(p, "to_k_ip")]
-        last = max(len(names) - 1, 1)
-        return {name: ramp[0] + (ramp[1] - ramp[0]) * i / last for i, name in enumerate(names)}
+        return ramp_weights(self._variant(slot, variant).processors, ramp)
 
     def block_weights(self, slot: BaseSlot, block_map: dict | None) -> dict[str, float] | None:
         """An InstantStyle block map as a weight per attention processor of `slot`'s UNet (cached)."""

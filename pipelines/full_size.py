@@ -56,6 +56,30 @@ SDXL_UNET = {
 }
 
 UNET_CONFIGS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET}
+
+# `transformer/config.json` of black-forest-labs/FLUX.1-dev.
+FLUX_TRANSFORMER = {
+    "attention_head_dim": 128, "guidance_embeds": True, "in_channels": 64, "joint_attention_dim": 4096,
+    "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "patch_size": 1,
+    "pooled_projection_dim": 768, "axes_dims_rope": [16, 56, 56],
+}  # fmt: skip
+
+
+def xlabs_shapes(double_blocks: int = 19, joint: int = 4096, inner: int = 3072, clip: int = 768, tokens: int = 16):
+    """Every key of XLabs-AI/flux-ip-adapter-v2's ip_adapter.safetensors with its shape (FLUX.1 and CLIP ViT-L/14
+    sizes by default): the image projection, then each double-stream block's k and v projections."""
+    proj = "ip_adapter_proj_model"
+    shapes = {
+        f"{proj}.proj.weight": (tokens * joint, clip), f"{proj}.proj.bias": (tokens * joint,),
+        f"{proj}.norm.weight": (joint,), f"{proj}.norm.bias": (joint,),
+    }  # fmt: skip
+    for block in range(double_blocks):
+        for kv in ("k", "v"):
+            key = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kv}_proj"
+            shapes |= {f"{key}.weight": (inner, joint), f"{key}.bias": (inner,)}
+    return shapes
+
+
 NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
 TEXT_TOKENS = 77
 VIT_H = {"projection_dim": 1024, "hidden_size": 1280, "image_size": 224, "tokens": 257}  # OpenCLIP ViT-H/14

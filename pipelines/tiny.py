@@ -589,19 +589,18 @@ def _build_flux(root: Path, tokenizer_files: Path) -> None:
     pipe.save_pretrained(str(root / FLUX_BASE), safe_serialization=True)
     shutil.rmtree(root / "t5-tokenizer-files")
 
+    from .full_size import xlabs_shapes
+
     gen = torch.Generator().manual_seed(51)
-    weights = {  # XLabs' key names: the projection, then each double-stream block's k and v for the image tokens
-        "ip_adapter_proj_model.proj.weight": torch.randn(XLABS_TOKENS * FLUX_JOINT_DIM, VISION_PROJECTION,
-                                                         generator=gen) * 0.2,
-        "ip_adapter_proj_model.proj.bias": torch.zeros(XLABS_TOKENS * FLUX_JOINT_DIM),
-        "ip_adapter_proj_model.norm.weight": torch.ones(FLUX_JOINT_DIM),
-        "ip_adapter_proj_model.norm.bias": torch.zeros(FLUX_JOINT_DIM),
-    }  # fmt: skip
-    for block in range(FLUX_DOUBLE_BLOCKS):
-        for kv in ("k", "v"):
-            key = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kv}_proj"
-            weights[f"{key}.weight"] = torch.randn(FLUX_INNER_DIM, FLUX_JOINT_DIM, generator=gen) * 0.3
-            weights[f"{key}.bias"] = torch.zeros(FLUX_INNER_DIM)
+    weights = {}  # XLabs' key names and layout (pipelines/full_size.py), at the tiny sizes
+    shapes = xlabs_shapes(FLUX_DOUBLE_BLOCKS, FLUX_JOINT_DIM, FLUX_INNER_DIM, VISION_PROJECTION, XLABS_TOKENS)
+    for key, shape in shapes.items():
+        if key.endswith("norm.weight"):
+            weights[key] = torch.ones(shape)
+        elif key.endswith("bias"):
+            weights[key] = torch.zeros(shape)
+        else:
+            weights[key] = torch.randn(shape, generator=gen) * (0.2 if "proj_model" in key else 0.3)
     (root / FLUX_IP_ADAPTER_REPO).mkdir(parents=True)
     save_file(weights, str(root / FLUX_IP_ADAPTER_REPO / "ip_adapter.safetensors"))
 

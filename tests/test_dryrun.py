@@ -108,3 +108,52 @@ def test_every_named_checkpoint_loads_and_steps(mirrored, presets, gold):
     model, _ = engine.scorer.text_tower()
     assert model.config.hidden_size == 1024 and model.config.projection_dim == 1024
     assert engine.counters["base_loads"] == 1
+
+
+def test_flux_and_xlabs_at_their_published_shapes_on_the_meta_device(tmp_path, monkeypatch):
+    """FLUX.1-dev's transformer (its published config, 11.9 B parameters, no memory) takes the XLabs v2 file's key
+    names and shapes through stock `FluxPipeline.load_ip_adapter` (its file reader fed meta tensors); the app wraps
+    all 19 double-stream processors and ramps their weights 0.3 -> 0.92."""
+    import diffusers.loaders.ip_adapter as ip_adapter
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    from pipelines.adapters import ramp_weights
+    from pipelines.attention import ScaledFluxIPAdapterAttnProcessor, wrap_ip_processors
+    from pipelines.full_size import FLUX_TRANSFORMER, xlabs_shapes
+    from pipelines.presets import load_families
+
+    shapes = xlabs_shapes()
+
+    class MetaFile:  # safetensors' safe_open, reading the published keys as meta tensors
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def __enter__(self) -> MetaFile:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def keys(self) -> list[str]:
+            return list(shapes)
+
+        def get_tensor(self, key: str) -> torch.Tensor:
+            return torch.empty(shapes[key], device="meta", dtype=torch.bfloat16)
+
+    monkeypatch.setattr(ip_adapter, "safe_open", MetaFile)
+    spec = load_families()["flux"].adapters["xlabs"]
+    (tmp_path / spec.weight_name).write_bytes(b"")
+    with torch.device("meta"):
+        transformer = FluxTransformer2DModel.from_config(FLUX_TRANSFORMER)
+    assert round(sum(p.numel() for p in transformer.parameters()) / 1e9, 1) == 11.9
+    pipe = FluxPipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer)  # fmt: skip
+    pipe.load_ip_adapter(str(tmp_path), weight_name=spec.weight_name, image_encoder_pretrained_model_name_or_path=None,
+                         local_files_only=True)  # fmt: skip
+    wrapped = wrap_ip_processors(transformer.attn_processors)
+    scaled = [n for n, p in wrapped.items() if isinstance(p, ScaledFluxIPAdapterAttnProcessor)]
+    assert scaled == [f"transformer_blocks.{i}.attn.processor" for i in range(19)]
+    assert wrapped[scaled[0]].to_k_ip[0].weight.shape == (3072, 4096)
+    assert transformer.encoder_hid_proj.image_projection_layers[0].num_image_text_embeds == 16
+    weights = ramp_weights(wrapped, spec.layer_ramp)
+    assert (weights[scaled[0]], round(weights[scaled[-1]], 6)) == (0.3, 0.92)
