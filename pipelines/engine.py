@@ -19,7 +19,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from .errors import GenerationError, InvalidRequestError, ModelNotAvailableError
 from .face import FaceAnalyzer
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import FamilySpec
+from .redux import ReduxEncoder, with_tokens
 from .request import MAX_PROMPT_CHARS, GenerationRequest, ImagePrompt, Sweep
 from .scoring import Scorer, suggest
 from .sources import ModelSource
@@ -111,6 +112,7 @@ class _Stack:
     prompt_of: list[int]  # adapter component -> index into `prompts`
     weights: list[dict[str, float] | None]
     masks: list[torch.Tensor | None]
+    tokens: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # Redux: (index, its image tokens)
 
 
 def region_mask(region: str, width: int, height: int) -> torch.Tensor | None:
@@ -205,6 +207,7 @@ class Engine:
         self.encoder = ImagePromptEncoder(self.source, self.device, self.dtype, self.counters, embed_cache_size)
         self.bank = AdapterBank(self.source, self.encoder, self.counters)
         self.scorer = Scorer(self.source, self.encoder, self.counters)
+        self.redux = ReduxEncoder(self.source, self.device, self.dtype, self.counters, embed_cache_size)
         self.structure = StructureBank(self.source, self.arch, self.device, self.dtype, self.counters, embed_cache_size)
         self._bases: OrderedDict[str, BaseSlot] = OrderedDict()  # least recently used first
         self._current: BaseSlot | None = None
@@ -333,8 +336,11 @@ class Engine:
             self._ensure_base()
             views: list[Image.Image] = []
             for n, prompt in enumerate(request.image_prompts):
-                if (prompt.references or n == 0) and not prompt.is_structure:
-                    adapter = self.bank.get(self._current, variant if n == 0 else prompt.variant)
+                chosen = variant if n == 0 else prompt.variant
+                if self._is_redux(replace(prompt, variant=chosen)):
+                    views += self._redux_views([replace(prompt, variant=chosen)], [0])
+                elif (prompt.references or n == 0) and not prompt.is_structure:
+                    adapter = self.bank.get(self._current, chosen)
                     views += self.encoder.views(adapter.specs, prompt.groups, prompt.crop, scope)
             return views + self._structure_views(request, scope)
 
@@ -409,7 +415,17 @@ class Engine:
     def _stack(self, request: GenerationRequest, scope: str, warnings: list[str]) -> tuple[_Stack, list]:
         """The request's acting image prompts on one combined adapter, with their embeddings and previews."""
         declared = request.image_prompts
-        indices = [i for i, p in enumerate(declared) if p.references and not p.is_structure]
+        acting = [i for i, p in enumerate(declared) if p.references and not p.is_structure]
+        redux = [i for i in acting if self._is_redux(declared[i])]  # extra text tokens, not an attention adapter
+        for i in redux:
+            if (declared[i].start_at, declared[i].stop_at) != (0.0, 1.0):
+                raise InvalidRequestError(
+                    "start_at", "Redux acts on every step (its tokens are part of the prompt): leave start_at at 0 "
+                    "and stop_at at 1."
+                )  # fmt: skip
+        tokens = [(i, self.redux.tokens(self.family.adapters[declared[i].variant], declared[i].references, scope))
+                  for i in redux]  # fmt: skip
+        indices = [i for i in acting if i not in redux]
         prompts = [declared[i] for i in indices]
         if request.primary.negative_references and 0 not in indices:
             warnings.append("Negative images act against the tab's own references: add a reference to use them.")
@@ -419,7 +435,7 @@ class Engine:
         fast = request.settings.speed == "fast"
         if not prompts:
             self.bank.activate(self._current, None, fast)
-            return _Stack([], [], None, [], [], [], []), []
+            return _Stack([], [], None, [], [], [], [], tokens), self._redux_views(declared, redux)
         slot = self._current
         adapter = self.bank.get(slot, tuple(p.variant for p in prompts))
         self.bank.activate(slot, tuple(p.variant for p in prompts), fast)
@@ -436,7 +452,28 @@ class Engine:
             previews += views or self.encoder.clip_views(single.specs, prompt.groups, prompt.crop)
         weights = [self.bank.layer_weights(slot, p.variant, p.block_map) for p in prompts]
         masks = [region_mask(p.region, request.settings.width, request.settings.height) for p in prompts]
-        return _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks), previews
+        previews += self._redux_views(declared, redux)
+        return _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks, tokens), previews
+
+    def _redux_views(self, declared: Sequence[ImagePrompt], indices: list[int]) -> list[Image.Image]:
+        """What Redux's SigLIP tower sees of each reference (its processor's resize)."""
+        views = []
+        for i in indices:
+            _, processor, _ = self.redux.models(self.family.adapters[declared[i].variant])
+            size = processor.size
+            views += [r.image.convert("RGB").resize((size["width"], size["height"]), Image.Resampling.BICUBIC)
+                      for r in declared[i].references]  # fmt: skip
+        return views
+
+    def _joint_mask(self, keep: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
+        """(batch, 1, 1, keys) over FLUX's joint sequence [text and Redux tokens, image latents]: False hides a key."""
+        latents = self.arch.initial_latents(self.pipe, 0, request.settings.width, request.settings.height).shape[1]
+        image = torch.ones(keep.shape[0], latents, dtype=torch.bool)
+        return torch.cat([keep, image], dim=1)[:, None, None, :].to(self.device)
+
+    def _is_redux(self, prompt: ImagePrompt) -> bool:
+        spec = self.family.adapters.get(prompt.variant)
+        return spec is not None and spec.embeds == "redux"
 
     def _run(
         self,
@@ -691,6 +728,7 @@ class Engine:
         """
         guided = self.arch.cfg_batch(request.settings.guidance)
         batch = len(cells)
+        batch_rows: dict[str, int] | None = None  # set when the prompt embeddings already hold one row per sample
         steps_run = self._steps_run(request, start)
         structure = structure or StructureInputs([], None)
         acting = StructureInputs(
@@ -720,6 +758,17 @@ class Engine:
         slot = self._current
         if request.settings.speed == "fast":  # the few-step LoRA's sampler, for this call only (all under the lock)
             self.pipe.scheduler = self.bank.fast_scheduler(slot)
+        if stack.tokens:  # Redux: per-sample prompt embeddings (the text's, then each prompt's tokens x strength)
+            parts = [(t, [cell[i] for cell in cells]) for i, t in stack.tokens if any(cell[i] for cell in cells)]
+            if parts:
+                text, keep = with_tokens(text, parts, batch)
+                batch_rows = {"num_images_per_prompt": 1}
+                if "ip_adapter_image_embeds" in kwargs:  # one row per sample now, as the text's
+                    for key in ("ip_adapter_image_embeds", "negative_ip_adapter_image_embeds"):
+                        if key in kwargs:
+                            kwargs[key] = [e.repeat(batch, *([1] * (e.dim() - 1))) for e in kwargs[key]]
+                if keep is not None:
+                    kwargs["joint_attention_kwargs"] = {"attention_mask": self._joint_mask(keep, request)}
         pipe, per_sample = self.structure.pipeline(self.pipe, acting)
         kwargs |= self.structure.call_kwargs(acting, start)
         if acting.start is None:  # text to image: the seeded noise, at the requested size
@@ -747,7 +796,7 @@ class Engine:
                     **text,
                     num_inference_steps=request.settings.steps,
                     guidance_scale=request.settings.guidance,
-                    num_images_per_prompt=batch,
+                    **(batch_rows or {"num_images_per_prompt": batch}),
                     output_type="np",
                     callback_on_step_end=step_end,
                     **kwargs,
@@ -783,6 +832,8 @@ class Engine:
         for index, prompt in enumerate(request.image_prompts):
             if prompt.is_controlnet:  # the ControlNet that read its map
                 ids[index] = self.structure.spec(prompt).id
+        for index, _ in stack.tokens:  # Redux: its checkpoint
+            ids[index] = self.family.adapters[request.image_prompts[index].variant].id
         ramps = {
             index: self.family.adapters[prompt.variant.split("+")[0]].layer_ramp
             for index, prompt in zip(stack.indices, stack.prompts, strict=True)
@@ -804,7 +855,7 @@ class Engine:
             "image_prompts": prompts,
             "model_family": self.family.name,
             "base_model": self.family.bases[request.settings.base],
-            "adapter": adapter.id if adapter else None,
+            "adapter": " + ".join(([adapter.id] if adapter else []) + [ids[i] for i, _ in stack.tokens]) or None,
             "image_encoder": (
                 " + ".join(
                     f"{c.spec.image_encoder.repo}/{c.spec.image_encoder.subfolder}"

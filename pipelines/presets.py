@@ -20,7 +20,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("general", "face", "anime", "style")  # one TOML file per mode
 PIPELINE_KINDS = ("sdxl", "sd15", "flux")
 SOURCES = ("hub", "tiny", "local")  # local: a folder mirror of the Hub layout (dry runs)
-EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus")  # what feeds the adapter's image projection
+EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus", "redux")  # what feeds the adapter's image projection
 CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
 MAX_COMPARE = 16  # strengths in one comparison (per axis)
 # What the scoring text tower loads from its repository (config, weights, tokenizer).
@@ -375,7 +375,7 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
         for ad_name in list(ad_table.data):
             a = ad_table.table(ad_name)
             embeds = a.text("embeds", EMBED_KINDS)
-            needs_encoder = embeds != "faceid"
+            needs_encoder = embeds not in ("faceid", "redux")  # Redux brings its own SigLIP tower
             if needs_encoder or a.has("image_encoder"):
                 encoder = encoders[a.text("image_encoder", tuple(encoders))]
             else:

@@ -42,7 +42,7 @@ from transformers import (
 from .tiny_faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v10"
+TINY_VERSION = "v14"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -64,6 +64,7 @@ FLUX_BASE = "tiny-flux"  # mirrors black-forest-labs/FLUX.1-dev: FluxPipeline (t
 FLUX_IP_ADAPTER_REPO = (
     "tiny-flux-ip-adapter"  # mirrors XLabs-AI/flux-ip-adapter-v2 (XLabs keys, ip_adapter.safetensors)
 )
+FLUX_REDUX_REPO = "tiny-flux-redux"  # mirrors black-forest-labs/FLUX.1-Redux-dev (SigLIP + Redux image embedder)
 CLIP_VIT_L_REPO = "tiny-clip-vit-large-patch14"  # mirrors openai/clip-vit-large-patch14 (a whole CLIPModel)
 FLUX_JOINT_DIM = 32  # T5 width (FLUX.1: 4096)
 FLUX_INNER_DIM = 32  # heads x head dim (FLUX.1: 24 x 128)
@@ -610,3 +611,23 @@ def _build_flux(root: Path, tokenizer_files: Path) -> None:
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=VISION_PROJECTION)
     CLIPModel(config).save_pretrained(str(root / CLIP_VIT_L_REPO), safe_serialization=True)
     _tokenizer(tokenizer_files).save_pretrained(str(root / CLIP_VIT_L_REPO))  # the repository holds its tokenizer
+    _build_redux(root / FLUX_REDUX_REPO)
+
+
+def _build_redux(folder: Path) -> None:
+    """FLUX.1-Redux-dev's layout: a FluxPriorReduxPipeline folder with a SigLIP vision tower (`image_encoder`), its
+    processor (`feature_extractor`) and the Redux embedder (`image_embedder`: SigLIP width -> T5 width)."""
+    from diffusers import FluxPriorReduxPipeline
+    from diffusers.pipelines.flux.modeling_flux import ReduxImageEncoder
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(52)
+    # 576 image tokens against 512 T5 tokens, as Redux's 729 against 512: the image holds its share of attention.
+    config = SiglipVisionConfig(hidden_size=VISION_HIDDEN, intermediate_size=37, num_attention_heads=4,
+                                num_hidden_layers=2, image_size=48, patch_size=2)  # fmt: skip
+    processor = SiglipImageProcessor(size={"height": 48, "width": 48})
+    embedder = ReduxImageEncoder(redux_dim=VISION_HIDDEN, txt_in_features=FLUX_JOINT_DIM)
+    for layer in (embedder.redux_up, embedder.redux_down):  # default init: tokens far smaller than text's
+        layer.weight.data *= 4
+    FluxPriorReduxPipeline(image_encoder=SiglipVisionModel(config), feature_extractor=processor,
+                           image_embedder=embedder).save_pretrained(str(folder), safe_serialization=True)  # fmt: skip

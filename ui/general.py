@@ -23,6 +23,7 @@ TEXT = TabText(
         "plain": "IP-Adapter (colour, texture, composition)",
         "plus": "IP-Adapter Plus (finer detail)",
         "xlabs": "XLabs IP-Adapter v2 (FLUX)",
+        "redux": "FLUX Redux (the reference as prompt tokens)",
     },
 )
 

@@ -46,6 +46,7 @@ VARIANT_LABELS = {  # every adapter variant, as a person reads it (the tabs' own
     "plain": "IP-Adapter (colour, texture, composition)", "plus": "IP-Adapter Plus (finer detail)",
     "faceid": "FaceID (identity only)", "faceid-plusv2": "FaceID Plus v2 (identity + face structure)",
     "plus+plus-face": "Plus + Plus-Face (needs a face close-up)", "xlabs": "XLabs IP-Adapter v2 (FLUX)",
+    "redux": "FLUX Redux (the reference as prompt tokens)",
 }  # fmt: skip
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
 PRIVATE = {"api_visibility": "private", "queue": False}

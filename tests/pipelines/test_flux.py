@@ -106,3 +106,59 @@ def test_a_scored_comparison_on_flux(engine, preset, gold):
     assert [s["strength"] for s in sweep.scores] == [0.0, 1.0]
     assert all(-1 <= s["likeness"] <= 1 and -1 <= s["adherence"] <= 1 for s in sweep.scores)
     assert sweep.suggested is not None and sweep.diagnostics["denoiser_calls"] == 2
+
+
+def stock_redux(engine, pipe, req, gold, strength):
+    """Stock FluxPriorReduxPipeline (with FLUX's text encoders, as its docs run it), then only its image tokens
+    scaled (the text's 512 T5 tokens left as they are), then stock FluxPipeline."""
+    from diffusers import FluxPriorReduxPipeline
+
+    spec = engine.family.adapters["redux"]
+    prior = FluxPriorReduxPipeline.from_pretrained(
+        engine.source.resolve(spec.repo), text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+        text_encoder_2=pipe.text_encoder_2, tokenizer_2=pipe.tokenizer_2, local_files_only=True,
+    )  # fmt: skip
+    out = prior(gold, prompt=req.settings.prompt)
+    embeds = out.prompt_embeds.clone()
+    embeds[:, 512:] *= strength
+    text = pipe.encode_prompt(prompt=req.settings.prompt, prompt_2=None, max_sequence_length=512)
+    assert torch.equal(out.pooled_prompt_embeds, text[1])  # Redux leaves the pooled text as it is
+    s = req.settings
+    return pipe(prompt_embeds=embeds, pooled_prompt_embeds=out.pooled_prompt_embeds, num_inference_steps=s.steps,
+                guidance_scale=s.guidance, width=s.width, height=s.height,
+                generator=torch.Generator("cpu").manual_seed(s.seed)).images[0]  # fmt: skip
+
+
+def test_redux_equals_stock_prior_redux_with_only_its_image_tokens_scaled(engine, preset, gold):
+    req = request(preset, reference=[gold], variant="redux", strength=0.6)
+    ours = engine.generate(req)
+    stock = stock_redux(engine, stock_pipeline(engine), req, gold, 0.6)
+    assert np.abs(pixels(ours.image) - pixels(stock)).max() <= 1
+    text_only = pixels(engine.generate(request(preset)).image)
+    assert np.abs(pixels(ours.image) - text_only).mean() > 0.5
+    zero = engine.generate(request(preset, reference=[gold], variant="redux", strength=0.0))
+    assert np.array_equal(pixels(zero.image), text_only)  # strength 0: no image token at all
+    assert ours.metadata["adapter"] == engine.family.adapters["redux"].id and len(ours.previews) == 1
+
+
+def test_a_redux_sweep_is_one_pass_and_its_zero_cell_is_text_only(engine, preset, gold):
+    """Cells at 0 hide the Redux tokens from themselves with an attention mask, in the same pass."""
+    strengths = [0.0, 0.5, 1.0]
+    sweep = engine.generate_sweep(request(preset, reference=[gold], variant="redux"), strengths)
+    assert sweep.diagnostics["denoiser_calls"] == preset.steps.default
+    for strength, cell in zip(strengths, sweep.images, strict=True):
+        single = engine.generate(request(preset, reference=[gold], variant="redux", strength=strength)).image
+        assert np.abs(pixels(single) - pixels(cell)).max() <= CELL_TOLERANCE
+
+
+def test_xlabs_and_redux_together(engine, preset, gold, blue):
+    """The tab's XLabs prompt plus a Redux slot: a Redux slot at 0 is exactly XLabs alone."""
+    slots = [{"mode": "general", "variant": "redux", "strength": 0.0}]
+    alone = engine.generate(request(preset, reference=[gold], strength=0.8)).image
+    zero = engine.generate(request(preset, reference=[gold], strength=0.8, slots=slots, slot_images=[blue])).image
+    assert np.array_equal(pixels(zero), pixels(alone))
+    both = engine.generate(request(preset, reference=[gold], strength=0.8, slots=[{**slots[0], "strength": 1.0}],
+                                   slot_images=[blue]))  # fmt: skip
+    assert both.metadata["adapter"] == "tiny-flux-ip-adapter/ip_adapter.safetensors + tiny-flux-redux"
+    with pytest.raises(InvalidRequestError, match="Redux acts on every step"):
+        engine.generate(request(preset, reference=[gold], variant="redux", stop_at=0.5))
