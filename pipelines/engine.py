@@ -35,6 +35,7 @@ from .codec import describe
 from .encoder import ImageEmbeds, ImagePromptEncoder
 from .errors import GenerationError, InvalidRequestError, ModelNotAvailableError
 from .face import FaceAnalyzer
+from .images import load_reference
 from .metadata import SCHEMA_VERSION, package_versions
 from .presets import FamilySpec
 from .redux import ReduxEncoder, with_tokens
@@ -113,6 +114,7 @@ class _Stack:
     weights: list[dict[str, float] | None]
     masks: list[torch.Tensor | None]
     tokens: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # Redux: (index, its image tokens)
+    negative_embeds: list[torch.Tensor] = field(default_factory=list)  # true CFG: each component's black image
 
 
 def region_mask(region: str, width: int, height: int) -> torch.Tensor | None:
@@ -417,6 +419,10 @@ class Engine:
         declared = request.image_prompts
         acting = [i for i, p in enumerate(declared) if p.references and not p.is_structure]
         redux = [i for i in acting if self._is_redux(declared[i])]  # extra text tokens, not an attention adapter
+        if redux and self.true_cfg(request) > 1:
+            raise InvalidRequestError(
+                "variant", "Redux's image tokens make the prompt longer than its negative: not with true CFG."
+            )
         for i in redux:
             if (declared[i].start_at, declared[i].stop_at) != (0.0, 1.0):
                 raise InvalidRequestError(
@@ -450,10 +456,18 @@ class Engine:
             prompt_of += [n] * len(got)
             warnings += notes
             previews += views or self.encoder.clip_views(single.specs, prompt.groups, prompt.crop)
+        negative = []
+        if self.true_cfg(request) > 1:  # stock FLUX's negative image prompt: a black picture of the output size
+            black = load_reference(Image.new("RGB", (request.settings.width, request.settings.height)))
+            for prompt in prompts:
+                got, _, _ = self.encoder.embed(self.bank.get(slot, prompt.variant).specs, [(black,), ()], "center",
+                                               scope)  # fmt: skip
+                negative += [e.for_pipeline(False) for e in got]
         weights = [self.bank.layer_weights(slot, p.variant, p.block_map) for p in prompts]
         masks = [region_mask(p.region, request.settings.width, request.settings.height) for p in prompts]
         previews += self._redux_views(declared, redux)
-        return _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks, tokens), previews
+        stack = _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks, tokens, negative)
+        return stack, previews
 
     def _redux_views(self, declared: Sequence[ImagePrompt], indices: list[int]) -> list[Image.Image]:
         """What Redux's SigLIP tower sees of each reference (its processor's resize)."""
@@ -470,6 +484,11 @@ class Engine:
         latents = self.arch.initial_latents(self.pipe, 0, request.settings.width, request.settings.height).shape[1]
         image = torch.ones(keep.shape[0], latents, dtype=torch.bool)
         return torch.cat([keep, image], dim=1)[:, None, None, :].to(self.device)
+
+    def true_cfg(self, request: GenerationRequest) -> float:
+        """True CFG's scale for this request: the tab's own adapter's (presets; 1 = none, the only value for SD)."""
+        spec = self.family.adapters.get(request.primary.variant.split("+")[0])
+        return spec.true_cfg if spec is not None else 1.0
 
     def _is_redux(self, prompt: ImagePrompt) -> bool:
         spec = self.family.adapters.get(prompt.variant)
@@ -503,7 +522,8 @@ class Engine:
                     "No reference image was given: the strength had no effect"
                     + ("." if structured else " (a text-only image).")
                 )
-            text = self._encode_text(request, guided)  # (1, tokens, dim) each: shared by every chunk
+            true_cfg = self.true_cfg(request)
+            text = self._encode_text(request, guided or true_cfg > 1)  # (1, tokens, dim) each: shared by every chunk
             settings = request.settings
             inputs = self.structure.inputs(request.image_prompts, settings.width, settings.height, scope)
             passes, calibrated = self._passes(request, cells, inputs, text)  # measuring runs without adapters: first
@@ -739,7 +759,7 @@ class Engine:
         scales = None
         if stack.adapter is not None:
             kwargs["ip_adapter_image_embeds"] = [e.for_pipeline(guided) for e in stack.embeds]
-            kwargs |= self.arch.ip_adapter_call_kwargs(kwargs["ip_adapter_image_embeds"])
+            kwargs |= self.arch.ip_adapter_call_kwargs(kwargs["ip_adapter_image_embeds"], stack.negative_embeds)
             for j, e in enumerate(stack.embeds):
                 if e.clip_cond is not None:
                     layer = stack.adapter.image_proj.image_projection_layers[j]
@@ -769,6 +789,9 @@ class Engine:
                             kwargs[key] = [e.repeat(batch, *([1] * (e.dim() - 1))) for e in kwargs[key]]
                 if keep is not None:
                     kwargs["joint_attention_kwargs"] = {"attention_mask": self._joint_mask(keep, request)}
+        true_cfg = self.true_cfg(request)
+        if true_cfg > 1:
+            kwargs["true_cfg_scale"] = true_cfg
         pipe, per_sample = self.structure.pipeline(self.pipe, acting)
         kwargs |= self.structure.call_kwargs(acting, start)
         if acting.start is None:  # text to image: the seeded noise, at the requested size
@@ -871,6 +894,7 @@ class Engine:
             "speed": request.settings.speed,
             "fast_lora": self.family.fast.id if fast else None,
             "strength_scale": self.family.fast.strength_scale if request.settings.speed == "fast" else 1.0,
+            "true_cfg_scale": self.true_cfg(request),
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": self.device.split(":")[0],
             "packages": package_versions(),

@@ -72,6 +72,7 @@ class AdapterSpec:
     lora_weight: float = 0.0  # weight of the LoRA inside the checkpoint (FaceID); 0 leaves it off
     face_crop_channels: str = "bgr"  # FaceID Plus: channel order of the aligned crop given to CLIP (see models.toml)
     layer_ramp: tuple[float, float] | None = None  # layer weights from the first to the last adapter layer (XLabs)
+    true_cfg: float = 1.0  # FLUX: true classifier-free guidance with this adapter (> 1: a second, negative pass)
 
     @property
     def uses_faces(self) -> bool:
@@ -395,6 +396,7 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
                 if a.has("face_crop_channels")
                 else "bgr",
                 layer_ramp=_ramp(a) if a.has("layer_ramp") else None,
+                true_cfg=_true_cfg(a) if a.has("true_cfg") else 1.0,
             )
             a.done()
         ad_table.done()
@@ -462,6 +464,13 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
         )
         t.done()
     return families
+
+
+def _true_cfg(t: _Table) -> float:
+    value = t.get("true_cfg")
+    if type(value) not in (int, float) or not 1 <= value <= 20:
+        raise PresetError(f"{t.at('true_cfg')} = {value!r} must be a number in [1, 20] (1: no true CFG)")
+    return float(value)
 
 
 def _ramp(t: _Table) -> tuple[float, float]:

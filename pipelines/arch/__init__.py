@@ -46,8 +46,9 @@ class Architecture(ABC):
         """What `pipe.load_ip_adapter` needs besides the checkpoints so it loads no image encoder of its own (the
         app's encoder cache owns the encoders)."""
 
-    def ip_adapter_call_kwargs(self, embeds: list[torch.Tensor]) -> dict[str, Any]:
-        """Keywords the pipeline's call needs beside `ip_adapter_image_embeds` (none by default)."""
+    def ip_adapter_call_kwargs(self, embeds: list[torch.Tensor], negative: list[torch.Tensor]) -> dict[str, Any]:
+        """Keywords the pipeline's call needs beside `ip_adapter_image_embeds` (`negative`: the image prompt of a
+        true-CFG pass, when there is one); none by default."""
         return {}
 
     regions = True  # whether an image prompt may act on part of the image (a mask in attention)

@@ -34,24 +34,27 @@ class Flux(Architecture):
         return [pipe.text_encoder, pipe.text_encoder_2]
 
     def encode_text(self, pipe: Any, prompt: str, negative_prompt: str, guided: bool) -> dict[str, torch.Tensor]:
-        """The same `encode_prompt` call FluxPipeline makes (CLIP pooled + T5 tokens); the negative prompt only
-        matters under true CFG, which runs as a second call."""
-        with torch.inference_mode():
-            embeds, pooled, _ = pipe.encode_prompt(
-                prompt=prompt, prompt_2=None, device=pipe._execution_device, num_images_per_prompt=1,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-            )  # fmt: skip
-        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        """The same `encode_prompt` call FluxPipeline makes (CLIP pooled + T5 tokens); `guided` (true CFG, a second
+        call per step) also encodes the negative prompt."""
+        out = {}
+        for name, text in (("", prompt), ("negative_", negative_prompt)) if guided else (("", prompt),):
+            with torch.inference_mode():
+                embeds, pooled, _ = pipe.encode_prompt(
+                    prompt=text, prompt_2=None, device=pipe._execution_device, num_images_per_prompt=1,
+                    max_sequence_length=MAX_SEQUENCE_LENGTH,
+                )  # fmt: skip
+            out |= {f"{name}prompt_embeds": embeds, f"{name}pooled_prompt_embeds": pooled}
+        return out
 
     regions = False  # diffusers' FLUX processor ignores masks; on packed tokens they are not proven here yet
 
     def ip_adapter_load_kwargs(self) -> dict[str, Any]:
         return {"image_encoder_pretrained_model_name_or_path": None}
 
-    def ip_adapter_call_kwargs(self, embeds: list[torch.Tensor]) -> dict[str, Any]:
-        """FluxPipeline encodes a black negative image whenever image embeds are given, even when no true CFG pass
-        reads it: handing it the embeds skips that encoder call (without true CFG they are never read)."""
-        return {"negative_ip_adapter_image_embeds": embeds}
+    def ip_adapter_call_kwargs(self, embeds: list[torch.Tensor], negative: list[torch.Tensor]) -> dict[str, Any]:
+        """FluxPipeline reads negative image embeds in its true-CFG pass only, but encodes a black image for them
+        whenever none are given: without true CFG the image prompt's own are handed over (and never read)."""
+        return {"negative_ip_adapter_image_embeds": negative or embeds}
 
     def cfg_batch(self, guidance: float) -> bool:
         return False  # distilled guidance: the guidance value is an input of the transformer

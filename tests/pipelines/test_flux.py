@@ -162,3 +162,31 @@ def test_xlabs_and_redux_together(engine, preset, gold, blue):
     assert both.metadata["adapter"] == "tiny-flux-ip-adapter/ip_adapter.safetensors + tiny-flux-redux"
     with pytest.raises(InvalidRequestError, match="Redux acts on every step"):
         engine.generate(request(preset, reference=[gold], variant="redux", stop_at=0.5))
+
+
+def test_true_cfg_is_a_preset_value_and_equals_stock(families, tiny_root, presets, gold):
+    """An adapter with `true_cfg = 4.0` (XLabs v1's recipe): a second, negative pass per step (denoiser calls =
+    2 x steps, for any number of cells), equal to stock FluxPipeline with `true_cfg_scale` and an empty negative
+    prompt (its negative image prompt: a black picture)."""
+    from dataclasses import replace
+
+    family = families[FAMILY]
+    xlabs = replace(family.adapters["xlabs"], true_cfg=4.0)
+    engine = Engine(replace(family, adapters={**family.adapters, "xlabs": xlabs}), tiny_root=tiny_root, max_batch=4)
+    preset = presets["general"][FAMILY]
+    req = request(preset, reference=[gold], strength=0.7, steps=3)
+    ours = engine.generate(req)
+    assert ours.diagnostics["denoiser_calls"] == 6 and ours.metadata["true_cfg_scale"] == 4.0
+    assert engine.generate_sweep(req, [0.0, 0.5, 1.0]).diagnostics["denoiser_calls"] == 6
+    pipe = stock_pipeline(engine)
+    pipe.load_ip_adapter(engine.source.resolve(xlabs.repo), weight_name=xlabs.weight_name,
+                         image_encoder_pretrained_model_name_or_path=engine.source.resolve(xlabs.image_encoder.repo),
+                         local_files_only=True)  # fmt: skip
+    first, last = xlabs.layer_ramp
+    layers = len(pipe.transformer.transformer_blocks)
+    pipe.set_ip_adapter_scale([[0.7 * (first + (last - first) * i / (layers - 1)) for i in range(layers)]])
+    stock = stock_call(pipe, req, ip_adapter_image=gold, true_cfg_scale=4.0, negative_prompt="")
+    assert np.abs(pixels(ours.image) - pixels(stock)).max() <= 1
+    with pytest.raises(InvalidRequestError, match="not with true CFG"):
+        engine.generate(request(preset, reference=[gold], slots=[{"mode": "general", "variant": "redux"}],
+                                slot_images=[gold]))  # fmt: skip
