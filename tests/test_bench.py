@@ -18,7 +18,9 @@ def test_the_gpu_suite_runs_dry_on_cpu():
     out = proc.stdout
     for row in ("diffusers, 1 image", "engine, 1 image", "diffusers, 5 strengths (a loop of set_ip_adapter_scale)",
                 "diffusers, lower bound (one call, 5 images)", "engine, 5-strength sweep (one pass)",
-                "the lower bound", "every General and Anime adapter loaded", "TFLOP/s"):  # fmt: skip
+                "the lower bound", "every General and Anime adapter loaded", "TFLOP/s",
+                "XLabs, tiny-flux, 64 px, 2 steps, cpu", "XLabs, tiny-flux, 64 px, 2 steps, true CFG 4, cpu",
+                "| 5-strength sweep, one pass | 4 |", "| 5 stock calls | 20 |"):  # fmt: skip
         assert row in out, row
 
 
@@ -64,3 +66,4 @@ def test_the_flux_benchmark_runs():
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| 5-strength sweep, one pass | 2 |" in proc.stdout and "| 5 stock calls | 10 |" in proc.stdout
+    assert "| engine, 1 image |" in proc.stdout
