@@ -78,7 +78,8 @@ def build_request(preset: ModePreset, **values: Any) -> GenerationRequest:
     sweep = _sweep(preset, given, slots)
     if sweep.strengths:  # a comparison's request holds its first strength
         primary = replace(primary, strength=sweep.strengths[0])
-    return GenerationRequest(mode=preset.mode, settings=settings, image_prompts=(primary, *slots), sweep=sweep)
+    return GenerationRequest(mode=preset.mode, settings=settings, image_prompts=(primary, *slots), sweep=sweep,
+                             family=preset.family)  # fmt: skip
 
 
 def _settings(preset: ModePreset, v: dict[str, Any]) -> Settings:

@@ -503,6 +503,10 @@ class Engine:
         score: bool = False,
     ) -> SweepResult:
         """Render `cells` (one strength per declared image prompt each) in batched passes from the same noise."""
+        if request.family and request.family != self.family.name:  # one family (one architecture) per engine
+            raise InvalidRequestError(
+                "mode", f"This engine runs the {self.family.name} family; the request was made for {request.family}."
+            )
         self._check_base(request.settings.base)  # a request built without `build_request` is checked here too
         prompt_warnings = self.prompt_warnings(request)  # outside the engine lock: it never waits for a render
         with self.lock:

@@ -131,6 +131,7 @@ class GenerationRequest:
     settings: Settings
     image_prompts: tuple[ImagePrompt, ...]  # [0]: the tab's own, then the slots in order
     sweep: Sweep = Sweep()
+    family: str = ""  # the model family whose presets validated it ("": not checked)
 
     @property
     def primary(self) -> ImagePrompt:

@@ -190,3 +190,27 @@ def test_true_cfg_is_a_preset_value_and_equals_stock(families, tiny_root, preset
     with pytest.raises(InvalidRequestError, match="not with true CFG"):
         engine.generate(request(preset, reference=[gold], slots=[{"mode": "general", "variant": "redux"}],
                                 slot_images=[gold]))  # fmt: skip
+
+
+def test_one_family_per_engine(engine, engines, presets, preset, gold):
+    """SD and FLUX never share an engine by mistake: a request validated by another family's presets is refused."""
+    with pytest.raises(
+        InvalidRequestError, match="This engine runs the tiny-flux family; the request was made for tiny"
+    ):
+        engine.generate(build_request(presets["general"]["tiny"], prompt="x", reference=[gold]))
+    with pytest.raises(
+        InvalidRequestError, match="This engine runs the tiny family; the request was made for tiny-flux"
+    ):
+        engines["tiny"].generate(request(preset))
+
+
+def test_a_two_dimensional_sweep_xlabs_by_redux_is_one_pass(engine, preset, gold, blue):
+    slots = [{"mode": "general", "variant": "redux", "strength": 0.5}]
+    req = request(preset, reference=[gold], slots=slots, slot_images=[blue])
+    grid = engine.generate_sweep(req, [0.0, 1.0], extra_strengths=[0.0, 1.0])
+    assert grid.shape == (2, 2) and grid.diagnostics["denoiser_calls"] == preset.steps.default
+    text_only = pixels(engine.generate(request(preset)).image)
+    assert np.abs(pixels(grid.images[0]) - text_only).max() <= CELL_TOLERANCE  # both at 0, in the same pass
+    single = engine.generate(request(preset, reference=[gold], strength=1.0, slots=[{**slots[0], "strength": 1.0}],
+                                     slot_images=[blue]))  # fmt: skip
+    assert np.abs(pixels(grid.images[3]) - pixels(single.image)).max() <= CELL_TOLERANCE
