@@ -150,8 +150,8 @@ class FamilySpec:
         out: list[tuple[str, str | None]] = [(repo, None) for repo in self.bases.values()]
         if self.vae_fp16:
             out.append((self.vae_fp16, None))
-        for spec in self.adapters.values():
-            out.append((spec.repo, "/".join(p for p in (spec.subfolder, spec.weight_name) if p)))
+        for spec in self.adapters.values():  # (Redux: a pipeline folder of its own, read whole)
+            out.append((spec.repo, "/".join(p for p in (spec.subfolder, spec.weight_name) if p) or None))
             if spec.image_encoder is not None:
                 out.append((spec.image_encoder.repo, spec.image_encoder.subfolder + "/"))
         if self.fast is not None:

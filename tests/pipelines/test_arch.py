@@ -67,3 +67,10 @@ def test_sd_noise_is_the_engines(engines, family):
     noise = engine.arch.initial_latents(engine.pipe, 7, 64, 48)
     expected = torch.randn((1, 4, 6, 8), generator=torch.Generator("cpu").manual_seed(7))
     assert torch.equal(noise, expected)
+
+
+def test_the_request_codec_knows_which_architectures_take_regions():
+    """The codec (no torch import) refuses regions for the architectures whose attention takes no region mask."""
+    from pipelines.codec import WHOLE_IMAGE_ONLY
+
+    assert set(WHOLE_IMAGE_ONLY) == {k for k in ("sdxl", "sd15", "flux") if not architecture(k).regions}

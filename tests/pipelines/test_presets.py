@@ -16,7 +16,7 @@ def test_shipped_presets_are_valid(families, presets):
     assert {"sdxl", "sd15", "tiny", "tiny-sd15", "flux", "tiny-flux"} <= set(families)
     for mode in MODES:
         assert set(presets[mode]) == {name for name, f in families.items() if mode in f.modes}
-    assert families["flux"].modes == ("general",) and presets["general"]["flux"].variants == ("xlabs",)
+    assert families["flux"].modes == ("general",) and presets["general"]["flux"].variants == ("xlabs", "redux")
     assert presets["general"]["sdxl"].strength.default == 0.5
     assert families["sdxl"].adapters["plus"].weight_name == "ip-adapter-plus_sdxl_vit-h.safetensors"
     assert families["sd15"].adapters["plain"].image_encoder.subfolder == "models/image_encoder"
