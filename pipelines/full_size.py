@@ -287,8 +287,10 @@ def write_structure(root: Path, family: FamilySpec, dtype: torch.dtype) -> None:
             continue
         cls = ControlNetUnionModel if spec.union_mode is not None else ControlNetModel
         if cls.__name__ not in written:
+            with torch.device("meta"):  # the UNet only lends its config: no second full-size UNet in memory
+                unet = UNet2DConditionModel.from_config(UNET_CONFIGS[family.pipeline])
             with default_dtype(dtype):
-                net = cls.from_unet(build_unet(family.pipeline, dtype), load_weights_from_unet=False)
+                net = cls.from_unet(unet, load_weights_from_unet=False)
             net.to(dtype=dtype).save_pretrained(str(folder), safe_serialization=True)
             written[cls.__name__] = folder
             del net
