@@ -2,13 +2,14 @@
 
 `StructureBank` owns what they need: the control maps (Canny edges with OpenCV, depth with a transformers depth
 model, cached per visitor like face detections), the ControlNets (loaded on first use, kept in memory whatever the
-base), and the diffusers pipeline that runs a request, made with `from_pipe` from the base so it shares the base's
-modules (no second UNet). Each ControlNet's residuals are scaled per sample (`ScaledControlNets`), so a sweep over a
+base), and the diffusers pipeline that runs a request, made from the base's own modules (as `from_pipe` would, without
+its dtype cast): no second UNet. Each ControlNet's residuals are scaled per sample (`ScaledControlNets`), so a sweep over a
 ControlNet slot's strength is one batched pass whose cells equal single renders.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,21 @@ from .sources import ModelSource
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+def share_modules(cls: type, base: Any, **extra: Any) -> Any:
+    """`cls.from_pipe(base, **extra)` without its cast: diffusers' `from_pipe` moves the new pipeline to one dtype
+    (float32 unless told) in place, so the base's own shared modules change with it (a bf16 UNet becomes float32,
+    doubling its memory and changing every later image; a VAE kept in float32 would become half). Here the modules are
+    handed over as they are, with the base's config values the class takes."""
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in base.components.items() if k in params}
+    kwargs |= {k: v for k, v in base.config.items() if k in params and k not in kwargs and not k.startswith("_")}
+    kwargs |= extra
+    for key, param in params.items():  # optional components the base does not have (e.g. its image encoder)
+        if key not in kwargs and key != "self" and param.default is inspect.Parameter.empty:
+            kwargs[key] = None
+    return cls(**kwargs)
 
 
 def fit(image: Image.Image, width: int, height: int, crop: str) -> Image.Image:
@@ -289,7 +305,7 @@ class StructureBank:
                 multi = (ScaledMultiControlNetUnion if union else ScaledMultiControlNet)(nets)
                 per_sample = multi.per_sample
                 extra["controlnet"] = multi
-            pipe = getattr(diffusers, name).from_pipe(base, **extra)
+            pipe = share_modules(getattr(diffusers, name), base, **extra)
             pipe.set_progress_bar_config(disable=True)
             self._pipes[key] = (pipe, per_sample)
         pipe, per_sample = self._pipes[key]

@@ -332,3 +332,17 @@ def test_controlnets_stay_loaded_across_bases_and_speeds(families, tiny_root, pr
     assert other.metadata["base"] == "anime" and fast.diagnostics["unet_calls"] == engine.family.fast.steps
     assert fast.diagnostics["controlnet_calls"] == engine.family.fast.steps
     assert np.array_equal(pixels(default.image), pixels(again.image))
+
+
+def test_a_structure_pipeline_leaves_the_base_in_its_dtype(families, tiny_root, presets, gold, photo):
+    """diffusers' from_pipe casts the modules it shares to float32 (in place, on the base too); the structure
+    pipelines are made without that cast, so a bf16 base stays bf16 and its later images do not change."""
+    from pipelines import Engine
+
+    engine = Engine(families["tiny"], tiny_root=tiny_root, dtype=torch.bfloat16)
+    before = engine.generate(request(presets, "tiny", reference=[gold]))
+    for kind in ("canny", "start"):
+        engine.generate(request(presets, "tiny", reference=[gold], slots=[slot(kind)], slot_images=[photo]))
+        assert {engine.pipe.unet.dtype, engine.pipe.vae.dtype, engine.pipe.text_encoder.dtype} == {torch.bfloat16}
+    after = engine.generate(request(presets, "tiny", reference=[gold]))
+    assert np.array_equal(pixels(before.image), pixels(after.image))
