@@ -3,8 +3,8 @@
 `StructureBank` owns what they need: the control maps (Canny edges with OpenCV, depth with a transformers depth
 model, cached per visitor like face detections), the ControlNets (loaded on first use, kept in memory whatever the
 base), and the diffusers pipeline that runs a request, made from the base's own modules (as `from_pipe` would, without
-its dtype cast): no second UNet. Each ControlNet's residuals are scaled per sample (`ScaledControlNets`), so a sweep over a
-ControlNet slot's strength is one batched pass whose cells equal single renders.
+its dtype cast): no second UNet. Each ControlNet's residuals are scaled per sample (`ScaledControlNets`), so a sweep
+over a ControlNet slot's strength is one batched pass whose cells equal single renders.
 """
 
 from __future__ import annotations
