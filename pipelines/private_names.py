@@ -28,6 +28,13 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("diffusers", "DiffusionPipeline._execution_device", "pipelines/arch/: encode_prompt's device argument"),
     ("diffusers", "FluxPipeline._pack_latents", "pipelines/arch/flux.py: seeded noise in the pipeline's packed form"),
     (
+        "diffusers.models.transformers.transformer_flux",
+        "_get_qkv_projections",
+        "pipelines/attention.py: ScaledFluxIPAdapterAttnProcessor, copied from FluxIPAdapterAttnProcessor",
+    ),
+    ("diffusers.models.attention_dispatch", "dispatch_attention_fn", "pipelines/attention.py: ... its attention call"),
+    ("diffusers.loaders.ip_adapter", "safe_open", "tests/test_dryrun.py: the XLabs file reader fed meta tensors"),
+    (
         "diffusers.models.controlnets.multicontrolnet",
         "MultiControlNetModel.forward",
         "pipelines/structure.py: subclassed; its forward adapted to scale each net's residuals per sample",
