@@ -188,6 +188,20 @@ def image_branch(component: int, layer_name: str, layer_weight: float, batch_siz
     return ImageBranch((layer_weight * values).view(batch_size, 1, 1), p)
 
 
+def _sharing(cls: type, layer_name: str, procs: Sequence[Any]) -> Any:
+    """A `cls` processor holding every given processor's layer weights and image projections in order, sharing
+    (not copying) their `to_k_ip` / `to_v_ip` modules; both architectures' `sharing` constructors build on it."""
+    new = cls.__new__(cls)  # diffusers' __init__ would build fresh (random) projections
+    torch.nn.Module.__init__(new)
+    new.layer_name = layer_name  # the key in the denoiser's attn_processors, which block maps and ramps address
+    new.hidden_size = procs[0].hidden_size
+    new.cross_attention_dim = procs[0].cross_attention_dim
+    new.scale = [s for p in procs for s in p.scale]
+    new.to_k_ip = torch.nn.ModuleList([m for p in procs for m in p.to_k_ip])
+    new.to_v_ip = torch.nn.ModuleList([m for p in procs for m in p.to_v_ip])
+    return new
+
+
 class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
     """IPAdapterAttnProcessor2_0 with `self.scale` as a layer weight times the call's per-sample strengths."""
 
@@ -196,15 +210,8 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         """The one constructor: a processor holding every given processor's projections in order, sharing (not
         copying) their `to_k_ip` / `to_v_ip` weights. One processor wraps a loaded diffusers one; several make a
         combination (diffusers' multi-adapter form)."""
-        new = cls.__new__(cls)  # diffusers' __init__ would build fresh (random) projections
-        torch.nn.Module.__init__(new)
-        new.layer_name = layer_name  # the key in unet.attn_processors, which block maps address
-        new.hidden_size = procs[0].hidden_size
-        new.cross_attention_dim = procs[0].cross_attention_dim
+        new = _sharing(cls, layer_name, procs)
         new.num_tokens = [n for p in procs for n in p.num_tokens]
-        new.scale = [s for p in procs for s in p.scale]
-        new.to_k_ip = torch.nn.ModuleList([m for p in procs for m in p.to_k_ip])
-        new.to_v_ip = torch.nn.ModuleList([m for p in procs for m in p.to_v_ip])
         return new
 
     # Copied from diffusers 0.42.1 (models/attention_processor.py, IPAdapterAttnProcessor2_0.__call__), with the
@@ -280,15 +287,7 @@ class ScaledFluxIPAdapterAttnProcessor(FluxIPAdapterAttnProcessor):
 
     @classmethod
     def sharing(cls, layer_name: str, procs: Sequence[FluxIPAdapterAttnProcessor]) -> ScaledFluxIPAdapterAttnProcessor:
-        new = cls.__new__(cls)  # diffusers' __init__ would build fresh (random) projections
-        torch.nn.Module.__init__(new)
-        new.layer_name = layer_name
-        new.hidden_size = procs[0].hidden_size
-        new.cross_attention_dim = procs[0].cross_attention_dim
-        new.scale = [s for p in procs for s in p.scale]
-        new.to_k_ip = torch.nn.ModuleList([m for p in procs for m in p.to_k_ip])
-        new.to_v_ip = torch.nn.ModuleList([m for p in procs for m in p.to_v_ip])
-        return new
+        return _sharing(cls, layer_name, procs)
 
     # Copied from diffusers 0.42.1 (models/transformers/transformer_flux.py, FluxIPAdapterAttnProcessor.__call__),
     # with the image branch changed: per-sample strengths from the call's context, step windows, layer weights.

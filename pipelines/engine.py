@@ -479,12 +479,6 @@ class Engine:
                       for r in declared[i].references]  # fmt: skip
         return views
 
-    def _joint_mask(self, keep: torch.Tensor, request: GenerationRequest) -> torch.Tensor:
-        """(batch, 1, 1, keys) over FLUX's joint sequence [text and Redux tokens, image latents]: False hides a key."""
-        latents = self.arch.initial_latents(self.pipe, 0, request.settings.width, request.settings.height).shape[1]
-        image = torch.ones(keep.shape[0], latents, dtype=torch.bool)
-        return torch.cat([keep, image], dim=1)[:, None, None, :].to(self.device)
-
     def true_cfg(self, request: GenerationRequest) -> float:
         """True CFG's scale for this request: the tab's own adapter's (presets; 1 = none, the only value for SD)."""
         spec = self.family.adapters.get(request.primary.variant.split("+")[0])
@@ -782,17 +776,6 @@ class Engine:
         slot = self._current
         if request.settings.speed == "fast":  # the few-step LoRA's sampler, for this call only (all under the lock)
             self.pipe.scheduler = self.bank.fast_scheduler(slot)
-        if stack.tokens:  # Redux: per-sample prompt embeddings (the text's, then each prompt's tokens x strength)
-            parts = [(t, [cell[i] for cell in cells]) for i, t in stack.tokens if any(cell[i] for cell in cells)]
-            if parts:
-                text, keep = with_tokens(text, parts, batch)
-                batch_rows = {"num_images_per_prompt": 1}
-                if "ip_adapter_image_embeds" in kwargs:  # one row per sample now, as the text's
-                    for key in ("ip_adapter_image_embeds", "negative_ip_adapter_image_embeds"):
-                        if key in kwargs:
-                            kwargs[key] = [e.repeat(batch, *([1] * (e.dim() - 1))) for e in kwargs[key]]
-                if keep is not None:
-                    kwargs["joint_attention_kwargs"] = {"attention_mask": self._joint_mask(keep, request)}
         true_cfg = self.true_cfg(request)
         if true_cfg > 1:
             kwargs["true_cfg_scale"] = true_cfg
@@ -803,6 +786,17 @@ class Engine:
             kwargs |= {**size, "latents": self.initial_latents(request, batch)}
         else:  # img2img draws the start latents and noise from the seed, one generator per sample (= single renders)
             kwargs["generator"] = [torch.Generator("cpu").manual_seed(request.settings.seed) for _ in range(batch)]
+        parts = [(t, [cell[i] for cell in cells]) for i, t in stack.tokens if any(cell[i] for cell in cells)]
+        if parts:  # Redux: per-sample prompt embeddings (the text's, then each prompt's tokens x strength)
+            text, keep = with_tokens(text, parts, batch)
+            batch_rows = {"num_images_per_prompt": 1}
+            for key in ("ip_adapter_image_embeds", "negative_ip_adapter_image_embeds"):  # one row per sample now
+                if key in kwargs:
+                    kwargs[key] = [e.repeat(batch, *([1] * (e.dim() - 1))) for e in kwargs[key]]
+            if keep is not None:  # the image's keys follow the text's: one per packed latent
+                image = torch.ones(batch, kwargs["latents"].shape[1], dtype=torch.bool)
+                mask = torch.cat([keep, image], dim=1)[:, None, None, :].to(self.device)
+                kwargs["joint_attention_kwargs"] = {"attention_mask": mask}
         control_strengths = [[cell[index] for cell in cells] for index, _, _ in acting.controls]
         try:
             with (

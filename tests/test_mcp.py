@@ -292,3 +292,14 @@ def test_the_readme_mcp_example_runs(mcp_url):
     assert first.startswith("File: http") and first.endswith(".png")
     seed, digest = second.split()
     assert seed == "7" and len(digest) == 12
+
+
+def test_a_structure_slot_through_mcp_with_a_real_image(mcp_url, reference_files):
+    """A canny slot sent by an agent: `slots` with `slot_images` as a data URL; the metadata names its ControlNet."""
+    arguments = {"prompt": "a vase", "steps": 2, "seed": 4, "slots": [{"mode": "canny", "strength": 1.0}],
+                 "slot_images": [{"image": data_url(reference_files["gold"])}]}  # fmt: skip
+    error, content = asyncio.run(call(mcp_url, "general", arguments))
+    assert not error, texts(content)
+    meta = metadata_of(content)
+    assert meta["slots"][0]["mode"] == "canny" and meta["image_prompts"][1]["control_type"] == "canny"
+    assert meta["image_prompts"][1]["adapter"] == "tiny-controlnet-union" and len(meta["slot_images_sha256"]) == 1
