@@ -29,6 +29,7 @@ from pipelines.parameters import parameters_for
 from pipelines.presets import FamilySpec, ModePreset
 from ui import anime, face, general, style
 from ui.common import PAGE_CSS
+from ui.egress import install_url_safety, quiet
 from ui.endpoints import Studio
 from ui.loader import load_settings_panel
 from ui.mcp import door_middleware, install_mcp
@@ -112,13 +113,18 @@ def unavailable_endpoints(mode: str, title: str, family: FamilySpec, offered: li
         gr.api(refuse, api_name=f"{mode}{suffix}", api_description=message)
 
 
-def launch_options() -> dict:
+def launch_options(forwarded_allow_ips: str = "") -> dict:
     """Safe serving: clean error messages, no file access beyond the app's own temp files, bounded uploads (per file,
-    and per visitor: ui/uploads.py), and the middleware that tells the gate which clients still listen for their
-    results (see ui/serving.py).
+    and per visitor: ui/uploads.py), the middleware that tells the gate which clients still listen for their
+    results (see ui/serving.py), and `X-Forwarded-For` believed only from `forwarded_allow_ips` (comma-separated
+    addresses or networks of the proxies in front; none by default: uvicorn would trust loopback, so any local
+    client could choose its own address).
 
     A fresh dict per launch: Gradio adds to `app_kwargs` when it builds the server.
     """
+    # Gradio builds uvicorn's Config without this setting: uvicorn then reads it from the environment.
+    os.environ["FORWARDED_ALLOW_IPS"] = forwarded_allow_ips
+    install_url_safety()  # Gradio's own URL downloads use the same public-address rule as the MCP door
     return {
         "css": PAGE_CSS,
         "show_error": True,
@@ -158,6 +164,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for a LAN)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument(
+        "--forwarded-allow-ips", default="", metavar="ADDRESSES",
+        help="the reverse proxies whose X-Forwarded-For names the visitor (comma-separated IPs or networks); "
+        "default: none, each connection's own address counts",
+    )  # fmt: skip
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--auth", metavar="USER:PASS", help="require this login (recommended with --share)")
     parser.add_argument(
@@ -195,6 +206,7 @@ def _validate_family(name: str) -> FamilySpec:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet()  # nothing reaches the network that nobody asked for (ui/egress.py)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     family = _validate_family(args.models or default_family())
     engine = pipelines.Engine(
@@ -217,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     warm.start()
     app.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth, mcp_server=mcp,
-        prevent_thread_lock=True, **launch_options(),
+        prevent_thread_lock=True, **launch_options(args.forwarded_allow_ips),
     )  # fmt: skip
     try:
         warm.join()

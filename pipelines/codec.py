@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from .request import (
 )
 
 ImageSource = str | Path | bytes | Image.Image | ReferenceImage
+MAX_SLOTS_TEXT = 16_384  # `slots` as JSON text: three slots of every key take well under 2,000 characters
 EXTRA_KEYS = {  # the `extra_*` shorthand: its keyword for each key of a slot
     "mode": "extra_mode", "strength": "extra_strength", "variant": "extra_variant", "region": "extra_region",
     "start_at": "extra_start_at", "stop_at": "extra_stop_at", "images": "extra_reference",
@@ -78,7 +79,8 @@ def build_request(preset: ModePreset, **values: Any) -> GenerationRequest:
     sweep = _sweep(preset, given, slots)
     if sweep.strengths:  # a comparison's request holds its first strength
         primary = replace(primary, strength=sweep.strengths[0])
-    return GenerationRequest(mode=preset.mode, settings=settings, image_prompts=(primary, *slots), sweep=sweep,
+    prompts = _decoded((primary, *slots))  # last: every cheap check above has passed before any image is decoded
+    return GenerationRequest(mode=preset.mode, settings=settings, image_prompts=prompts, sweep=sweep,
                              family=preset.family)  # fmt: skip
 
 
@@ -192,8 +194,12 @@ def parse_slots(value: Any) -> list[dict[str, Any]]:
     if value is None or value == "" or value == ():
         return []
     if isinstance(value, str):
+        if len(value) > MAX_SLOTS_TEXT:
+            raise InvalidRequestError("slots", f"slots is {len(value):,} characters; at most {MAX_SLOTS_TEXT:,}.")
         try:
             value = json.loads(value)
+        except RecursionError:
+            raise InvalidRequestError("slots", "slots is nested too deeply: a JSON list of objects.") from None
         except ValueError:
             raise InvalidRequestError("slots", "slots must be a JSON list of objects, e.g. [{\"mode\": \"style\", "
                                       "\"strength\": 0.8}].") from None  # fmt: skip
@@ -314,14 +320,36 @@ def _window(preset: ModePreset, start_at: Any, stop_at: Any, start_name: str, st
     return start, stop
 
 
-def load_all(sources: Sequence[Any] | None, label: str) -> tuple[ReferenceImage, ...]:
+@dataclass(frozen=True)
+class _Undecoded:
+    """An image source counted and labelled, decoded only once the whole request has been checked (`_decoded`)."""
+
+    source: Any
+    index: int
+    label: str
+
+
+def load_all(sources: Sequence[Any] | None, label: str) -> tuple[Any, ...]:
+    """An input's images, counted now and decoded by `_decoded` after every other value is checked."""
     sources = list(sources or ())
     if len(sources) > MAX_REFERENCES:
         raise InvalidRequestError("reference", f"at most {MAX_REFERENCES} images per input, got {len(sources)}")
+    return tuple(s if isinstance(s, ReferenceImage) else _Undecoded(s, i, label) for i, s in enumerate(sources, 1))
+
+
+def _decoded(prompts: tuple[ImagePrompt, ...]) -> tuple[ImagePrompt, ...]:
+    """The image prompts with every image decoded (bounded, pipelines/images.py), in the order they were given."""
+
+    def decode(images: tuple[Any, ...]) -> tuple[ReferenceImage, ...]:
+        return tuple(
+            load_reference(i.source, index=i.index, label=i.label) if isinstance(i, _Undecoded) else i for i in images
+        )
+
     return tuple(
-        s if isinstance(s, ReferenceImage) else load_reference(s, index=i, label=label)
-        for i, s in enumerate(sources, 1)
-    )
+        replace(p, references=decode(p.references), face_references=decode(p.face_references),
+                negative_references=decode(p.negative_references))
+        for p in prompts
+    )  # fmt: skip
 
 
 def _merge_block_maps(style: dict, layout: dict | None) -> dict:

@@ -37,6 +37,7 @@ from .errors import GenerationError, InvalidRequestError, ModelNotAvailableError
 from .face import FaceAnalyzer
 from .images import load_reference
 from .metadata import SCHEMA_VERSION, package_versions
+from .numerics import row_exact_linear
 from .presets import FamilySpec
 from .redux import ReduxEncoder, with_tokens
 from .request import MAX_PROMPT_CHARS, GenerationRequest, ImagePrompt, Sweep
@@ -190,6 +191,7 @@ class Engine:
         max_bases: int = 1,
         threads: int | None = None,
     ) -> None:
+        row_exact_linear()  # a sample's pixels do not depend on the size of its batch (pipelines/numerics.py)
         self.family = family
         self.arch = architecture(family.pipeline)  # what differs between architectures (pipelines/arch/)
         self.device = device or default_device()
@@ -286,6 +288,11 @@ class Engine:
         if self.compile:
             denoiser.compile()  # in place: processors stay swappable (a variant switch recompiles once)
         pipe.set_progress_bar_config(disable=True)
+        if hasattr(pipe.vae, "enable_slicing"):
+            # One image at a time through the VAE: a comparison's cell is decoded exactly as its single render is
+            # (a CPU convolution over 1 image rounds differently from one over several; pipelines/numerics.py), and
+            # the decoder's peak memory is one image's.
+            pipe.vae.enable_slicing()
         denoiser.register_forward_pre_hook(self._count_denoiser_call)
         for encoder in self.arch.text_encoders(pipe):
             encoder.register_forward_pre_hook(self._count_text_encoder_call)

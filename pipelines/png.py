@@ -87,3 +87,63 @@ def write_png(image: Image.Image, path: str | Path, text: dict[str, str] | None 
     path = Path(path)
     path.write_bytes(b"".join(parts))
     return path
+
+
+MAX_CHUNKS_BEFORE_DATA = 256  # chunks read before the image data when looking for text (a PNG made here has ~4)
+MAX_TEXT_BYTES = 1 << 20  # the largest text chunk read (Pillow's own cap for text chunks)
+
+
+class PngChunkError(ValueError):
+    """A PNG whose chunks cannot be read within the budget (the message says why)."""
+
+
+def read_text(path: str | Path, key: str) -> str | None:
+    """The text stored under `key` in a PNG's tEXt, iTXt or zTXt chunks before the image data, or None.
+
+    Reads chunk headers and skips their data by seeking, at most `MAX_CHUNKS_BEFORE_DATA` of them (a file of
+    millions of empty chunks answers at once), and reads only text chunks of at most `MAX_TEXT_BYTES`; no pixel is
+    decoded. Compressed text is inflated to at most `MAX_TEXT_BYTES`.
+    """
+    wanted = key.encode("latin-1")
+    with open(path, "rb") as f:
+        if f.read(len(_SIGNATURE)) != _SIGNATURE:
+            raise PngChunkError("it is not a PNG")
+        for _ in range(MAX_CHUNKS_BEFORE_DATA):
+            head = f.read(8)
+            if len(head) < 8:
+                raise PngChunkError("it ends before its image data")
+            length, kind = struct.unpack(">I", head[:4])[0], head[4:]
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            if kind not in (b"tEXt", b"iTXt", b"zTXt") or length > MAX_TEXT_BYTES:
+                f.seek(length + 4, 1)  # its data and CRC, unread
+                continue
+            data, crc = f.read(length), f.read(4)
+            if len(crc) < 4 or struct.unpack(">I", crc)[0] != zlib.crc32(kind + data) & 0xFFFFFFFF:
+                raise PngChunkError(f"its {kind.decode()} chunk is broken")
+            name, _, rest = data.partition(b"\0")
+            if name == wanted:
+                return _text_of(kind, rest)
+        raise PngChunkError(f"it has more than {MAX_CHUNKS_BEFORE_DATA} chunks before its image data")
+
+
+def _text_of(kind: bytes, rest: bytes) -> str:
+    """A text chunk's value after its keyword and separator."""
+    if kind == b"tEXt":
+        return rest.decode("latin-1")
+    if kind == b"zTXt":
+        return _inflate(rest[1:]).decode("latin-1")
+    compressed = rest[:1] == b"\1"  # iTXt: compression flag, method, language tag \0, translated keyword \0, text
+    text = rest[2:].split(b"\0", 2)[-1]
+    return (_inflate(text) if compressed else text).decode("utf-8", errors="replace")
+
+
+def _inflate(data: bytes) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_TEXT_BYTES)
+    except zlib.error as e:
+        raise PngChunkError("its compressed text is broken") from e
+    if inflater.unconsumed_tail:
+        raise PngChunkError(f"its text is over {MAX_TEXT_BYTES // 2**20} MB")
+    return out

@@ -18,6 +18,7 @@ from .errors import InvalidRequestError, shown
 from .images import ReferenceImage
 from .metadata import PNG_KEY, SCHEMA_VERSION
 from .parameters import SETTINGS_TYPES
+from .png import PngChunkError, read_text
 from .presets import MODES, ModePreset
 from .request import GenerationRequest
 
@@ -131,15 +132,12 @@ def _count(slot: dict[str, Any]) -> int:
 
 
 def _png_text(path: Path) -> str | None:
-    """The `image_prompt` text of a PNG, read from the chunks before the image data (no pixel is decoded)."""
+    """The `image_prompt` text of a PNG, read from the chunks before the image data within a budget of chunks and
+    bytes (pipelines/png.py: a PNG of millions of empty chunks answers at once); no pixel is decoded."""
     try:
-        with Image.open(path, formats=["PNG"]) as img:
-            raw = img.info.get(PNG_KEY)
-    except Image.DecompressionBombError:
-        raise SettingsFileError("the PNG declares more pixels than any image made here.") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:  # broken chunks, text past Pillow's size caps
-        raise SettingsFileError(f"its PNG chunks cannot be read ({type(e).__name__}).") from e
-    return raw if isinstance(raw, str) else None
+        return read_text(path, PNG_KEY)
+    except (OSError, PngChunkError) as e:
+        raise SettingsFileError(f"its PNG chunks cannot be read ({e}).") from None
 
 
 def read_settings_file(path: str | Path) -> tuple[str, dict[str, Any]]:

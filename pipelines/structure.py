@@ -9,6 +9,8 @@ over a ControlNet slot's strength is one batched pass whose cells equal single r
 
 from __future__ import annotations
 
+import math
+
 import inspect
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -54,6 +56,12 @@ def fit(image: Image.Image, width: int, height: int, crop: str) -> Image.Image:
     if crop == "squash":
         return image.resize((width, height), Image.Resampling.BICUBIC)
     if crop == "pad":
+        # A strip thinner than one output pixel once fitted (100000 x 1 into 64 x 64) is first padded black to one
+        # pixel's worth: Pillow would resize it to a height (or width) of 0 and fail.
+        w, h = image.size
+        thick = (max(h, math.ceil(w / width)), max(w, math.ceil(h / height)))
+        if thick != (h, w):
+            image = ImageOps.pad(image, (thick[1], thick[0]), color=(0, 0, 0))
         return ImageOps.pad(image, (width, height), Image.Resampling.BICUBIC, color=(0, 0, 0))
     return ImageOps.fit(image, (width, height), Image.Resampling.BICUBIC)
 

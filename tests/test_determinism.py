@@ -59,3 +59,44 @@ def test_same_request_same_pixels_in_any_order_and_concurrently(app_url, referen
         torch.set_num_threads(torch.get_num_threads())  # this thread's count becomes the default again
     for name, got in zip(names, results, strict=True):
         same(name, got)
+
+
+def test_the_first_request_again_after_every_kind_of_request(app_url, reference_files):
+    """A fresh client's first request, then fast mode, FaceID Plus, another base in fast mode, a stacked request
+    (a face slot on the right, a negative image, the tab's prompt on the left) and a fast 2 x 2 style comparison
+    with a face slot; then the first request again: the same pixels, bit for bit (it drifted by one level)."""
+    gold = [{"image": handle_file(reference_files["gold"])}]
+    alice = [{"image": handle_file(reference_files["alice"])}]
+    first = ("/general", {"prompt": "same", "reference": gold, "seed": 7, "steps": 2})
+    others = [
+        ("/general", {"prompt": "same", "reference": gold, "seed": 8, "speed": "fast"}),
+        ("/face", {"prompt": "same", "reference": alice, "seed": 9, "steps": 2, "variant": "faceid-plusv2"}),
+        ("/anime", {"prompt": "same", "reference": gold, "seed": 10, "base": "anime", "speed": "fast"}),
+        ("/general", {"prompt": "same", "reference": gold, "seed": 11, "steps": 2, "region": "left",
+                      "negative_reference": gold, "slots": [{"mode": "face", "region": "right"}],
+                      "slot_images": alice}),
+        ("/style_compare", {"prompt": "same", "reference": gold, "seed": 12, "speed": "fast", "strengths": "0.3, 0.9",
+                            "extra_strengths": "0.2, 0.8", "slots": [{"mode": "face"}], "slot_images": alice}),
+    ]  # fmt: skip
+    client = Client(app_url, verbose=False)
+    before = _pixels(client, first)
+    for job in others:
+        _pixels(client, job)
+    after = _pixels(client, first)
+    assert np.array_equal(before[0], after[0]), f"max difference {np.abs(before[0] - after[0]).max()}"
+
+
+def test_a_cell_and_its_single_render_are_the_same_whatever_the_batch(engines, presets, gold):
+    """Strength 0 in a 5-cell sweep is the text-only render bit for bit, on a CPU whose matrix kernels round a
+    product of 2 rows differently from one of 10 (pipelines/numerics.py)."""
+    from pipelines import build_request
+    from pipelines.numerics import MIN_ROWS
+
+    preset, engine = presets["general"]["tiny"], engines["tiny"]
+    weight, rows = torch.randn(64, 96, generator=torch.Generator().manual_seed(0)), torch.randn(MIN_ROWS + 4, 96)
+    many = torch.nn.functional.linear(rows, weight)
+    for n in range(1, MIN_ROWS + 4):  # each row's bits do not depend on how many rows went with it
+        assert torch.equal(torch.nn.functional.linear(rows[:n], weight), many[:n]), n
+    none = np.asarray(engine.generate(build_request(preset, prompt="a cat", seed=3)).image, dtype=np.int16)
+    sweep = engine.generate_sweep(build_request(preset, prompt="a cat", seed=3, reference=[gold]), [0.0, 0.5, 1.0])
+    assert np.array_equal(np.asarray(sweep.images[0], dtype=np.int16), none)

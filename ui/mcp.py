@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
-import inspect
 import json
 import logging
 import re
 import secrets
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,20 @@ from gradio.utils import get_upload_folder
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from pipelines.parameters import PARAMETERS, SETTINGS_FILE_INPUT, file_limit
+from pipelines.parameters import MAX_FILES_PER_REQUEST, PARAMETERS, SETTINGS_FILE_INPUT, file_limit
 
-from .serving import GATE, INTERNAL_HEADER, MCP_HEADER, PROCESS_SECRET, McpCaller, client_ip, mcp_caller
+from .egress import resolve_public
+from .serving import (
+    GATE,
+    INTERNAL_HEADER,
+    MAX_BYTES_PER_REQUEST,
+    MCP_HEADER,
+    PROCESS_SECRET,
+    McpCaller,
+    client_ip,
+    logged_in_user,
+    mcp_caller,
+)
 from .uploads import UPLOADS, UploadRefused
 
 log = logging.getLogger("image_prompt_studio")
@@ -52,7 +63,13 @@ log = logging.getLogger("image_prompt_studio")
 MAX_FETCH_BYTES = 25 * 2**20  # one image given by data URL or URL (the same cap as an upload)
 FETCH_TIMEOUT_S = 20.0
 MAX_REDIRECTS = 5
-MAX_MCP_BODY_BYTES = 96 * 2**20  # a tool call's JSON: a request's 64 MB of files, base64-encoded
+# A tool call's JSON: at most a request's files (64 MB) as base64, and 1 MB for everything else.
+MAX_MCP_BODY_BYTES = MAX_BYTES_PER_REQUEST * 4 // 3 + 2**20
+MAX_MCP_SESSIONS = 1000  # open MCP sessions in all (mcp's own default, 10 000, lets one address take them all)
+MAX_MCP_SESSIONS_PER_IP = 32  # open MCP sessions one address may hold
+MCP_FIRST_CALL_S = 120.0  # a session that has called no tool this long after it opened is closed
+MCP_IDLE_S = 15 * 60.0  # a session with no request in flight this long is closed (mcp's default: 30 minutes)
+MAX_MCP_CALLS_PER_IP = 8  # MCP requests in flight from one address (the queue's per-address allowance)
 MCP_PATH = "/gradio_api/mcp"
 SINGLE_FILES = ("image", SETTINGS_FILE_INPUT)  # one file each: the image to score, a settings file
 GALLERIES = tuple(p.name for p in PARAMETERS if p.kind == "images" and p.name not in SINGLE_FILES)
@@ -85,9 +102,12 @@ def install_mcp() -> None:
 
     def sessions(app: Any, json_response: bool = False, stateless: bool = True) -> StreamableHTTPSessionManager:
         # Stateful: each MCP session has an id its client sends with every call, so each is its own visitor.
-        return StreamableHTTPSessionManager(
-            app=app, json_response=json_response, stateless=False, max_request_body_size=MAX_MCP_BODY_BYTES
-        )
+        manager = StreamableHTTPSessionManager(
+            app=app, json_response=json_response, stateless=False, max_request_body_size=MAX_MCP_BODY_BYTES,
+            session_idle_timeout=MCP_IDLE_S, max_sessions=MAX_MCP_SESSIONS,
+        )  # fmt: skip
+        SESSIONS.manager = manager
+        return manager
 
     server_class.StreamableHTTPSessionManager = staticmethod(sessions)
     create_server = server_class.create_mcp_server
@@ -197,6 +217,8 @@ def _wrap_tool_calls(gradio_server: Any, server: Any) -> None:
     async def studio_call_tool(req: types.CallToolRequest) -> types.ServerResult:
         request = server.request_context.request
         caller = mcp_caller(request)
+        if caller is not None:
+            SESSIONS.called(caller.session)
         try:
             refusal = GATE.refusal_for(request)
             if refusal is not None:
@@ -205,6 +227,9 @@ def _wrap_tool_calls(gradio_server: Any, server: Any) -> None:
         except McpInputError as e:
             log.info("MCP call refused: %s", str(e)[:200])
             return server._make_error_result(str(e))
+        finally:
+            if caller is not None:
+                SESSIONS.decoded(caller.call)
         params = req.params.model_copy(update={"arguments": arguments})
         return await call_tool(req.model_copy(update={"params": params}))
 
@@ -214,9 +239,39 @@ def _wrap_tool_calls(gradio_server: Any, server: Any) -> None:
 # ------------------------------------------------------------------------------------------- images as text
 
 
+def _file_strings(arguments: dict[str, Any]) -> list[tuple[str, str]]:
+    """(input name, string) of every image given at a file input, in order."""
+    found = []
+    for name in GALLERIES:
+        items = arguments.get(name)
+        if isinstance(items, list):
+            found += [(name, i["image"]) for i in items if isinstance(i, dict) and isinstance(i.get("image"), str)]
+    found += [(name, arguments[name]) for name in SINGLE_FILES if isinstance(arguments.get(name), str)]
+    return found
+
+
+def _check_sizes(arguments: dict[str, Any]) -> None:
+    """The request's file caps, counted from the strings before any of them is decoded or fetched."""
+    given = _file_strings(arguments)
+    for name in {n for n, _ in given}:
+        count, limit = sum(n == name for n, _ in given), file_limit(name) or MAX_FILES_PER_REQUEST
+        if count > limit:
+            raise McpInputError(f"At most {limit} files for {name}, got {count}.")
+    if len(given) > MAX_FILES_PER_REQUEST:
+        raise McpInputError(f"At most {MAX_FILES_PER_REQUEST} files per request, got {len(given)}.")
+    decoded = sum(len(v.partition(",")[2]) * 3 // 4 for _, v in given if v.startswith("data:"))
+    if decoded > MAX_BYTES_PER_REQUEST:
+        raise McpInputError(
+            f"The files of one request may add up to {MAX_BYTES_PER_REQUEST // 2**20} MB at most; these data URLs "
+            f"hold about {decoded / 2**20:.0f} MB."
+        )
+
+
 async def _materialize(arguments: dict[str, Any], caller: McpCaller | None) -> dict[str, Any]:
-    """Data URLs and URLs at the file inputs, saved into the upload folder; their paths in their place."""
+    """Data URLs and URLs at the file inputs, saved into the upload folder; their paths in their place (after the
+    request's caps are checked on the strings themselves)."""
     visitor = caller.ip if caller is not None else "unknown"
+    _check_sizes(arguments)
     for name in GALLERIES:
         items = arguments.get(name)
         if isinstance(items, list):
@@ -265,15 +320,21 @@ def _decode_data_url(value: str, label: str) -> tuple[str, bytes]:
 
 
 async def fetch(url: str, label: str, validate: Callable[[str], Any] | None = None) -> tuple[str, bytes]:
-    """Download an image from a public address: every hop's host must resolve to a public IP (connected to by
-    that IP, so DNS cannot change its answer between check and use), at most `MAX_REDIRECTS` hops and
-    `MAX_FETCH_BYTES`, an image type. One message per failure, no traceback."""
+    """Download an image from a public address: every hop's host must resolve to public IPs only (connected to by
+    that IP, so DNS cannot change its answer between check and use; `ui.egress.resolve_public`), at most
+    `MAX_REDIRECTS` hops and `MAX_FETCH_BYTES`, an image type. One message per failure, no traceback."""
     import safehttpx
 
-    validate = validate or safehttpx.async_validate_url
+    validate = validate or resolve_public
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            host = httpx.URL(url).host
+            try:
+                parsed = httpx.URL(url)
+            except (httpx.InvalidURL, ValueError, TypeError):
+                raise McpInputError(f"{label}: {url[:80]!r} is not a valid http(s) URL.") from None
+            host = parsed.host
+            if parsed.scheme not in ("http", "https") or not host:
+                raise McpInputError(f"{label}: {url[:80]!r} is not a valid http(s) URL.")
             try:
                 ip = await validate(host)
             except ValueError:
@@ -282,7 +343,7 @@ async def fetch(url: str, label: str, validate: Callable[[str], Any] | None = No
                 ) from None
             transport = safehttpx.AsyncSecureTransport(ip)
             async with (
-                httpx.AsyncClient(transport=transport, timeout=FETCH_TIMEOUT_S) as client,
+                httpx.AsyncClient(transport=transport, timeout=FETCH_TIMEOUT_S, trust_env=False) as client,
                 client.stream("GET", url) as response,
             ):
                 if response.is_redirect and "location" in response.headers:
@@ -300,7 +361,7 @@ async def fetch(url: str, label: str, validate: Callable[[str], Any] | None = No
                         raise McpInputError(f"{label}: the image is over {MAX_FETCH_BYTES // 2**20} MB.")
                 return mime, bytes(body)
         raise McpInputError(f"{label}: more than {MAX_REDIRECTS} redirects.")
-    except httpx.HTTPError as e:
+    except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as e:
         raise McpInputError(f"{label}: the URL could not be fetched ({type(e).__name__}).") from None
 
 
@@ -364,7 +425,7 @@ class _Door:
         internal = _is_internal(scope, headers)
         path = scope["path"]
         if MCP_PATH in path:
-            user = await _user(gradio_app, scope, headers) if auth_on else "anyone"
+            user = await logged_in_user(gradio_app, scope, headers) if auth_on else "anyone"
             if user is None:
                 message = (
                     "This app asks for a login. Send the app's user and password as HTTP Basic auth "
@@ -375,28 +436,153 @@ class _Door:
         if auth_on and internal:
             _log_in_internal(gradio_app, scope)
             return await self.app(scope, receive, send)
-        if auth_on and scope["method"] == "GET" and await _user(gradio_app, scope, headers, basic=False) is None:
+        anonymous = auth_on and await logged_in_user(gradio_app, scope, headers, basic=False) is None
+        if scope["method"] == "GET" and anonymous:
             return await self.app(scope, receive, _without_api_info(send))
         return await self.app(scope, receive, send)
 
     async def _mcp(self, scope: dict, receive: Callable[..., Any], send: Callable[..., Any], headers: dict) -> None:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        session = (
-            headers.get(b"mcp-session-id", b"").decode("latin-1")
-            or (query.get("session_id") or [""])[0]
-            or f"call-{uuid.uuid4().hex}"  # no session yet (its first request): a visitor of its own
-        )
+        given = headers.get(b"mcp-session-id", b"").decode("latin-1") or (query.get("session_id") or [""])[0]
+        session = given or f"call-{uuid.uuid4().hex}"  # no session yet (its first request): a visitor of its own
         streamable = "/messages" not in scope["path"]  # SSE answers on another request: judged like REST jobs
         call = f"{'http' if streamable else 'sse'}:{uuid.uuid4().hex}"
-        caller = McpCaller(session.replace("|", ""), client_ip(Request(scope)) or "unknown", call)
+        ip = client_ip(Request(scope)) or "unknown"
+        opening = SESSIONS.opening(scope, given)
+        refusal = await SESSIONS.admit(scope, ip, opening, call, headers)
+        if refusal is not None:
+            log.info("MCP request refused: %s", refusal)
+            return await JSONResponse({"error": refusal}, status_code=429)(scope, receive, send)
+        caller = McpCaller(session.replace("|", ""), ip, call)
         stamped = [(k, v) for k, v in scope.get("headers") or [] if k.lower() != MCP_HEADER.encode()]
         stamped.append((MCP_HEADER.encode(), caller.header().encode("latin-1")))
         scope = {**scope, "headers": stamped}
+
+        async def noting_send(message: dict) -> None:
+            if opening == "streamable" and message["type"] == "http.response.start" and message["status"] < 400:
+                opened = dict(message.get("headers") or []).get(b"mcp-session-id")
+                if opened:
+                    SESSIONS.opened(opened.decode("latin-1"), ip)
+            await send(message)
+
         GATE.call_opened(call)
         try:
-            return await self.app(scope, receive, send)
+            return await self.app(scope, receive, noting_send)
         finally:
             GATE.call_closed(call)
+            SESSIONS.ended(scope, ip, opening, call)
+
+
+class McpSessions:
+    """Bounds on what one address holds of the MCP server: open sessions (Streamable HTTP sessions and SSE streams),
+    requests in flight, and bytes of tool-call bodies being received and decoded.
+
+    mcp's session manager bounds only the total (and closes a session after `MCP_IDLE_S` without requests): one
+    address could open them all. Here an address holds at most `per_ip` sessions; a session that has called no tool
+    `first_call_s` after it opened is closed when the next one is asked for (its id then answers 404, and its client
+    opens a new one, as the MCP specification says). A tool call's body counts against its address's budget
+    (`MAX_MCP_BODY_BYTES`) until its images are decoded into files.
+    """
+
+    def __init__(self) -> None:
+        self.manager: Any = None  # mcp's StreamableHTTPSessionManager, once Gradio made it
+        self.per_ip = MAX_MCP_SESSIONS_PER_IP
+        self.first_call_s = MCP_FIRST_CALL_S
+        self.calls_per_ip = MAX_MCP_CALLS_PER_IP
+        self.body_budget = MAX_MCP_BODY_BYTES
+        self.counters: Counter[str] = Counter()  # refused_sessions, refused_calls, refused_bodies, closed_unused
+        self._sessions: dict[str, tuple[str, float]] = {}  # Streamable HTTP session id -> (address, opened at)
+        self._called: set[str] = set()  # sessions that have called a tool
+        self._streams: Counter[str] = Counter()  # address -> open SSE-transport streams (a session each)
+        self._posts: Counter[str] = Counter()  # address -> POST requests in flight
+        self._bodies: dict[str, tuple[str, int]] = {}  # call -> (address, body bytes not yet decoded)
+
+    @staticmethod
+    def opening(scope: dict, given_session: str) -> str | None:
+        """ "streamable" for a request that opens a Streamable HTTP session, "sse" for an SSE stream, else None."""
+        path = scope["path"].rstrip("/")
+        if scope["method"] == "GET" and path.endswith("/sse"):
+            return "sse"
+        if scope["method"] == "POST" and not given_session and "/messages" not in path and not path.endswith("/sse"):
+            return "streamable"
+        return None
+
+    def _live(self) -> dict[str, tuple[str, float]]:
+        instances = getattr(self.manager, "_server_instances", None)
+        if instances is not None:
+            for gone in [s for s in self._sessions if s not in instances]:
+                del self._sessions[gone]
+                self._called.discard(gone)
+        return self._sessions
+
+    def held(self, ip: str) -> int:
+        """Sessions `ip` holds open now."""
+        return sum(owner == ip for owner, _ in self._live().values()) + self._streams[ip]
+
+    async def close_unused(self) -> None:
+        """Close the sessions that called no tool within `first_call_s` of opening."""
+        now = time.monotonic()
+        for session, (_, opened) in list(self._live().items()):
+            if session in self._called or now - opened <= self.first_call_s:
+                continue
+            del self._sessions[session]
+            self.counters["closed_unused"] += 1
+            transport = self.manager._server_instances.get(session) if self.manager is not None else None
+            if transport is not None:
+                await self.manager._discard_session(session, transport)
+
+    async def admit(self, scope: dict, ip: str, opening: str | None, call: str, headers: dict) -> str | None:
+        """Why this MCP request is refused (None: it is let in, and counted)."""
+        if opening is not None:
+            await self.close_unused()
+            if self.held(ip) >= self.per_ip:
+                self.counters["refused_sessions"] += 1
+                return (
+                    f"This address already has {self.per_ip} MCP sessions open. Close one (DELETE) or reuse it; "
+                    f"a session that calls no tool closes {self.first_call_s:.0f} s after it opened."
+                )
+        if scope["method"] == "POST":
+            if self._posts[ip] >= self.calls_per_ip:
+                self.counters["refused_calls"] += 1
+                return f"This address already has {self.calls_per_ip} MCP requests in flight. Wait for one to finish."
+            length = headers.get(b"content-length", b"").decode("latin-1")
+            size = int(length) if length.isdigit() else self.body_budget  # chunked: as if it were the largest
+            pending = sum(n for owner, n in self._bodies.values() if owner == ip)
+            if pending and pending + size > self.body_budget:
+                self.counters["refused_bodies"] += 1
+                return (
+                    f"This address is already sending {pending / 2**20:.0f} MB of images to the MCP tools; wait "
+                    "until they are read, then send this call."
+                )
+            self._posts[ip] += 1
+            self._bodies[call] = (ip, size)
+        if opening == "sse":
+            self._streams[ip] += 1
+        return None
+
+    def opened(self, session: str, ip: str) -> None:
+        self._sessions[session] = (ip, time.monotonic())
+
+    def called(self, session: str) -> None:
+        self._called.add(session)
+
+    def decoded(self, call: str) -> None:
+        """A tool call's images are files now: its body no longer counts."""
+        self._bodies.pop(call, None)
+
+    def ended(self, scope: dict, ip: str, opening: str | None, call: str) -> None:
+        if scope["method"] == "POST":
+            self._posts[ip] -= 1
+            if self._posts[ip] <= 0:
+                del self._posts[ip]
+            self._bodies.pop(call, None)
+        if opening == "sse":
+            self._streams[ip] -= 1
+            if self._streams[ip] <= 0:
+                del self._streams[ip]
+
+
+SESSIONS = McpSessions()  # one per server process, like the MCP server it bounds
 
 
 def _is_internal(scope: dict, headers: dict) -> bool:
@@ -408,29 +594,6 @@ def _is_internal(scope: dict, headers: dict) -> bool:
     if secret and secrets.compare_digest(secret, PROCESS_SECRET):
         return True
     return mcp_caller(Request(scope)) is not None
-
-
-async def _user(gradio_app: Any, scope: dict, headers: dict, basic: bool = True) -> str | None:
-    """The logged-in user: the app's login cookie, or (MCP) HTTP Basic with the app's user and password."""
-    cookies = Request(scope).cookies
-    cookie_id = getattr(gradio_app, "cookie_id", "")
-    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
-    tokens = getattr(gradio_app, "tokens", {}) or {}
-    if token in tokens:
-        return tokens[token]
-    authorization = headers.get(b"authorization", b"").decode("latin-1")
-    if not basic or not authorization.lower().startswith("basic "):
-        return None
-    with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError):
-        user, _, password = base64.b64decode(authorization[6:].strip()).decode().partition(":")
-        auth = gradio_app.auth
-        if callable(auth):
-            ok = auth(user, password)
-            ok = await ok if inspect.isawaitable(ok) else ok
-        else:
-            ok = user in auth and secrets.compare_digest(password.encode(), str(auth[user]).encode())
-        return user if ok else None
-    return None
 
 
 def _log_in_internal(gradio_app: Any, scope: dict) -> None:

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 import atexit
+import base64
+import binascii
 import contextlib
 import functools
 import html
@@ -35,6 +37,7 @@ from urllib.parse import parse_qs
 
 import gradio as gr
 from gradio.utils import get_upload_folder
+from starlette.requests import Request
 
 from pipelines.errors import ImagePromptError, InvalidRequestError
 from pipelines.images import decode_cache
@@ -165,10 +168,12 @@ class UploadBudget:
 
 
 def client_ip(request: Any) -> str | None:
-    """The visitor's address: on a Hugging Face Space the first X-Forwarded-For entry (its proxy sets it)."""
+    """The visitor's address: the peer uvicorn reports (which follows `X-Forwarded-For` only from the proxies
+    named in `--forwarded-allow-ips`; none by default). On a Hugging Face Space, the last `X-Forwarded-For` entry:
+    the one the platform's proxy appended (earlier entries are whatever the client sent)."""
     headers = getattr(request, "headers", None) or {}
     if os.environ.get("SPACE_ID") and headers.get("x-forwarded-for"):
-        return headers["x-forwarded-for"].split(",")[0].strip()
+        return headers["x-forwarded-for"].split(",")[-1].strip()
     client = getattr(request, "client", None)
     return getattr(client, "host", None)
 
@@ -209,6 +214,29 @@ def visitor(request: Any, session: str | None) -> tuple[str | None, str | None]:
     if caller is not None:
         return f"mcp:{caller.session}", caller.ip
     return session, client_ip(request)
+
+
+async def logged_in_user(gradio_app: Any, scope: dict, headers: dict, basic: bool = True) -> str | None:
+    """The logged-in user: the app's login cookie, or (MCP) HTTP Basic with the app's user and password."""
+    cookies = Request(scope).cookies
+    cookie_id = getattr(gradio_app, "cookie_id", "")
+    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
+    tokens = getattr(gradio_app, "tokens", {}) or {}
+    if token in tokens:
+        return tokens[token]
+    authorization = headers.get(b"authorization", b"").decode("latin-1")
+    if not basic or not authorization.lower().startswith("basic "):
+        return None
+    with contextlib.suppress(binascii.Error, UnicodeDecodeError, ValueError):
+        user, _, password = base64.b64decode(authorization[6:].strip()).decode().partition(":")
+        auth = gradio_app.auth
+        if callable(auth):
+            ok = auth(user, password)
+            ok = await ok if inspect.isawaitable(ok) else ok
+        else:
+            ok = user in auth and secrets.compare_digest(password.encode(), str(auth[user]).encode())
+        return user if ok else None
+    return None
 
 
 class ClientGate:
