@@ -9,9 +9,8 @@ over a ControlNet slot's strength is one batched pass whose cells equal single r
 
 from __future__ import annotations
 
-import math
-
 import inspect
+import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
