@@ -1,6 +1,7 @@
 """Every private or undocumented name of diffusers and Gradio this project relies on, in one list.
 
-Pinned versions (requirements.txt): diffusers 0.42.1, gradio 6.31.0, mcp 1.30.0. When a pin moves, run
+Pinned versions (requirements.txt): diffusers 0.42.1, gradio 6.31.0, mcp 1.30.0 (and safehttpx, which Gradio
+pins; torch 2.13.0 for the one public function replaced). When a pin moves, run
 `python -m pytest tests/test_private_names.py`: it checks each name still exists; then read the places that use
 it. A string list only: nothing here imports the libraries (pipelines/ never imports gradio).
 """
@@ -61,4 +62,23 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("gradio.mcp", "Client", "ui/mcp.py: the internal client carries the process secret"),
     ("mcp.server.lowlevel.server", "Server.request_handlers", "ui/mcp.py: the tool-call handler wrapped"),
     ("mcp.server.lowlevel.server", "Server._make_error_result", "ui/mcp.py: a refused call's error result"),
+    (
+        "mcp.server.streamable_http_manager",
+        "StreamableHTTPSessionManager._admit_session",
+        "ui/mcp.py: subclassed; each new session noted with the address that opened it",
+    ),
+    (
+        "mcp.server.streamable_http_manager",
+        "StreamableHTTPSessionManager._discard_session",
+        "ui/mcp.py: subclassed; a session's end noted, and called to close an unused session",
+    ),
+    (
+        "mcp.server.streamable_http_manager",
+        "StreamableHTTPSessionManager._server_instances",
+        "ui/mcp.py: an unused session's transport, to close it",
+    ),
+    ("safehttpx", "async_validate_url", "ui/egress.py: replaced: Gradio's URL downloads use resolve_public"),
+    ("safehttpx", "async_resolve_hostname_google", "ui/egress.py: replaced: no host name sent to a public DNS"),
+    ("safehttpx", "is_public_ip", "ui/egress.py: replaced by public_ip"),
+    ("torch.nn.functional", "linear", "pipelines/numerics.py: replaced by a row-exact linear (CPU, few rows)"),
 )

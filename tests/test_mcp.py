@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -303,3 +304,100 @@ def test_a_structure_slot_through_mcp_with_a_real_image(mcp_url, reference_files
     meta = metadata_of(content)
     assert meta["slots"][0]["mode"] == "canny" and meta["image_prompts"][1]["control_type"] == "canny"
     assert meta["image_prompts"][1]["adapter"] == "tiny-controlnet-union" and len(meta["slot_images_sha256"]) == 1
+
+
+# ------------------------------------------------------------------------------------------- safety III
+
+PROBE = {"name": "probe", "version": "1"}
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": PROBE}}  # fmt: skip
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def _open_session(url: str) -> httpx.Response:
+    return httpx.post(url + "gradio_api/mcp/", json=INIT, headers=MCP_HEADERS, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        ("http://100.100.100.200/latest/x.png", "'100.100.100.200' is not a public address"),
+        ("http://100.64.0.1/x.png", "'100.64.0.1' is not a public address"),
+        ("http://[2002:a9fe:a9fe::]/x.png", "is not a public address"),
+        ("http://[64:ff9b::a9fe:a9fe]/x.png", "is not a public address"),
+        ("http://0177.0.0.1/x.png", "'http://0177.0.0.1/x.png' is not a valid http(s) URL"),
+        ("http://999.1.1.1/x.png", "'http://999.1.1.1/x.png' is not a valid http(s) URL"),
+        ("http://[::1/x.png", "is not a valid http(s) URL"),
+    ],
+)
+def test_inside_addresses_and_broken_urls_get_the_apps_message(mcp_url, image, message):
+    error, content = asyncio.run(call(mcp_url, "general_preview", {"prompt": "x", "reference": [{"image": image}]}))
+    assert error and message in " ".join(texts(content)), texts(content)
+
+
+def test_sessions_per_address_are_bounded_and_unused_ones_close(mcp_url, monkeypatch):
+    from ui.mcp import SESSIONS
+
+    monkeypatch.setattr(SESSIONS, "per_ip", 3 + SESSIONS.held("127.0.0.1"))
+    opened = [_open_session(mcp_url) for _ in range(3)]
+    assert all(r.status_code == 200 for r in opened)
+    refused = _open_session(mcp_url)
+    assert refused.status_code == 429 and "This address already has" in refused.json()["error"]
+    assert "mcp-session-id" not in refused.headers
+    monkeypatch.setattr(SESSIONS, "first_call_s", 0.2)  # sessions that never called a tool are closed ...
+    time.sleep(0.5)
+    again = _open_session(mcp_url)  # ... when another one is asked for
+    assert again.status_code == 200
+    gone = opened[0].headers["mcp-session-id"]
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    headers = {**MCP_HEADERS, "mcp-session-id": gone, "mcp-protocol-version": "2025-06-18"}
+    answer = httpx.post(mcp_url + "gradio_api/mcp/", json=ping, timeout=10, headers=headers)
+    assert answer.status_code == 404  # its client opens a new session, as the MCP specification says
+    assert SESSIONS.counters["closed_unused"] >= 3
+
+
+def test_calls_in_flight_per_address_are_bounded(mcp_url, engines, monkeypatch):
+    from ui.mcp import SESSIONS
+
+    monkeypatch.setattr(SESSIONS, "calls_per_ip", 2)
+    args = {"prompt": "x", "steps": 1}
+
+    async def scenario() -> tuple:
+        engine = engines["tiny"]
+        engine.lock.acquire()
+        try:
+            held = [asyncio.create_task(call(mcp_url, "general", args)) for _ in range(2)]
+            for _ in range(100):
+                if sum(SESSIONS._posts.values()) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+            async with httpx.AsyncClient() as http:
+                third = await http.post(mcp_url + "gradio_api/mcp/", json=INIT, headers=MCP_HEADERS, timeout=10)
+        finally:
+            engine.lock.release()
+        return third, await asyncio.gather(*held)
+
+    third, firsts = asyncio.run(scenario())
+    assert third.status_code == 429 and "MCP requests in flight" in third.json()["error"]
+    assert all(not error for error, _ in firsts)
+
+
+def test_data_urls_are_counted_before_any_is_decoded(mcp_url, monkeypatch, tmp_path):
+    from gradio.utils import get_upload_folder
+
+    from ui import mcp as door
+
+    monkeypatch.setattr(door, "MAX_BYTES_PER_REQUEST", 2**20)  # 64 MB when served
+    big = "data:image/png;base64," + base64.b64encode(b"\0" * (400 * 2**10)).decode()
+    folders = set(Path(get_upload_folder()).glob("mcp-*"))
+    error, content = asyncio.run(call(mcp_url, "general", {"prompt": "x", "reference": [{"image": big}] * 3}))
+    assert error and "may add up to 1 MB at most; these data URLs hold about 1 MB" in " ".join(texts(content))
+    assert set(Path(get_upload_folder()).glob("mcp-*")) == folders  # nothing was decoded or written
+    assert door.MAX_MCP_BODY_BYTES < 96 * 2**20  # the body cap follows the request's file cap
+    import socket
+
+    parsed = httpx.URL(mcp_url)
+    with socket.create_connection((parsed.host, parsed.port), timeout=10) as conn:  # declared, never sent
+        conn.sendall(f"POST /gradio_api/mcp/ HTTP/1.1\r\nHost: {parsed.host}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {door.MAX_MCP_BODY_BYTES + 1}\r\n\r\n".encode())  # fmt: skip
+        assert conn.recv(4096).startswith(b"HTTP/1.1 413")

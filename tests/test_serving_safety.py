@@ -5,8 +5,10 @@ Every case goes to the served tiny app (the same launch options as `python app.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import threading
 import time
 import uuid
@@ -304,3 +306,274 @@ def test_a_job_whose_client_went_away_never_runs(app_url, engines):
     assert engine.counters["unet_calls"] == calls
     with engine.lock:
         pass  # nothing of that job is left running
+
+
+# ------------------------------------------------------------------------------------------- safety III
+
+
+def _hold_jobs(app_url: str, count: int) -> list[str]:
+    """`count` joins from as many sessions of this address, left waiting (the caller holds the engine lock)."""
+    fn_index, data = _fn_index(app_url, "general")
+    sessions = []
+    with httpx.Client(timeout=10) as http:
+        for _ in range(count):
+            session = uuid.uuid4().hex
+            body = {"data": data, "fn_index": fn_index, "session_hash": session, "trigger_id": None}
+            assert http.post(app_url.rstrip("/") + "/gradio_api/queue/join", json=body).status_code == 200
+            sessions.append(session)
+    return sessions
+
+
+def test_a_visitor_cannot_choose_its_own_address(app_url, engines):
+    """With this address's allowance of jobs held, joins that claim another address (X-Forwarded-For) are refused:
+    uvicorn believed that header from any local client."""
+    from ui.serving import MAX_JOBS_PER_IP
+
+    fn_index, data = _fn_index(app_url, "general")
+    with engines["tiny"].lock:
+        _hold_jobs(app_url, MAX_JOBS_PER_IP)
+        for n in range(3):
+            body = {"data": data, "fn_index": fn_index, "session_hash": uuid.uuid4().hex, "trigger_id": None}
+            joined = httpx.post(app_url.rstrip("/") + "/gradio_api/queue/join", json=body, timeout=10,
+                                headers={"X-Forwarded-For": f"10.66.0.{n}", "X-Real-IP": f"10.66.0.{n}"})  # fmt: skip
+            assert joined.status_code == 400 and "Your address already has 8 requests" in joined.json()["detail"]
+    assert os.environ["FORWARDED_ALLOW_IPS"] == ""
+
+
+def test_on_a_space_the_address_is_the_one_its_proxy_appended(monkeypatch):
+    from types import SimpleNamespace
+
+    from ui.serving import client_ip
+
+    request = SimpleNamespace(
+        headers={"x-forwarded-for": "6.6.6.6, 203.0.113.9"}, client=SimpleNamespace(host="10.0.0.2")
+    )
+    assert client_ip(request) == "10.0.0.2"  # not on a Space: the peer (uvicorn decides what to believe)
+    monkeypatch.setenv("SPACE_ID", "someone/studio")
+    assert client_ip(request) == "203.0.113.9"  # the first entry is whatever the client sent
+
+
+def _raw_upload(url: str, length: int, body: bytes = b"", extra: str = "") -> socket.socket:
+    """A hand-made `POST /gradio_api/upload` that declares `length` bytes and sends `body` (the rest never comes)."""
+    parsed = httpx.URL(url)
+    conn = socket.create_connection((parsed.host, parsed.port), timeout=10)
+    boundary = "studio-boundary"
+    head = (f"POST /gradio_api/upload HTTP/1.1\r\nHost: {parsed.host}\r\nContent-Length: {length}\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n{extra}\r\n")  # fmt: skip
+    conn.sendall(head.encode() + body)
+    return conn
+
+
+def test_an_upload_that_never_arrives_deletes_nothing(app_url, monkeypatch):
+    from ui.uploads import UPLOADS
+
+    monkeypatch.setattr(UPLOADS, "per_visitor", 2**20)
+    files = [("files", (f"{uuid.uuid4().hex}.png", os.urandom(600 * 2**10), "image/png"))]
+    kept = httpx.post(app_url.rstrip("/") + "/gradio_api/upload", files=files, timeout=30).json()
+    time.sleep(0.5)
+    conn = _raw_upload(app_url, 2**20)  # the whole quota declared, no body: nothing may be removed for it
+    time.sleep(0.5)
+    try:
+        assert all(os.path.exists(p) for p in kept)
+        assert UPLOADS.reserved("127.0.0.1") == 2**20
+        second = httpx.post(app_url.rstrip("/") + "/gradio_api/upload", timeout=30,
+                            files=[("files", ("b.png", os.urandom(600 * 2**10), "image/png"))])  # fmt: skip
+        assert second.status_code == 413 and "Another upload of yours is still arriving" in second.json()["detail"]
+    finally:
+        conn.close()
+    for _ in range(50):
+        if UPLOADS.reserved("127.0.0.1") == 0:
+            break
+        time.sleep(0.1)
+    assert UPLOADS.reserved("127.0.0.1") == 0 and all(os.path.exists(p) for p in kept)  # released, nothing lost
+
+
+def test_a_stalled_upload_is_cut_off(app_url, monkeypatch):
+    from ui import uploads
+
+    monkeypatch.setattr(uploads, "STALL_S", 0.3)
+    stalled = uploads.UPLOADS.counters["stalled"]
+    conn = _raw_upload(app_url, 4096, b"--studio-boundary\r\n")
+    try:
+        for _ in range(50):
+            if uploads.UPLOADS.counters["stalled"] > stalled:
+                break
+            time.sleep(0.1)
+    finally:
+        conn.close()
+    assert uploads.UPLOADS.counters["stalled"] == stalled + 1
+
+
+def test_a_chunked_upload_is_refused(app_url):
+    conn = _raw_upload(app_url, 1, extra="Transfer-Encoding: chunked\r\n")
+    try:
+        answer = conn.recv(4096).decode("latin-1")
+    finally:
+        conn.close()
+    assert answer.startswith("HTTP/1.1 411") and "not be sent in chunks" in answer
+
+
+def test_behind_a_login_an_upload_without_it_touches_nothing(engines, monkeypatch):
+    from ui.uploads import UPLOADS
+
+    demo = app.create_app(engines["tiny"])
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, auth=("ada", "s3cret"),
+                            **app.launch_options())  # fmt: skip
+    try:
+        monkeypatch.setattr(UPLOADS, "per_visitor", 2**20)
+        logged_in = httpx.Client(timeout=30)
+        assert logged_in.post(url + "login", data={"username": "ada", "password": "s3cret"}).status_code == 200
+        files = [("files", (f"{uuid.uuid4().hex}.png", os.urandom(600 * 2**10), "image/png"))]
+        kept = logged_in.post(url + "gradio_api/upload", files=files).json()
+        time.sleep(0.5)
+        anonymous = httpx.post(url + "gradio_api/upload", timeout=30,
+                               files=[("files", ("x.png", os.urandom(900 * 2**10), "image/png"))])  # fmt: skip
+        assert anonymous.status_code == 401 and "Log in to upload" in anonymous.json()["detail"]
+        assert all(os.path.exists(p) for p in kept)
+    finally:
+        demo.close()
+
+
+def test_images_are_decoded_after_every_cheap_refusal(app_url, tmp_path, monkeypatch):
+    """Eight 8192² references with a broken `slots`, or slot images with a bad `extra_strengths`: refused before any
+    image is decoded."""
+    from pipelines import codec
+
+    decoded = []
+    real = codec.load_reference
+    monkeypatch.setattr(codec, "load_reference", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    big = tmp_path / "big.png"
+    Image.new("RGB", (8192, 8192), (90, 90, 90)).save(big, optimize=True)
+    client = Client(app_url, verbose=False)
+    refs = [{"image": handle_file(str(big))} for _ in range(8)]
+    with pytest.raises(Exception, match="slots must be a JSON list"):
+        client.predict(prompt="x", reference=refs, slots="[oops", api_name="/general")
+    with pytest.raises(Exception, match="extra_strengths"):
+        client.predict(prompt="x", slots=[{"mode": "style", "images": 2}], slot_images=refs[:2],
+                       extra_strengths="0.5, lots", api_name="/general_compare")  # fmt: skip
+    assert decoded == []
+
+
+def test_a_settings_png_of_a_million_chunks_answers_at_once(client, tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes = b"") -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    empty = chunk(b"abCd")
+    head = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+    crafted = tmp_path / "chunks.png"
+    crafted.write_bytes(head + empty * 1_000_000 + chunk(b"IEND"))  # 12 MB of empty chunks
+    start = time.perf_counter()
+    with pytest.raises(Exception, match="more than 256 chunks before its image data"):
+        client.predict(path=handle_file(str(crafted)), api_name="/load_settings")
+    assert time.perf_counter() - start < 3  # Pillow read every chunk first: seconds of the settings slot
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"slots": "[" * 100_000}, "slots is 100,000 characters; at most 16,384"),
+        ({"slots": "[" * 5_000 + "]" * 5_000}, "slots is nested too deeply"),
+    ],
+)
+def test_odd_values_get_the_apps_message(app_url, values, message):
+    status, text = raw_call(app_url, "/general", prompt="x", **values)
+    assert status == "error" and message in text and "Generation failed" not in text
+
+
+@pytest.mark.parametrize("kind", ["canny", "depth", "control", "start"])
+def test_a_thin_strip_with_crop_pad(client, tmp_path, kind):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (100_000, 1), (200, 30, 30)).save(strip)
+    slot = {"mode": kind, "crop": "pad", **({"control_type": "canny"} if kind == "control" else {})}
+    path, *_ = client.predict(prompt="x", steps=2, slots=[slot], slot_images=[{"image": handle_file(str(strip))}],
+                              api_name="/general")  # fmt: skip
+    assert Image.open(path).size == (64, 64)
+
+
+def test_the_server_sends_nothing_nobody_asked_for(tiny_root, tmp_path):
+    """`python app.py --models tiny` from start-up through a drawn image: no connection and no name lookup beyond
+    this machine, recorded by an audit hook in the server process (it sees every socket connect and DNS lookup,
+    whichever library makes it; the package index, a telemetry host and a public DNS service were seen)."""
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(EGRESS_HOOK)
+    log_path = tmp_path / "egress.log"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE")}
+    env.update(
+        EGRESS_LOG=str(log_path), PYTHONPATH=str(hook), IMAGE_PROMPT_TINY_DIR=os.environ["IMAGE_PROMPT_TINY_DIR"]
+    )
+    root = Path(app.__file__).parent
+    server = subprocess.Popen([sys.executable, "app.py", "--models", "tiny", "--port", str(port)], cwd=root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        for _ in range(240):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            time.sleep(0.25)
+        client = Client(url, verbose=False)
+        path, *_ = client.predict(prompt="x", steps=1, api_name="/general")
+        assert Image.open(path).size == (64, 64)
+        time.sleep(3)  # start-up checks run in background threads
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert log_path.exists() is False or log_path.read_text() == "", log_path.read_text()
+    assert "socket.connect" in EGRESS_HOOK  # the hook itself is tested by test_the_egress_hook_records
+
+
+def test_the_egress_hook_records(tmp_path):
+    """The hook used above records a lookup of a name outside this machine (so its silence means something)."""
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(EGRESS_HOOK)
+    log_path = tmp_path / "egress.log"
+    code = "import socket\ntry:\n    socket.getaddrinfo('pypi.org', 443)\nexcept OSError:\n    pass\n"
+    subprocess.run([sys.executable, "-c", code], env={**os.environ, "EGRESS_LOG": str(log_path),
+                                                      "PYTHONPATH": str(hook)}, check=True)  # fmt: skip
+    assert log_path.read_text().strip() == "socket.getaddrinfo pypi.org"
+
+
+EGRESS_HOOK = """
+import ipaddress, os, sys
+
+def _local(host):
+    host = (host.decode() if isinstance(host, bytes) else str(host or "")).strip("[]")
+    if host in ("", "localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+def _hook(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple):
+        host = args[1][0]
+    elif event == "socket.getaddrinfo":
+        host = args[0]
+    else:
+        return
+    if not _local(host):
+        with open(os.environ["EGRESS_LOG"], "a") as f:
+            f.write(f"{event} {host}\\n")
+
+sys.addaudithook(_hook)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

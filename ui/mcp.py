@@ -33,6 +33,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -100,14 +101,25 @@ def install_mcp() -> None:
         return
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
+    class StudioSessions(StreamableHTTPSessionManager):
+        """mcp's session manager, telling `SESSIONS` which address opened each session and when it ends."""
+
+        def _admit_session(self, requestor: Any) -> Any:
+            transport = super()._admit_session(requestor)
+            if transport is not None:
+                SESSIONS.opened(transport.mcp_session_id, _OPENER.get(), self)
+            return transport
+
+        async def _discard_session(self, session_id: str, transport: Any) -> None:
+            SESSIONS.closed(session_id)
+            await super()._discard_session(session_id, transport)
+
     def sessions(app: Any, json_response: bool = False, stateless: bool = True) -> StreamableHTTPSessionManager:
         # Stateful: each MCP session has an id its client sends with every call, so each is its own visitor.
-        manager = StreamableHTTPSessionManager(
+        return StudioSessions(
             app=app, json_response=json_response, stateless=False, max_request_body_size=MAX_MCP_BODY_BYTES,
             session_idle_timeout=MCP_IDLE_S, max_sessions=MAX_MCP_SESSIONS,
         )  # fmt: skip
-        SESSIONS.manager = manager
-        return manager
 
     server_class.StreamableHTTPSessionManager = staticmethod(sessions)
     create_server = server_class.create_mcp_server
@@ -457,18 +469,12 @@ class _Door:
         stamped = [(k, v) for k, v in scope.get("headers") or [] if k.lower() != MCP_HEADER.encode()]
         stamped.append((MCP_HEADER.encode(), caller.header().encode("latin-1")))
         scope = {**scope, "headers": stamped}
-
-        async def noting_send(message: dict) -> None:
-            if opening == "streamable" and message["type"] == "http.response.start" and message["status"] < 400:
-                opened = dict(message.get("headers") or []).get(b"mcp-session-id")
-                if opened:
-                    SESSIONS.opened(opened.decode("latin-1"), ip)
-            await send(message)
-
         GATE.call_opened(call)
+        opener = _OPENER.set(ip)  # read by the session manager when this request opens a session
         try:
-            return await self.app(scope, receive, noting_send)
+            return await self.app(scope, receive, send)
         finally:
+            _OPENER.reset(opener)
             GATE.call_closed(call)
             SESSIONS.ended(scope, ip, opening, call)
 
@@ -485,13 +491,12 @@ class McpSessions:
     """
 
     def __init__(self) -> None:
-        self.manager: Any = None  # mcp's StreamableHTTPSessionManager, once Gradio made it
         self.per_ip = MAX_MCP_SESSIONS_PER_IP
         self.first_call_s = MCP_FIRST_CALL_S
         self.calls_per_ip = MAX_MCP_CALLS_PER_IP
         self.body_budget = MAX_MCP_BODY_BYTES
         self.counters: Counter[str] = Counter()  # refused_sessions, refused_calls, refused_bodies, closed_unused
-        self._sessions: dict[str, tuple[str, float]] = {}  # Streamable HTTP session id -> (address, opened at)
+        self._sessions: dict[str, tuple[str, float, Any]] = {}  # session id -> (address, opened at, its manager)
         self._called: set[str] = set()  # sessions that have called a tool
         self._streams: Counter[str] = Counter()  # address -> open SSE-transport streams (a session each)
         self._posts: Counter[str] = Counter()  # address -> POST requests in flight
@@ -507,29 +512,21 @@ class McpSessions:
             return "streamable"
         return None
 
-    def _live(self) -> dict[str, tuple[str, float]]:
-        instances = getattr(self.manager, "_server_instances", None)
-        if instances is not None:
-            for gone in [s for s in self._sessions if s not in instances]:
-                del self._sessions[gone]
-                self._called.discard(gone)
-        return self._sessions
-
     def held(self, ip: str) -> int:
         """Sessions `ip` holds open now."""
-        return sum(owner == ip for owner, _ in self._live().values()) + self._streams[ip]
+        return sum(owner == ip for owner, _, _ in self._sessions.values()) + self._streams[ip]
 
     async def close_unused(self) -> None:
         """Close the sessions that called no tool within `first_call_s` of opening."""
         now = time.monotonic()
-        for session, (_, opened) in list(self._live().items()):
+        for session, (_, opened, manager) in list(self._sessions.items()):
             if session in self._called or now - opened <= self.first_call_s:
                 continue
-            del self._sessions[session]
+            self.closed(session)
             self.counters["closed_unused"] += 1
-            transport = self.manager._server_instances.get(session) if self.manager is not None else None
+            transport = manager._server_instances.get(session)
             if transport is not None:
-                await self.manager._discard_session(session, transport)
+                await manager._discard_session(session, transport)
 
     async def admit(self, scope: dict, ip: str, opening: str | None, call: str, headers: dict) -> str | None:
         """Why this MCP request is refused (None: it is let in, and counted)."""
@@ -560,8 +557,12 @@ class McpSessions:
             self._streams[ip] += 1
         return None
 
-    def opened(self, session: str, ip: str) -> None:
-        self._sessions[session] = (ip, time.monotonic())
+    def opened(self, session: str, ip: str, manager: Any) -> None:
+        self._sessions[session] = (ip, time.monotonic(), manager)
+
+    def closed(self, session: str) -> None:
+        self._sessions.pop(session, None)
+        self._called.discard(session)
 
     def called(self, session: str) -> None:
         self._called.add(session)
@@ -582,7 +583,8 @@ class McpSessions:
                 del self._streams[ip]
 
 
-SESSIONS = McpSessions()  # one per server process, like the MCP server it bounds
+SESSIONS = McpSessions()  # one per server process: an address's sessions on every MCP server it runs
+_OPENER: ContextVar[str] = ContextVar("mcp_opener", default="unknown")  # the address of the request being served
 
 
 def _is_internal(scope: dict, headers: dict) -> bool:
