@@ -25,12 +25,13 @@ _stock_linear = F.linear
 
 
 def _linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    rows = input.numel() // input.shape[-1] if input.dim() and input.shape[-1] else 0
-    if 0 < rows < MIN_ROWS and input.device.type == "cpu" and input.dim() >= 2:
-        flat = input.reshape(rows, input.shape[-1])
-        padded = torch.cat([flat, flat.new_zeros(MIN_ROWS - rows, flat.shape[1])])
-        out = _stock_linear(padded, weight, bias)[:rows]
-        return out.reshape(*input.shape[:-1], out.shape[-1])
+    # One vector per sample is (batch, channels) or (batch, 1, channels); sequences have enough rows as they are.
+    shape = input.shape
+    rows = shape[0] if len(shape) == 2 else shape[0] * shape[1] if len(shape) == 3 else MIN_ROWS
+    if 0 < rows < MIN_ROWS and input.device.type == "cpu":
+        flat = input.reshape(rows, shape[-1])
+        padded = torch.cat((flat, flat.new_zeros(MIN_ROWS - rows, shape[-1])))
+        return _stock_linear(padded, weight, bias)[:rows].reshape(*shape[:-1], weight.shape[0])
     return _stock_linear(input, weight, bias)
 
 
