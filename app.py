@@ -264,6 +264,9 @@ def warm_up(engine: Engine) -> list[ImagePromptError]:
         engine.use_variant(PRESETS["general"][family.name].variant)
     except ImagePromptError as e:
         return [e]
+    if engine.max_batch is None:  # the default comparison's batch curve, measured before any visitor asks
+        preset = PRESETS["general"][family.name]
+        engine.calibrate(pipelines.build_request(preset, prompt="", seed=0), len(preset.compare))
     if family.faces is not None:
         try:
             engine.face_analyzer().load()  # insightface downloads its pack on first use: do it before any click

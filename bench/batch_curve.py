@@ -57,7 +57,7 @@ def main() -> None:
     print("\n| sweep | plan chosen | predicted s per step | one at a time | ratio |")
     print("|---|---|---|---|---|")
     for n in (5, 10):
-        plan = planner.chunks("bench", n, lambda b: curve.get(b, float("inf")))
+        plan = planner.chunks("bench", n)
         cost = sum(predict(curve, b) for b in plan)
         alone = n * curve[1]
         print(f"| {n} images | {'+'.join(map(str, plan))} | {cost:.3f} | {alone:.3f} | {cost / alone:.2f} |")

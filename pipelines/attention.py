@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,10 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.image_processor import IPAdapterMaskProcessor
 from diffusers.loaders.unet_loader_utils import _maybe_expand_lora_scales
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
-from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor, _get_qkv_projections
 
 from .errors import BlockMapError
 
@@ -188,7 +186,7 @@ def image_branch(component: int, layer_name: str, layer_weight: float, batch_siz
     return ImageBranch((layer_weight * values).view(batch_size, 1, 1), p)
 
 
-def _sharing(cls: type, layer_name: str, procs: Sequence[Any]) -> Any:
+def sharing_processor(cls: type, layer_name: str, procs: Sequence[Any]) -> Any:
     """A `cls` processor holding every given processor's layer weights and image projections in order, sharing
     (not copying) their `to_k_ip` / `to_v_ip` modules; both architectures' `sharing` constructors build on it."""
     new = cls.__new__(cls)  # diffusers' __init__ would build fresh (random) projections
@@ -210,7 +208,7 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         """The one constructor: a processor holding every given processor's projections in order, sharing (not
         copying) their `to_k_ip` / `to_v_ip` weights. One processor wraps a loaded diffusers one; several make a
         combination (diffusers' multi-adapter form)."""
-        new = _sharing(cls, layer_name, procs)
+        new = sharing_processor(cls, layer_name, procs)
         new.num_tokens = [n for p in procs for n in p.num_tokens]
         return new
 
@@ -281,100 +279,24 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         return hidden_states / attn.rescale_output_factor
 
 
-class ScaledFluxIPAdapterAttnProcessor(FluxIPAdapterAttnProcessor):
-    """FLUX's twin of `ScaledIPAdapterAttnProcessor`: diffusers' FluxIPAdapterAttnProcessor (the XLabs IP-Adapter on
-    a double-stream block) with `self.scale` as a layer weight times the call's per-sample strengths."""
+def twins() -> dict[type, type]:
+    """Each stock IP-Adapter processor class and its per-sample twin. FLUX's twin lives with its architecture
+    (`pipelines/arch/flux_attention.py`) and is known once diffusers' FLUX transformer module has been imported
+    (a FLUX model loads it): importing it here would pull every diffusers transformer into the app's start-up."""
+    found: dict[type, type] = {IPAdapterAttnProcessor2_0: ScaledIPAdapterAttnProcessor}
+    if "diffusers.models.transformers.transformer_flux" in sys.modules:
+        from .arch.flux_attention import twins as flux_twins
 
-    @classmethod
-    def sharing(cls, layer_name: str, procs: Sequence[FluxIPAdapterAttnProcessor]) -> ScaledFluxIPAdapterAttnProcessor:
-        return _sharing(cls, layer_name, procs)
-
-    # Copied from diffusers 0.42.1 (models/transformers/transformer_flux.py, FluxIPAdapterAttnProcessor.__call__),
-    # with the image branch changed: per-sample strengths from the call's context, step windows, layer weights.
-    def __call__(
-        self,
-        attn: torch.nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: torch.Tensor | None = None,
-        ip_hidden_states: list[torch.Tensor] | None = None,
-        ip_adapter_masks: torch.Tensor | None = None,
-    ) -> Any:
-        if ip_adapter_masks is not None:
-            raise NotImplementedError("IP-Adapter masks are not supported on FLUX's packed tokens")
-        batch_size = hidden_states.shape[0]
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
-        query = attn.norm_q(query.unflatten(-1, (attn.heads, -1)))
-        key = attn.norm_k(key.unflatten(-1, (attn.heads, -1)))
-        value = value.unflatten(-1, (attn.heads, -1))
-        ip_query = query
-        if encoder_hidden_states is not None:
-            encoder_query = attn.norm_added_q(encoder_query.unflatten(-1, (attn.heads, -1)))
-            encoder_key = attn.norm_added_k(encoder_key.unflatten(-1, (attn.heads, -1)))
-            encoder_value = encoder_value.unflatten(-1, (attn.heads, -1))
-            query = torch.cat([encoder_query, query], dim=1)
-            key = torch.cat([encoder_key, key], dim=1)
-            value = torch.cat([encoder_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        hidden_states = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is None:
-            return hidden_states
-        text_tokens = encoder_hidden_states.shape[1]
-        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-            [text_tokens, hidden_states.shape[1] - text_tokens], dim=1
-        )
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        ip_attn_output = torch.zeros_like(hidden_states)
-        for j, (states, layer_weight, to_k_ip, to_v_ip) in enumerate(
-            zip(ip_hidden_states or [], self.scale, self.to_k_ip, self.to_v_ip, strict=False)
-        ):
-            branch = image_branch(j, self.layer_name, layer_weight, batch_size)
-            if branch is None:
-                continue  # stock adds zeros here: x + 0 is x
-            ip_key = to_k_ip(states).view(batch_size, -1, attn.heads, attn.head_dim)
-            ip_value = to_v_ip(states).view(batch_size, -1, attn.heads, attn.head_dim)
-            out = dispatch_attention_fn(
-                ip_query,
-                ip_key,
-                ip_value,
-                attn_mask=None,
-                dropout_p=0.0,
-                is_causal=False,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
-            out = out.reshape(batch_size, -1, attn.heads * attn.head_dim).to(ip_query.dtype)
-            ip_attn_output += branch.add(out, hidden_states, self.layer_name)
-        return hidden_states, encoder_hidden_states, ip_attn_output
-
-
-SCALED = {
-    IPAdapterAttnProcessor2_0: ScaledIPAdapterAttnProcessor,
-    FluxIPAdapterAttnProcessor: ScaledFluxIPAdapterAttnProcessor,
-}
+        found.update(flux_twins())
+    return found
 
 
 def wrap_ip_processors(processors: Mapping[str, object]) -> dict[str, object]:
     """A denoiser's `attn_processors` after `load_ip_adapter`, with every IP-Adapter processor (SD's or FLUX's)
     made per-sample scalable."""
+    scaled = twins()
     return {
-        name: SCALED[type(proc)].sharing(name, [proc]) if type(proc) in SCALED else proc
+        name: scaled[type(proc)].sharing(name, [proc]) if type(proc) in scaled else proc
         for name, proc in processors.items()
     }
 
@@ -386,8 +308,9 @@ def combine_processors(parts: Sequence[Mapping[str, object]]) -> dict[str, objec
     so a combination costs no weights and no disk read.
     """
     combined: dict[str, object] = {}
+    scaled = tuple(twins().values())
     for name, first in parts[0].items():
-        if not isinstance(first, tuple(SCALED.values())):
+        if not isinstance(first, scaled):
             combined[name] = first  # self-attention and the like: the denoiser's own processor
             continue
         combined[name] = type(first).sharing(name, [p[name] for p in parts])

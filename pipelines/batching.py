@@ -2,9 +2,12 @@
 
 A pass of `b` images costs `t(b)` seconds. On a GPU `t(b)` grows slower than `b` up to the point where the device
 is full; on a CPU it grows about linearly, and past the caches it can grow faster (a batch of 10 rows measured
-slower than five batches of 2 at 256 px). The planner measures `t(b)` for a few batch sizes at the request's size
-(once per size and dtype), then splits a sweep of `n` images into the chunks that minimise the predicted total. Batch
-1 is always a candidate, so a sweep is never predicted slower than its cells rendered one at a time.
+slower than five batches of 2 at 256 px). The planner keeps `t(b)` for a few batch sizes per key (size, dtype,
+guidance, base), measured *outside* visitors' requests (the engine's warm-up, or when it is idle: measuring inside a
+request made the first sweep at a size 1.84x its one-pass time). A sweep is one pass of all its images unless the
+curve says a split is measurably faster (by more than `WORSE`) or a larger batch did not fit in memory; a key not
+measured yet gets one pass. Batch 1 is always measured, so a split is never predicted slower than one image at a
+time.
 """
 
 from __future__ import annotations
@@ -20,15 +23,21 @@ WORSE = 1.05  # stop measuring larger batches once the time per image is this mu
 class BatchPlanner:
     """Chunk sizes for sweeps from measured pass times, cached per key (width, height, dtype, ...).
 
-    The caller passes `measure(batch)`, the seconds one pass of `batch` images takes at that key (the engine times
-    one denoising step; `math.inf` when the batch does not fit in memory), for the points not measured yet.
-    Thread-safe: the engine calls it under its own lock, tests call it directly.
+    `curve(key, up_to, measure)` measures: `measure(batch)` is the seconds one pass of `batch` images takes at that
+    key (the engine times one denoising step; `math.inf` when the batch does not fit in memory), for the points not
+    measured yet. `chunks(key, n)` plans from what was measured and never measures. Thread-safe.
     """
 
     def __init__(self, candidates: Sequence[int] = CANDIDATES) -> None:
         self.candidates = tuple(candidates)
         self.curves: dict[Hashable, dict[int, float]] = {}  # key -> {batch: seconds per pass}
+        self.covered: dict[Hashable, int] = {}  # key -> the largest sweep its curve was measured for
         self._lock = threading.Lock()
+
+    def calibrated(self, key: Hashable, n: int) -> bool:
+        """Whether the curve for `key` has been measured far enough to plan a sweep of `n` images."""
+        with self._lock:
+            return self.covered.get(key, 0) >= min(n, self.candidates[-1])
 
     def curve(self, key: Hashable, up_to: int, measure: Callable[[int], float]) -> dict[int, float]:
         """Measured {batch: seconds per pass} for `key`, measuring (once) the batch sizes up to `up_to`.
@@ -44,27 +53,36 @@ class BatchPlanner:
                 if batch not in curve:
                     curve[batch] = float(measure(batch))
                 best = min(t / b for b, t in curve.items())
-                if curve[batch] / batch > best * WORSE:
+                if curve[batch] / batch > best * WORSE or not math.isfinite(curve[batch]):
+                    self.covered[key] = self.candidates[-1]  # stopped: larger batches are worse still
                     break
+            self.covered[key] = max(self.covered.get(key, 0), min(max(1, up_to), self.candidates[-1]))
             return {b: t for b, t in curve.items() if math.isfinite(t)}
 
-    def chunks(self, key: Hashable, n: int, measure: Callable[[int], float]) -> list[int]:
-        """The sizes of the passes for a sweep of `n` images: the split with the smallest predicted total time."""
+    def chunks(self, key: Hashable, n: int) -> list[int]:
+        """The sizes of the passes for a sweep of `n` images, from what has been measured for `key` (no measuring
+        here): one pass unless a split is predicted faster by more than `WORSE`, or a batch that large did not fit."""
         if n < 1:
             raise ValueError(f"a sweep needs at least one image, got {n}")
-        if n == 1:
-            return [1]  # nothing to choose: no measuring
-        curve = self.curve(key, n, measure)
+        with self._lock:
+            raw = dict(self.curves.get(key, {}))
+        curve = {b: t for b, t in raw.items() if math.isfinite(t)}
+        too_big = min((b for b, t in raw.items() if not math.isfinite(t)), default=math.inf)
+        if n == 1 or 1 not in raw:  # nothing to choose, or not measured yet: one pass
+            return [n]
         if 1 not in curve:  # not even one image fits: the render itself will say so
             return [1] * n
-        best_plan, best_cost = [1] * n, n * curve[1]
-        for batch in curve:
+        best_plan: list[int] | None = None
+        best_cost = math.inf
+        for batch in sorted({b for b in curve if b < n} | {n}, reverse=True):  # fewest passes first
+            if batch >= too_big:
+                continue
             full, rest = divmod(n, batch)
             plan = [batch] * full + ([rest] if rest else [])
             cost = sum(predict(curve, b) for b in plan)
-            if cost < best_cost - 1e-12 or (math.isclose(cost, best_cost) and len(plan) < len(best_plan)):
+            if cost * WORSE < best_cost:
                 best_plan, best_cost = plan, cost
-        return best_plan
+        return best_plan or [1] * n
 
 
 def predict(curve: dict[int, float], batch: int) -> float:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # the model classes are imported where a model loads: the app
     from diffusers import DiffusionPipeline
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
+IDLE_S = 2.0  # the engine counts as idle this long after its last use (then it measures new sizes' batch curves)
 WARNING_PREFIX_CHARS = 1000  # the length warning tokenises at most this much of a prompt (75 tokens need far less)
 log = logging.getLogger(__name__)
 APP_NAME = "image-prompt-studio"
@@ -153,6 +154,7 @@ class ComputeLock:
     def __init__(self, threads: int) -> None:
         self.threads = threads
         self._lock = threading.Lock()
+        self.released_at = 0.0  # time.monotonic() of the last release: idle work waits for a quiet moment
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         got = self._lock.acquire(blocking, timeout)
@@ -161,6 +163,7 @@ class ComputeLock:
         return got
 
     def release(self) -> None:
+        self.released_at = time.monotonic()
         self._lock.release()
 
     def locked(self) -> bool:
@@ -203,6 +206,9 @@ class Engine:
         # chunks by measuring this device at the request's size (pipelines/batching.py).
         self.max_batch = max_batch
         self.planner = BatchPlanner()
+        self._idle_wanted: dict[tuple, tuple[GenerationRequest, int]] = {}  # sizes to measure when idle
+        self._idle_thread: threading.Thread | None = None
+        self._idle_lock = threading.Lock()
         if max_bases < 1:
             raise ValueError(f"max_bases must be at least 1, got {max_bases}")
         self.max_bases = max_bases  # base pipelines kept in memory; a request for another one swaps under the lock
@@ -221,6 +227,7 @@ class Engine:
         # A private copy of the tokenizer for prompt-length warnings, used outside the engine lock (a fast
         # tokenizer must not be called from two threads at once), guarded by its own small lock.
         self._warning_tokenizer: Any = None
+        self._prompt_limit = 0  # tokens its text encoder reads
         self._warning_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------------- loading
@@ -297,7 +304,8 @@ class Engine:
         for encoder in self.arch.text_encoders(pipe):
             encoder.register_forward_pre_hook(self._count_text_encoder_call)
         if self._warning_tokenizer is None:
-            self._warning_tokenizer = copy.deepcopy(pipe.tokenizer)
+            tokenizer, limit = self.arch.prompt_tokenizer(pipe)
+            self._warning_tokenizer, self._prompt_limit = copy.deepcopy(tokenizer), limit
         self.counters["base_loads"] += 1
         return BaseSlot.of(name, pipe, denoiser)
 
@@ -531,7 +539,7 @@ class Engine:
             text = self._encode_text(request, guided or true_cfg > 1)  # (1, tokens, dim) each: shared by every chunk
             settings = request.settings
             inputs = self.structure.inputs(request.image_prompts, settings.width, settings.height, scope)
-            passes, calibrated = self._passes(request, cells, inputs, text)  # measuring runs without adapters: first
+            passes, choice = self._passes(request, cells, inputs)
             stack, previews = self._stack(request, scope, warnings)
             previews += self._structure_previews(inputs)
             total_steps = sum(self._steps_run(request, begin) for _, begin in passes)
@@ -569,7 +577,7 @@ class Engine:
                 "batch_size": max(len(members) for members, _ in passes),
                 "batches": len(passes),
                 "batch_plan": "+".join(str(len(members)) for members, _ in passes),
-                "batch_choice": "fixed" if self.max_batch else ("measured now" if calibrated else "measured"),
+                "batch_choice": choice,
                 "images": len(cells),
                 "image_prompts": len(stack.prompts),
                 "device": self.device,
@@ -608,14 +616,14 @@ class Engine:
         return min(int(steps * (1.0 - start)), steps)
 
     def _passes(
-        self, request: GenerationRequest, cells: list[tuple[float, ...]], inputs: StructureInputs, text: dict
-    ) -> tuple[list[tuple[list[int], float | None]], bool]:
+        self, request: GenerationRequest, cells: list[tuple[float, ...]], inputs: StructureInputs
+    ) -> tuple[list[tuple[list[int], float | None]], str]:
         """The cells in denoising passes: (cell indices, start strength or None). Cells that share a start strength
         share passes (it decides the first step); each group is split into batches by `_chunk_sizes`."""
         groups: dict[float | None, list[int]] = {}
         for i, cell in enumerate(cells):
             groups.setdefault(cell[inputs.start[0]] if inputs.start is not None else None, []).append(i)
-        passes, calibrated = [], False
+        passes, choices = [], []
         for start, members in groups.items():
             if start and self._steps_run(request, start) < 1:
                 raise InvalidRequestError(
@@ -623,45 +631,86 @@ class Engine:
                     f"A start strength of {start:g} keeps the start image as it is with {request.settings.steps} "
                     f"steps (no step is left to run): lower it or use more steps.",
                 )
-            sizes, measured = self._chunk_sizes(request, text, len(members))
-            calibrated |= measured
+            sizes, choice = self._chunk_sizes(request, len(members))
+            choices.append(choice)
             bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
             passes += [(members[a:b], start) for a, b in itertools.pairwise(bounds)]
-        return passes, calibrated
+        return passes, choices[0] if choices else "fixed"
 
-    def _chunk_sizes(self, request: GenerationRequest, text: dict[str, torch.Tensor], n: int) -> tuple[list[int], bool]:
-        """How many images each pass of a sweep of `n` holds, and whether this call measured the device for it.
+    def _plan_key(self, request: GenerationRequest) -> tuple:
+        s = request.settings
+        return (s.width, s.height, str(self.dtype), self.arch.cfg_batch(s.guidance), s.base)
 
-        A fixed `max_batch` splits evenly; otherwise the planner chooses from one timed denoising step per batch
-        size at this width, height, dtype and guidance (measured once, text only: the adapter's share is small).
-        Measuring passes are not counted as the request's UNet calls.
+    def _chunk_sizes(self, request: GenerationRequest, n: int) -> tuple[list[int], str]:
+        """How many images each pass of a sweep of `n` holds, and how that was chosen (for the diagnostics).
+
+        A fixed `max_batch` splits evenly; otherwise the planner plans from the curve measured for this size, dtype,
+        guidance and base, never inside the request: a size not measured yet gets one pass, and is measured when
+        the engine is next idle (`calibrate_when_idle`).
         """
         if self.max_batch:
-            return [min(self.max_batch, n - i) for i in range(0, n, self.max_batch)], False
-        guided = self.arch.cfg_batch(request.settings.guidance)
-        key = (request.settings.width, request.settings.height, str(self.dtype), guided, request.settings.base)
-        measured = []
+            return [min(self.max_batch, n - i) for i in range(0, n, self.max_batch)], "fixed"
+        key = self._plan_key(request)
+        known = self.planner.calibrated(key, n)
+        if not known:
+            self.calibrate_when_idle(request, n)
+        return self.planner.chunks(key, n), "measured" if known else "one pass (this size is measured when idle)"
 
-        def measure(batch: int) -> float:
-            unet_calls = self.counters["unet_calls"]
-            self.bank.activate(self._current, None, request.settings.speed == "fast")
-            run = dict(text, width=request.settings.width, height=request.settings.height, num_inference_steps=1,
-                       guidance_scale=request.settings.guidance, output_type="latent")  # fmt: skip
+    def calibrate(self, request: GenerationRequest, n: int) -> dict[int, float]:
+        """Measure this device for sweeps of up to `n` images at `request`'s size (one denoising step per batch
+        size, text only: the adapter's share is small); the app's warm-up calls it for the default comparison."""
+        with self.lock:
+            self._ensure_base(request.settings.base)
+            text = self._encode_text(request, self.arch.cfg_batch(request.settings.guidance))
+            warmed: list[int] = []
+            return self.planner.curve(self._plan_key(request), n, lambda b: self._time_pass(request, text, b, warmed))
+
+    def calibrate_when_idle(self, request: GenerationRequest, n: int) -> None:
+        """Measure for `request`'s size once nobody has used the engine for `IDLE_S` (in a background thread; a
+        visitor who arrives meanwhile waits for at most one timed step per batch size)."""
+        with self._idle_lock:
+            self._idle_wanted[self._plan_key(request)] = (request, n)
+            if self._idle_thread is None or not self._idle_thread.is_alive():
+                self._idle_thread = threading.Thread(target=self._calibrate_idle, name="calibrate", daemon=True)
+                self._idle_thread.start()
+
+    def _calibrate_idle(self) -> None:
+        while True:
+            with self._idle_lock:
+                if not self._idle_wanted:
+                    self._idle_thread = None
+                    return
+                key, (request, n) = next(iter(self._idle_wanted.items()))
+            while self.lock.locked() or time.monotonic() - self.lock.released_at < IDLE_S:
+                time.sleep(IDLE_S / 4)
             try:
-                if not measured:
-                    self.pipe(**run, num_images_per_prompt=1)  # warm-up: first-use allocations are not the batch's
-                start = time.perf_counter()
-                self.pipe(**run, num_images_per_prompt=batch)
-                seconds = time.perf_counter() - start
-            except torch.OutOfMemoryError:
-                self._free_memory()
-                seconds = math.inf  # does not fit: never chosen
-            finally:
-                self.counters["unet_calls"] = unet_calls
-            measured.append(batch)
-            return seconds
+                if request.settings.base in self._bases:  # never swaps a base in just to measure it
+                    self.calibrate(request, n)
+            except Exception:  # a measurement must never take the server down; the plan stays one pass
+                log.exception("measuring the batch curve failed")
+            with self._idle_lock:
+                self._idle_wanted.pop(key, None)
 
-        return self.planner.chunks(key, n, measure), bool(measured)
+    def _time_pass(self, request: GenerationRequest, text: dict, batch: int, warmed: list[int]) -> float:
+        """Seconds of one denoising step of `batch` text-only images (math.inf when it does not fit); not counted
+        as any request's UNet calls."""
+        unet_calls = self.counters["unet_calls"]
+        self.bank.activate(self._current, None, request.settings.speed == "fast")
+        run = dict(text, width=request.settings.width, height=request.settings.height, num_inference_steps=1,
+                   guidance_scale=request.settings.guidance, output_type="latent")  # fmt: skip
+        try:
+            if not warmed:
+                self.pipe(**run, num_images_per_prompt=1)  # warm-up: first-use allocations are not the batch's
+            start = time.perf_counter()
+            self.pipe(**run, num_images_per_prompt=batch)
+            seconds = time.perf_counter() - start
+        except torch.OutOfMemoryError:
+            self._free_memory()
+            seconds = math.inf  # does not fit: never chosen
+        finally:
+            self.counters["unet_calls"] = unet_calls
+        warmed.append(batch)
+        return seconds
 
     def _guarded(self, denoise: Callable[[], list[Image.Image]], warnings: list[str]) -> list[Image.Image]:
         """Run a denoising pass; NaN/black output retries once with the VAE in fp32; out of memory is cleaned up."""
@@ -712,8 +761,7 @@ class Engine:
         if self._warning_tokenizer is None:  # the first request: the tokenizer comes with the base
             with self.lock:
                 self._ensure_base()
-        tokenizer = self._warning_tokenizer
-        limit = tokenizer.model_max_length - 2  # start and end tokens
+        tokenizer, limit = self._warning_tokenizer, self._prompt_limit  # the architecture's (pipelines/arch/)
         out = []
         settings = request.settings
         for label, text in (("prompt", settings.full_prompt), ("negative prompt", settings.negative_prompt)):

@@ -31,19 +31,23 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     (
         "diffusers.models.transformers.transformer_flux",
         "_get_qkv_projections",
-        "pipelines/attention.py: ScaledFluxIPAdapterAttnProcessor, copied from FluxIPAdapterAttnProcessor",
+        "pipelines/arch/flux_attention.py: ScaledFluxIPAdapterAttnProcessor, copied from FluxIPAdapterAttnProcessor",
     ),
-    ("diffusers.models.attention_dispatch", "dispatch_attention_fn", "pipelines/attention.py: ... its attention call"),
+    (
+        "diffusers.models.attention_dispatch",
+        "dispatch_attention_fn",
+        "pipelines/arch/flux_attention.py: ... its attention call",
+    ),
     ("diffusers.loaders.ip_adapter", "safe_open", "tests/test_dryrun.py: the XLabs file reader fed meta tensors"),
     (
         "diffusers.models.controlnets.multicontrolnet",
         "MultiControlNetModel.forward",
-        "pipelines/structure.py: subclassed; its forward adapted to scale each net's residuals per sample",
+        "pipelines/controlnets.py: subclassed; its forward adapted to scale each net's residuals per sample",
     ),
     (
         "diffusers.models.controlnets.multicontrolnet_union",
         "MultiControlNetUnionModel.forward",
-        "pipelines/structure.py: the same for ControlNet-Union (SDXL)",
+        "pipelines/controlnets.py: the same for ControlNet-Union (SDXL)",
     ),
     ("gradio.context", "Context.root_block", "ui/tab.py: a tab builds its own Blocks only when used alone"),
     ("gradio.blocks", "Blocks._queue", "ui/serving.py: the gate wraps the queue's push"),

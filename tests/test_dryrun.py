@@ -118,7 +118,8 @@ def test_flux_and_xlabs_at_their_published_shapes_on_the_meta_device(tmp_path, m
     from diffusers import FluxPipeline, FluxTransformer2DModel
 
     from pipelines.adapters import ramp_weights
-    from pipelines.attention import ScaledFluxIPAdapterAttnProcessor, wrap_ip_processors
+    from pipelines.arch.flux_attention import ScaledFluxIPAdapterAttnProcessor
+    from pipelines.attention import wrap_ip_processors
     from pipelines.full_size import FLUX_TRANSFORMER, xlabs_shapes
     from pipelines.presets import load_families
 

@@ -51,6 +51,12 @@ class Architecture(ABC):
         true-CFG pass, when there is one); none by default."""
         return {}
 
+    def prompt_tokenizer(self, pipe: Any) -> tuple[Any, int]:
+        """The tokenizer of the text encoder that reads the most of a prompt, and how many of its tokens that encoder
+        reads (the prompt-length warning counts against it); by default the first tokenizer, less its start and end
+        tokens."""
+        return pipe.tokenizer, pipe.tokenizer.model_max_length - 2
+
     regions = True  # whether an image prompt may act on part of the image (a mask in attention)
 
     @abstractmethod

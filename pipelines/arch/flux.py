@@ -33,6 +33,11 @@ class Flux(Architecture):
     def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
         return [pipe.text_encoder, pipe.text_encoder_2]
 
+    def prompt_tokenizer(self, pipe: Any) -> tuple[Any, int]:
+        """T5 reads the prompt in full up to `MAX_SEQUENCE_LENGTH` tokens (less its end token); CLIP's 77 only feed
+        the pooled vector, so a prompt past them is not cut."""
+        return pipe.tokenizer_2, MAX_SEQUENCE_LENGTH - 1
+
     def encode_text(self, pipe: Any, prompt: str, negative_prompt: str, guided: bool) -> dict[str, torch.Tensor]:
         """The same `encode_prompt` call FluxPipeline makes (CLIP pooled + T5 tokens); `guided` (true CFG, a second
         call per step) also encodes the negative prompt."""

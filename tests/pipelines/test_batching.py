@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -26,9 +27,11 @@ def planner_for(seconds: dict[int, float]) -> tuple:
 @pytest.mark.parametrize(
     ("curve", "n", "plan"),
     [
-        # GPU-like: a pass costs little more with more images: as few passes as possible.
-        ({1: 1.0, 2: 1.05, 4: 1.2, 8: 1.6, 16: 2.8}, 5, [4, 1]),
-        ({1: 1.0, 2: 1.05, 4: 1.2, 8: 1.6, 16: 2.8}, 10, [8, 2]),
+        # GPU-like: a pass costs little more with more images: the whole sweep in one pass.
+        ({1: 1.0, 2: 1.05, 4: 1.2, 8: 1.6, 16: 2.8}, 5, [5]),
+        ({1: 1.0, 2: 1.05, 4: 1.2, 8: 1.6, 16: 2.8}, 10, [10]),
+        # Linear (the 2-core CPU at small sizes): a split gains nothing measurable, so one pass.
+        ({1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0}, 5, [5]),
         # CPU-like: time grows with the images: batching gains nothing, and one pass of 2 is as good as two of 1.
         ({1: 1.0, 2: 2.0, 4: 4.4, 8: 9.0, 16: 18.0}, 5, [2, 2, 1]),
         # Past the caches a big batch is slower per image (seen at 256 px on CPU): the planner stays small.
@@ -37,24 +40,29 @@ def planner_for(seconds: dict[int, float]) -> tuple:
 )
 def test_the_plan_is_the_fastest_split(curve, n, plan):
     planner, _, measure = planner_for(curve)
-    chosen = planner.chunks("key", n, measure)
+    assert planner.chunks("key", n) == [n]  # not measured yet: one pass, and nothing is measured for it
+    planner.curve("key", n, measure)
+    chosen = planner.chunks("key", n)
     assert chosen == plan and sum(chosen) == n
     measured = planner.curves["key"]
     assert sum(predict(measured, b) for b in chosen) <= n * curve[1]  # never slower than one image at a time
 
 
 def test_measuring_stops_when_bigger_batches_get_worse_and_is_cached():
+    key = (64, 64, "float32", True)
     planner, asked, measure = planner_for({1: 1.0, 2: 2.5, 4: 5.0, 8: 10.0, 16: 20.0})
-    assert planner.chunks((64, 64, "float32", True), 8, measure) == [1] * 8
+    planner.curve(key, 8, measure)
+    assert planner.chunks(key, 8) == [1] * 8 and planner.calibrated(key, 16)
     assert asked == [1, 2]  # 2 was worse per image than 1: 4, 8 and 16 were never run
-    planner.chunks((64, 64, "float32", True), 8, measure)
+    planner.curve(key, 8, measure)
     assert asked == [1, 2]  # the same size again: nothing measured
-    assert planner.chunks((64, 64, "float32", True), 1, measure) == [1]  # one image: nothing to choose
+    assert planner.chunks(key, 1) == [1]  # one image: nothing to choose
 
 
 def test_a_batch_that_does_not_fit_is_never_chosen():
     planner, _, measure = planner_for({1: 1.0, 2: 1.1, 4: math.inf, 8: math.inf, 16: math.inf})
-    assert planner.chunks("gpu", 6, measure) == [2, 2, 2]
+    planner.curve("gpu", 6, measure)
+    assert planner.chunks("gpu", 6) == [2, 2, 2]
 
 
 def test_predict_interpolates_between_measured_sizes():
@@ -62,20 +70,40 @@ def test_predict_interpolates_between_measured_sizes():
     assert predict({1: 1.0, 4: 2.0}, 8) == pytest.approx(4.0)  # beyond: the last time per image
 
 
-def test_the_engine_measures_once_and_every_cell_still_equals_its_single_render(families, tiny_root, presets, gold):
-    engine = Engine(families["tiny"], tiny_root=tiny_root)  # max_batch None: measured
+def test_the_engine_measures_outside_requests_and_every_cell_still_equals_its_single_render(
+    families, tiny_root, presets, gold
+):
+    """max_batch None: the first sweep at a size is one pass, with nothing measured inside it; the engine measures
+    that size when idle, and later sweeps plan from the curve. Cells equal single renders either way."""
+    engine = Engine(families["tiny"], tiny_root=tiny_root)
     preset = presets["general"]["tiny"]
     request = build_request(preset, prompt="a cat", seed=3, references=[gold], steps=2)
     strengths = [0.0, 0.3, 0.6, 0.9, 1.2]
     first = engine.generate_sweep(request, strengths)
+    d = first.diagnostics
+    assert d["batch_plan"] == "5" and d["batch_choice"].startswith("one pass")
+    assert d["unet_calls"] == request.settings.steps  # one pass, no measuring pass in the request
+    key = engine._plan_key(request)
+    for _ in range(200):  # the idle measurement runs in the background once the engine is quiet
+        if engine.planner.calibrated(key, 5):
+            break
+        time.sleep(0.05)
+    assert engine.planner.calibrated(key, 5) and 1 in engine.planner.curves[key]
     again = engine.generate_sweep(request, strengths)
-    assert first.diagnostics["batch_choice"] == "measured now" and again.diagnostics["batch_choice"] == "measured"
-    plan = [int(b) for b in first.diagnostics["batch_plan"].split("+")]
-    assert sum(plan) == 5 and first.diagnostics["batches"] == len(plan)
-    assert first.diagnostics["unet_calls"] == request.settings.steps * len(
-        plan
-    )  # measuring passes are not the request's
+    assert again.diagnostics["batch_choice"] == "measured"
+    plan = [int(b) for b in again.diagnostics["batch_plan"].split("+")]
+    assert sum(plan) == 5 and again.diagnostics["batches"] == len(plan)
+    assert again.diagnostics["unet_calls"] == request.settings.steps * len(plan)
     for strength, cell in zip(strengths, first.images, strict=True):
         single = engine.generate(build_request(preset, prompt="a cat", seed=3, references=[gold], steps=2,
                                                strength=strength)).image  # fmt: skip
         assert np.abs(pixels(single) - pixels(cell)).max() <= 2
+
+
+def test_calibrate_measures_the_default_comparison(families, tiny_root, presets):
+    engine = Engine(families["tiny"], tiny_root=tiny_root)
+    request = build_request(presets["general"]["tiny"], prompt="", seed=0)
+    calls = engine.counters["unet_calls"]
+    curve = engine.calibrate(request, 5)
+    assert 1 in curve and engine.planner.calibrated(engine._plan_key(request), 5)
+    assert engine.counters["unet_calls"] == calls  # measuring passes are nobody's UNet calls

@@ -214,3 +214,18 @@ def test_a_two_dimensional_sweep_xlabs_by_redux_is_one_pass(engine, preset, gold
     single = engine.generate(request(preset, reference=[gold], strength=1.0, slots=[{**slots[0], "strength": 1.0}],
                                      slot_images=[blue]))  # fmt: skip
     assert np.abs(pixels(grid.images[3]) - pixels(single.image)).max() <= CELL_TOLERANCE
+
+
+def test_the_prompt_length_warning_counts_t5s_tokens(engine, preset):
+    """FLUX reads a prompt through T5 (512 tokens); CLIP's 77 only feed the pooled vector: a prompt of about 100
+    tokens is read in full and gets no warning, one past T5's length does, with T5's limit."""
+    from pipelines.arch.flux import MAX_SEQUENCE_LENGTH
+
+    engine.load()
+    tokenizer = engine.pipe.tokenizer_2
+    read = request(preset, prompt="a vase of flowers " * 25)
+    assert 77 < len(tokenizer(read.settings.full_prompt).input_ids) < MAX_SEQUENCE_LENGTH
+    assert engine.prompt_warnings(read) == []
+    cut = request(preset, prompt="a vase of flowers " * 110)
+    (warning,) = engine.prompt_warnings(cut)
+    assert f"the text encoder reads {MAX_SEQUENCE_LENGTH - 1}, so the end was ignored" in warning
