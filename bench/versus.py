@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -103,6 +104,31 @@ def unet_flops(pipe, width: int, height: int, rows: int, steps: int) -> float:
     return counter.get_total_flops() * steps
 
 
+def auto_sweeps(engine: Any, request: Any) -> dict[str, Callable[[], object]]:
+    """The default `--max-batch auto`: the first sweep at a size (nothing measured yet) and a later one (the curve
+    measured outside the request, as the app's warm-up or idle time does), on the same engine and model."""
+    from pipelines.batching import BatchPlanner
+
+    calibrated = BatchPlanner()
+
+    def sweep(planner: BatchPlanner) -> None:
+        engine.max_batch, engine.planner, measure_later = None, planner, engine.calibrate_when_idle
+        engine.calibrate_when_idle = lambda *args: None  # no background measuring inside the timed rounds
+        try:
+            engine.clear_embed_cache()
+            engine.generate_sweep(request, STRENGTHS)
+        finally:
+            engine.max_batch, engine.calibrate_when_idle = 8, measure_later
+
+    engine.max_batch, engine.planner = None, calibrated
+    engine.calibrate(request, len(STRENGTHS))
+    engine.max_batch = 8
+    return {
+        "engine --max-batch auto, first sweep at a size": lambda: sweep(BatchPlanner()),
+        "engine --max-batch auto, later sweeps": lambda: sweep(calibrated),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny", help="family (tiny, tiny-sd15; sdxl/sd15 need the Hub cache)")
@@ -178,6 +204,7 @@ def main() -> None:
             singles[f"{label}, 1 image"] = lambda e=engine: (e.clear_embed_cache(), e.generate(request))
             sweeps[f"{label}, 5-strength sweep (one pass)"] = lambda e=engine: (
                 e.clear_embed_cache(), e.generate_sweep(request, STRENGTHS))  # fmt: skip
+        sweeps |= auto_sweeps(engines["engine"], request)
         demo = None
         if not args.no_app:
             from gradio_client import Client, handle_file

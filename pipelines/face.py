@@ -22,17 +22,10 @@ from PIL import Image, ImageDraw
 from .errors import InvalidRequestError, ModelNotAvailableError
 from .images import ReferenceImage
 from .lru import LRU
+from .presets import FaceSpec
 
 log = logging.getLogger(__name__)
 ALIGNED_SIZE = 224  # aligned face crop fed to the CLIP image encoder (FaceID Plus)
-
-
-@dataclass(frozen=True)
-class FaceSpec:
-    """Which insightface model pack to load: `FaceAnalysis(name=pack, root=root)`."""
-
-    pack: str
-    root: str | None  # None: insightface's default (~/.insightface), which downloads the pack when missing
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,15 @@ from typing import Any
 import tomllib
 
 from .errors import InvalidRequestError, PresetError
-from .face import FaceSpec
+
+
+@dataclass(frozen=True)
+class FaceSpec:
+    """Which insightface model pack the face mode loads: `FaceAnalysis(name=pack, root=root)` (`pipelines.face`)."""
+
+    pack: str
+    root: str | None  # None: insightface's default (~/.insightface), which downloads the pack when missing
+
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("general", "face", "anime", "style")  # one TOML file per mode
