@@ -155,7 +155,8 @@ def main() -> None:
         dtype = torch.bfloat16 if device == "cuda" else None
         args.no_app = True
         args.rounds = 1 if args.dry else args.rounds
-    family = app.FAMILIES[args.full_size or name]
+    name = args.full_size or name  # the presets of the family whose shapes are mirrored
+    family = app.FAMILIES[name]
     mirror = None
     if args.full_size:  # every checkpoint the family names, at full size, random weights, in the Hub's layout
         mirror = Path(tempfile.mkdtemp(prefix="versus-mirror-"))
