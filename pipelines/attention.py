@@ -65,10 +65,6 @@ class SampleScales:
         self._step = 0
         self._masks: dict[tuple[int, int], torch.Tensor] = {}
 
-    @property
-    def any_nonzero(self) -> bool:
-        return any(self.nonzero)
-
     def set_step(self, step: int) -> None:
         self._step = step
 

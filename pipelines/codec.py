@@ -9,6 +9,7 @@ parameter table (`parameters.defaults`), which reads the presets.
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -35,6 +36,7 @@ from .presets import (
     slot_kinds,
 )
 from .request import (
+    MAX_PROMPT_CHARS,
     MAX_REFERENCES,
     MAX_SEED,
     RANDOM_SEED,
@@ -43,10 +45,6 @@ from .request import (
     ImagePrompt,
     Settings,
     Sweep,
-    choice,
-    integer,
-    number,
-    text,
 )
 
 ImageSource = str | Path | bytes | Image.Image | ReferenceImage
@@ -55,6 +53,47 @@ EXTRA_KEYS = {  # the `extra_*` shorthand: its keyword for each key of a slot
     "mode": "extra_mode", "strength": "extra_strength", "variant": "extra_variant", "region": "extra_region",
     "start_at": "extra_start_at", "stop_at": "extra_stop_at", "images": "extra_reference",
 }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------- field validators
+
+
+def number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or value is None:
+        raise InvalidRequestError(name, f"{name} must be a number, got {shown(value)}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidRequestError(name, f"{name} must be a number, got {shown(value)}") from e
+    if not math.isfinite(out):
+        raise InvalidRequestError(name, f"{name} must be a finite number, got {shown(value)}")
+    return out
+
+
+def integer(name: str, value: Any) -> int:
+    out = number(name, value)
+    if out != int(out):
+        raise InvalidRequestError(name, f"{name} must be a whole number, got {shown(value)}")
+    return int(out)
+
+
+def text(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequestError(name, f"{name} must be text, got {type(value).__name__}")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise InvalidRequestError(
+            name, f"The {name.replace('_', ' ')} is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,}."
+        )
+    # Control characters (other than newlines and tabs) carry no meaning for a text encoder.
+    return "".join(ch for ch in value if ch in "\n\t" or ch.isprintable()).strip()
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...] | list[str], field: str | None = None) -> str:
+    if value not in choices:
+        raise InvalidRequestError(field or name, f"{name} {shown(value)} is not one of {list(choices)}")
+    return value
 
 
 def build_request(preset: ModePreset, **values: Any) -> GenerationRequest:

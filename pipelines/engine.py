@@ -256,12 +256,6 @@ class Engine:
         """The base in use now: "default" or a key of the family's `alt_bases`."""
         return self._current.name if self._current is not None else "default"
 
-    def use_base(self, name: str) -> None:
-        """Make `name` the base in use (loading it if needed); requests name their own base, this is for warm-up."""
-        self._check_base(name)
-        with self.lock:
-            self._ensure_base(name)
-
     def _check_base(self, name: str) -> None:
         if name not in self.family.bases:
             raise InvalidRequestError("base", f"base {name!r} is not one of {list(self.family.bases)}")

@@ -6,11 +6,9 @@ down unchanged. The tab's own image prompt and every added one ("slots") are the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidRequestError, shown
 from .images import ReferenceImage
 from .parameters import MAX_IMAGES_PER_INPUT
 from .presets import STRUCTURE_KINDS
@@ -142,44 +140,3 @@ class GenerationRequest:
     def slots(self) -> tuple[ImagePrompt, ...]:
         """The image prompts added after the tab's own ("Add an image prompt", `slots`, or `extra_*`)."""
         return self.image_prompts[1:]
-
-
-# ------------------------------------------------------------------------------------------- field validators
-
-
-def number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or value is None:
-        raise InvalidRequestError(name, f"{name} must be a number, got {shown(value)}")
-    try:
-        out = float(value)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise InvalidRequestError(name, f"{name} must be a number, got {shown(value)}") from e
-    if not math.isfinite(out):
-        raise InvalidRequestError(name, f"{name} must be a finite number, got {shown(value)}")
-    return out
-
-
-def integer(name: str, value: Any) -> int:
-    out = number(name, value)
-    if out != int(out):
-        raise InvalidRequestError(name, f"{name} must be a whole number, got {shown(value)}")
-    return int(out)
-
-
-def text(name: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise InvalidRequestError(name, f"{name} must be text, got {type(value).__name__}")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise InvalidRequestError(
-            name, f"The {name.replace('_', ' ')} is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,}."
-        )
-    # Control characters (other than newlines and tabs) carry no meaning for a text encoder.
-    return "".join(ch for ch in value if ch in "\n\t" or ch.isprintable()).strip()
-
-
-def choice(name: str, value: Any, choices: tuple[str, ...] | list[str], field: str | None = None) -> str:
-    if value not in choices:
-        raise InvalidRequestError(field or name, f"{name} {shown(value)} is not one of {list(choices)}")
-    return value
