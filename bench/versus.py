@@ -176,8 +176,8 @@ def main() -> None:
                                                       max_batch=8, compile=True)  # fmt: skip
         preset = replace(
             app.PRESETS["general"][name],
-            width=replace(app.PRESETS["general"][name].width, max=2048),
-            height=replace(app.PRESETS["general"][name].height, max=2048),
+            width=replace(app.PRESETS["general"][name].width, min=64, max=2048),
+            height=replace(app.PRESETS["general"][name].height, min=64, max=2048),
             max_pixels=2048 * 2048,
         )
         rng = np.random.default_rng(0)

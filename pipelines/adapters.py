@@ -13,25 +13,23 @@ from __future__ import annotations
 import copy
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .arch import architecture
 from .attention import block_map_key, block_weights, combine_processors, wrap_ip_processors
+from .bases import Key, LoadedBase
 from .errors import ModelNotAvailableError
 from .presets import AdapterSpec
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
     from .encoder import ImagePromptEncoder
     from .sources import ModelSource
 
 log = logging.getLogger(__name__)
 FAST_LORA = "fast"  # the PEFT adapter name of the few-step LoRA
-Key = tuple[str, ...]  # a combination: one variant name per image prompt, e.g. ("faceid", "plain")
 
 
 @dataclass
@@ -74,34 +72,6 @@ class LoadedAdapter:
         return list(seen.values())
 
 
-@dataclass
-class BaseSlot:
-    """One loaded base pipeline and what is on its UNet now."""
-
-    name: str
-    pipe: DiffusionPipeline
-    processors: dict[str, Any]  # the UNet's own attention processors (no image prompt)
-    layers: dict[str, torch.nn.Module]  # its attention layers by processor name, to set processors directly
-    active: Key | None = None  # the combination whose processors are on the UNet now
-    loras: set[str] = field(default_factory=set)  # PEFT adapters loaded into this UNet
-    lora_state: tuple = ()  # (name, weight) of the LoRAs on now; () = none active
-    scheduler: Any = None  # the pipeline's own scheduler (quality)
-    fast_scheduler: Any = None  # fast mode's, made from the same config on first use
-    denoiser: Any = None  # the model whose attention layers carry the image prompts (pipelines/arch/)
-
-    @classmethod
-    def of(cls, name: str, pipe: Any, denoiser: torch.nn.Module) -> BaseSlot:
-        processors = dict(denoiser.attn_processors)
-        # The UNet's own attention layers by processor name, so a switch sets each one directly instead of walking
-        # the module tree twice (diffusers' set_attn_processor): about 10x faster.
-        layers = {
-            f"{layer}.processor": module
-            for layer, module in denoiser.named_modules()
-            if f"{layer}.processor" in processors
-        }
-        return cls(name, pipe, processors, layers, scheduler=pipe.scheduler, denoiser=denoiser)
-
-
 def _projection_layers(adapters: list[LoadedAdapter]) -> list[torch.nn.Module]:
     """The image projection layers of a combination, in component order.
 
@@ -139,15 +109,15 @@ class AdapterBank:
         """A variant already in memory (None when it is not)."""
         return self._variants.get(variant)
 
-    def get(self, slot: BaseSlot, key: Key | str) -> LoadedAdapter:
-        """The variant or combination `key`, loading what is missing onto `slot` the first time only."""
+    def get(self, base: LoadedBase, key: Key | str) -> LoadedAdapter:
+        """The variant or combination `key`, loading what is missing onto `base` the first time only."""
         key = (key,) if isinstance(key, str) else tuple(key)
         if len(key) == 1:
-            return self._variant(slot, key[0])
+            return self._variant(base, key[0])
         if key not in self._combinations:
             from diffusers.models.embeddings import MultiIPAdapterImageProjection
 
-            parts = [self._variant(slot, v) for v in key]
+            parts = [self._variant(base, v) for v in key]
             self._combinations[key] = LoadedAdapter(
                 [c for p in parts for c in p.components],
                 combine_processors([p.processors for p in parts]),
@@ -155,7 +125,7 @@ class AdapterBank:
             )
         return self._combinations[key]
 
-    def _variant(self, slot: BaseSlot, name: str) -> LoadedAdapter:
+    def _variant(self, base: LoadedBase, name: str) -> LoadedAdapter:
         """The variant `name` ("plus", or "plus+plus-face" for two at once), loaded the first time only."""
         if name in self._variants:
             return self._variants[name]
@@ -184,8 +154,8 @@ class AdapterBank:
                 sources.append({"image_proj": full["image_proj"], "ip_adapter": ip_layers})
             else:
                 sources.append(self.source.resolve(spec.repo))
-        pipe = slot.pipe
-        self.activate(slot, None)
+        pipe = base.pipe
+        self.activate(base, None)
         first = specs[0].image_encoder
         if first is not None:  # so load_ip_adapter does not look for an image encoder of its own
             pipe.register_modules(image_encoder=self.encoder.tower(first)[0])
@@ -202,102 +172,102 @@ class AdapterBank:
             raise ModelNotAvailableError(missing, family.name, str(e)[:200]) from e
         for i, full in checkpoints.items():
             if specs[i].lora_weight > 0:
-                self._load_lora(slot, components[i], full)
-        denoiser = slot.denoiser
+                self._load_lora(base, components[i], full)
+        denoiser = base.denoiser
         adapter = LoadedAdapter(components, wrap_ip_processors(denoiser.attn_processors), denoiser.encoder_hid_proj)
         self._variants[name] = adapter
         self.counters["adapter_loads"] += 1
-        slot.active = ("loading",)  # the UNet now holds diffusers' processors: force the swap below
-        self.activate(slot, (name,))
+        base.active = ("loading",)  # the UNet now holds diffusers' processors: force the swap below
+        self.activate(base, (name,))
         return adapter
 
-    def _load_lora(self, slot: BaseSlot, component: Component, checkpoint: dict) -> None:
+    def _load_lora(self, base: LoadedBase, component: Component, checkpoint: dict) -> None:
         """Keep the LoRA inside a FaceID checkpoint as a PEFT adapter of its own (none when it has none)."""
-        converted = slot.denoiser._load_ip_adapter_loras([checkpoint])
+        converted = base.denoiser._load_ip_adapter_loras([checkpoint])
         if not converted:
             log.warning("%s has no LoRA weights; lora_weight is ignored", component.spec.id)
             return
         component.lora = "faceid_" + component.spec.name.replace("-", "_")
         component.lora_state = converted[0]
-        self._ensure_lora(slot, component)
+        self._ensure_lora(base, component)
 
     @staticmethod
-    def _ensure_lora(slot: BaseSlot, component: Component) -> None:
-        """Load the component's LoRA into `slot`'s UNet (again after a base swap), from memory."""
-        if component.lora not in slot.loras:
+    def _ensure_lora(base: LoadedBase, component: Component) -> None:
+        """Load the component's LoRA into `base`'s UNet (again after a base swap), from memory."""
+        if component.lora not in base.loras:
             # load_lora_weights may consume the dict it gets: hand it a shallow copy
-            slot.pipe.load_lora_weights(dict(component.lora_state), adapter_name=component.lora)
-            slot.loras.add(component.lora)
+            base.pipe.load_lora_weights(dict(component.lora_state), adapter_name=component.lora)
+            base.loras.add(component.lora)
 
-    def activate(self, slot: BaseSlot, key: Key | str | None, fast: bool = False) -> None:
-        """Put combination `key` (None: no image prompt) on `slot`'s UNet by swapping module references, with the
+    def activate(self, base: LoadedBase, key: Key | str | None, fast: bool = False) -> None:
+        """Put combination `key` (None: no image prompt) on `base`'s UNet by swapping module references, with the
         LoRAs it needs: the FaceID LoRA whenever a face prompt is present, the few-step LoRA when `fast`."""
         key = (key,) if isinstance(key, str) else key
-        adapter = self.get(slot, key) if key is not None else None
-        if key != slot.active:
-            unet = slot.denoiser
+        adapter = self.get(base, key) if key is not None else None
+        if key != base.active:
+            unet = base.denoiser
             if adapter is None:
-                processors, image_proj, hid_type = slot.processors, None, None
+                processors, image_proj, hid_type = base.processors, None, None
             else:
                 processors, image_proj, hid_type = adapter.processors, adapter.image_proj, "ip_image_proj"
             unet.encoder_hid_proj = image_proj
             unet.config.encoder_hid_dim_type = hid_type
-            for layer_name, layer in slot.layers.items():
+            for layer_name, layer in base.layers.items():
                 layer.set_processor(processors[layer_name])  # a Plus resampler's own attention layers keep theirs
-            slot.active = key
+            base.active = key
         loras = adapter.loras if adapter is not None else []
         wanted = tuple((c.lora, c.spec.lora_weight) for c in loras)
         if fast:
             wanted = (*wanted, (FAST_LORA, 1.0))
-        if wanted != slot.lora_state:  # PEFT walks every module: only when the LoRA setting really changes
+        if wanted != base.lora_state:  # PEFT walks every module: only when the LoRA setting really changes
             if wanted:
                 for component in loras:
-                    self._ensure_lora(slot, component)
+                    self._ensure_lora(base, component)
                 if fast:
-                    self._ensure_fast(slot)
-                slot.pipe.enable_lora()
-                slot.pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
+                    self._ensure_fast(base)
+                base.pipe.enable_lora()
+                base.pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
             else:
-                slot.pipe.disable_lora()
-            slot.lora_state = wanted
+                base.pipe.disable_lora()
+            base.lora_state = wanted
 
-    def _ensure_fast(self, slot: BaseSlot) -> None:
-        """The few-step LoRA on `slot`'s base: read from disk once for all bases, then loaded from memory."""
-        if FAST_LORA in slot.loras:
+    def _ensure_fast(self, base: LoadedBase) -> None:
+        """The few-step LoRA on `base`'s base: read from disk once for all bases, then loaded from memory."""
+        if FAST_LORA in base.loras:
             return
         spec = self.source.family.fast
         if self._fast_state is None:
             self._fast_state = self.source.lora_file(spec.repo, spec.weight_name)
             self.counters["fast_lora_reads"] += 1
         # load_lora_weights converts (and consumes) the dict it gets: hand it a shallow copy
-        slot.pipe.load_lora_weights(dict(self._fast_state), adapter_name=FAST_LORA)
-        slot.loras.add(FAST_LORA)
+        base.pipe.load_lora_weights(dict(self._fast_state), adapter_name=FAST_LORA)
+        base.loras.add(FAST_LORA)
 
-    def fast_scheduler(self, slot: BaseSlot) -> Any:
-        """Fast mode's scheduler for `slot`, from the base's own config with the LoRA authors' settings."""
-        if slot.fast_scheduler is None:
+    def fast_scheduler(self, base: LoadedBase) -> Any:
+        """Fast mode's scheduler for `base`, from the base's own config with the LoRA authors' settings."""
+        if base.fast_scheduler is None:
             import diffusers
 
             spec = self.source.family.fast
             cls = getattr(diffusers, spec.scheduler)
-            slot.fast_scheduler = cls.from_config(slot.scheduler.config, timestep_spacing=spec.timestep_spacing)
-        return slot.fast_scheduler
+            base.fast_scheduler = cls.from_config(base.scheduler.config, timestep_spacing=spec.timestep_spacing)
+        return base.fast_scheduler
 
-    def layer_weights(self, slot: BaseSlot, variant: str, block_map: dict | None) -> dict[str, float] | None:
+    def layer_weights(self, base: LoadedBase, variant: str, block_map: dict | None) -> dict[str, float] | None:
         """Each adapter layer's weight for an image prompt: its block map (InstantStyle), else its adapter's
         `layer_ramp` (first to last adapter layer, linearly: XLabs' recipe), else None (1.0 everywhere)."""
         if block_map is not None:
-            return self.block_weights(slot, block_map)
+            return self.block_weights(base, block_map)
         ramp = self.source.family.adapters[variant.split("+")[0]].layer_ramp
         if ramp is None:
             return None
-        return ramp_weights(self._variant(slot, variant).processors, ramp)
+        return ramp_weights(self._variant(base, variant).processors, ramp)
 
-    def block_weights(self, slot: BaseSlot, block_map: dict | None) -> dict[str, float] | None:
-        """An InstantStyle block map as a weight per attention processor of `slot`'s UNet (cached)."""
+    def block_weights(self, base: LoadedBase, block_map: dict | None) -> dict[str, float] | None:
+        """An InstantStyle block map as a weight per attention processor of `base`'s UNet (cached)."""
         if block_map is None:
             return None
         key = block_map_key(block_map)
         if key not in self._block_weights:
-            self._block_weights[key] = block_weights(slot.denoiser, block_map)
+            self._block_weights[key] = block_weights(base.denoiser, block_map)
         return self._block_weights[key]

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .adapters import AdapterBank, BaseSlot, LoadedAdapter
+from .adapters import AdapterBank, LoadedAdapter
 from .arch import architecture
 from .attention import PromptScale, prompt_scales
+from .bases import LoadedBase
 from .batching import BatchPlanner
 from .codec import describe
 from .encoder import ImageEmbeds, ImagePromptEncoder
@@ -219,8 +220,8 @@ class Engine:
         self.scorer = Scorer(self.source, self.encoder, self.counters)
         self.redux = ReduxEncoder(self.source, self.device, self.dtype, self.counters, embed_cache_size)
         self.structure = StructureBank(self.source, self.arch, self.device, self.dtype, self.counters, embed_cache_size)
-        self._bases: OrderedDict[str, BaseSlot] = OrderedDict()  # least recently used first
-        self._current: BaseSlot | None = None
+        self._bases: OrderedDict[str, LoadedBase] = OrderedDict()  # least recently used first
+        self._current: LoadedBase | None = None
         # Every use of a pipeline or the model state happens under it, with `threads` CPU threads (default: this
         # process's torch default, read where the engine is made).
         self.lock = ComputeLock(threads or torch.get_num_threads())
@@ -279,7 +280,7 @@ class Engine:
             self._free_memory()
         self._current = self._bases[name] = self._load_base(name)
 
-    def _load_base(self, name: str) -> BaseSlot:
+    def _load_base(self, name: str) -> LoadedBase:
         pipe = self.source.pipeline(name, self.dtype)
         if self.offload:
             pipe.enable_model_cpu_offload(device=self.device)
@@ -301,7 +302,7 @@ class Engine:
             tokenizer, limit = self.arch.prompt_tokenizer(pipe)
             self._warning_tokenizer, self._prompt_limit = copy.deepcopy(tokenizer), limit
         self.counters["base_loads"] += 1
-        return BaseSlot.of(name, pipe, denoiser)
+        return LoadedBase.of(name, pipe, denoiser)
 
     def _count_denoiser_call(self, module: torch.nn.Module, args: Any) -> None:
         self.counters["unet_calls"] += 1  # the name the diagnostics have always had; `denoiser_calls` beside it
@@ -451,12 +452,12 @@ class Engine:
         if not prompts:
             self.bank.activate(self._current, None, fast)
             return _Stack([], [], None, [], [], [], [], tokens), self._redux_views(declared, redux)
-        slot = self._current
-        adapter = self.bank.get(slot, tuple(p.variant for p in prompts))
-        self.bank.activate(slot, tuple(p.variant for p in prompts), fast)
+        base = self._current
+        adapter = self.bank.get(base, tuple(p.variant for p in prompts))
+        self.bank.activate(base, tuple(p.variant for p in prompts), fast)
         embeds, prompt_of, previews = [], [], []
         for n, prompt in enumerate(prompts):
-            single = self.bank.get(slot, prompt.variant)
+            single = self.bank.get(base, prompt.variant)
             label = "reference" if indices[n] == 0 else f"slot {indices[n]} image"
             got, notes, views = self.encoder.embed(
                 single.specs, prompt.groups, prompt.crop, scope, prompt.negative_references, label
@@ -469,10 +470,10 @@ class Engine:
         if self.true_cfg(request) > 1:  # stock FLUX's negative image prompt: a black picture of the output size
             black = load_reference(Image.new("RGB", (request.settings.width, request.settings.height)))
             for prompt in prompts:
-                got, _, _ = self.encoder.embed(self.bank.get(slot, prompt.variant).specs, [(black,), ()], "center",
+                got, _, _ = self.encoder.embed(self.bank.get(base, prompt.variant).specs, [(black,), ()], "center",
                                                scope)  # fmt: skip
                 negative += [e.for_pipeline(False) for e in got]
-        weights = [self.bank.layer_weights(slot, p.variant, p.block_map) for p in prompts]
+        weights = [self.bank.layer_weights(base, p.variant, p.block_map) for p in prompts]
         masks = [region_mask(p.region, request.settings.width, request.settings.height) for p in prompts]
         previews += self._redux_views(declared, redux)
         stack = _Stack(prompts, indices, adapter, embeds, prompt_of, weights, masks, tokens, negative)
@@ -822,9 +823,9 @@ class Engine:
                 strengths = [cell[stack.indices[n]] * scale for cell in cells]
                 per_prompt.append(PromptScale(strengths, stack.weights[n], first, stop, stack.masks[n]))
             scales = prompt_scales(per_prompt, guided, self.device, self.dtype, stack.prompt_of)
-        slot = self._current
+        base = self._current
         if request.settings.speed == "fast":  # the few-step LoRA's sampler, for this call only (all under the lock)
-            self.pipe.scheduler = self.bank.fast_scheduler(slot)
+            self.pipe.scheduler = self.bank.fast_scheduler(base)
         true_cfg = self.true_cfg(request)
         if true_cfg > 1:
             kwargs["true_cfg_scale"] = true_cfg
@@ -880,7 +881,7 @@ class Engine:
                 raise _BrokenOutput()
             return self.pipe.numpy_to_pil(out.images)
         finally:
-            self.pipe.scheduler = slot.scheduler
+            self.pipe.scheduler = base.scheduler
             for layer in face_plus:  # nothing of this request stays on the model
                 layer.clip_embeds = None
                 layer.shortcut_scale = 1.0
