@@ -4,6 +4,27 @@ The runner (`pipelines/engine.py`), the adapter bank, the structure slots and th
 architecture only through `Architecture`: its pipeline classes, its denoiser (a UNet, a transformer), its text
 encoders and text encoding, and its latents. `sd.py` holds Stable Diffusion's (SD1.5 and SDXL); a family's
 `pipeline` key in presets/models.toml names the architecture it runs on.
+
+Checklist: a new architecture, in order (FLUX.1 went this way; `flux.py` is the shortest example):
+1. `presets/models.toml`: a family with `pipeline = "<name>"`, the modes it offers, and its tiny twin (`source =
+   "tiny"`); the tiny twin's builder writes the real checkpoint formats (the offline builders).
+2. `pipelines/arch/<name>.py`: a subclass of `Architecture` implementing, in this order, `pipeline_class` (the stock
+   diffusers pipeline; `from_pretrained` loads both the real and the tiny family), `denoiser` and `text_encoders`
+   (their calls are counted), `encode_text` (the same `encode_prompt` call the stock pipeline makes, once per
+   request), `prompt_tokenizer` (what the prompt-length warning counts against), `cfg_batch` (the guidance layout),
+   `initial_latents` (seeded noise exactly as the stock pipeline draws it), `ip_adapter_load_kwargs` /
+   `ip_adapter_call_kwargs`, `structure_pipeline`, and `regions` when its attention takes no mask.
+3. Register it in `architecture()` below. Import its diffusers model modules inside its methods or in a module of its
+   own that loads with the model (`flux_attention.py`): start-up must not pay for them.
+4. If image prompts act in its attention: a per-sample twin of the stock processor that calls
+   `pipelines.attention.image_branch` (one function for every architecture), marked "Copied from diffusers ...",
+   returned by a `twins()` that `pipelines.attention.twins` finds.
+5. Tests before features: equal to the stock pipeline with the same weights and seed (strength 0 exactly, strength 1
+   within 1/255, each equality failing when the stock call's strength is changed), a sweep in the denoiser calls of
+   one image with cells equal to single renders, the full-size published config on the meta device (dry run), and
+   the golden key sets (`tests/pipelines/test_golden.py`) extended by the new twin.
+6. The app: tabs the family does not offer answer in one line; README (family, licence notice, memory row from
+   parameter counts), the Space models list, `bench/` with and without the new engine's own features.
 """
 
 from __future__ import annotations
