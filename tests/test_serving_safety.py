@@ -21,6 +21,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 import app
+from tests.test_app import free_port
 from ui.serving import GATE, MAX_JOBS_PER_SESSION
 
 REFUSED = "was not uploaded to this app. Upload the file itself."
@@ -509,7 +510,7 @@ def test_the_server_sends_nothing_nobody_asked_for(tiny_root, tmp_path):
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(EGRESS_HOOK)
     log_path = tmp_path / "egress.log"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("GRADIO_ANALYTICS_ENABLED", "HF_HUB_OFFLINE")}
     env.update(
         EGRESS_LOG=str(log_path), PYTHONPATH=str(hook), IMAGE_PROMPT_TINY_DIR=os.environ["IMAGE_PROMPT_TINY_DIR"]
@@ -576,9 +577,3 @@ def _hook(event, args):
 
 sys.addaudithook(_hook)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
