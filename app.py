@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = pipelines.Engine(
         family, dtype=DTYPES[args.dtype], offload=args.offload, compile=args.compile,
         max_batch=None if args.max_batch == "auto" else args.max_batch,
-        max_bases=args.max_bases,
+        max_bases=args.max_bases, measure_when_idle=spaces is None,  # ZeroGPU: the GPU only inside a request
     )  # fmt: skip
     app = create_app(engine)
     if args.share:
@@ -264,7 +264,7 @@ def warm_up(engine: Engine) -> list[ImagePromptError]:
         engine.use_variant(PRESETS["general"][family.name].variant)
     except ImagePromptError as e:
         return [e]
-    if engine.max_batch is None:  # the default comparison's batch curve, measured before any visitor asks
+    if engine.max_batch is None and engine.measure_when_idle:  # the default comparison's curve, before any visitor
         preset = PRESETS["general"][family.name]
         engine.calibrate(pipelines.build_request(preset, prompt="", seed=0), len(preset.compare))
     if family.faces is not None:
@@ -291,7 +291,8 @@ def __getattr__(name: str) -> gr.Blocks:
     if name != "demo":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     if _demo is None:
-        _demo_engine = pipelines.Engine(_validate_family(default_family()))  # weights load on the first request
+        # Weights load on the first request; on ZeroGPU nothing runs on the device outside a request.
+        _demo_engine = pipelines.Engine(_validate_family(default_family()), measure_when_idle=spaces is None)
         _demo = create_app(_demo_engine)
     return _demo
 

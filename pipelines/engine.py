@@ -194,6 +194,7 @@ class Engine:
         compile: bool = False,
         max_bases: int = 1,
         threads: int | None = None,
+        measure_when_idle: bool = True,
     ) -> None:
         row_exact_linear()  # a sample's pixels do not depend on the size of its batch (pipelines/numerics.py)
         self.family = family
@@ -207,6 +208,9 @@ class Engine:
         # chunks by measuring this device at the request's size (pipelines/batching.py).
         self.max_batch = max_batch
         self.planner = BatchPlanner()
+        # Measure new sizes' batch curves in the background when idle (off where the device may only be used inside
+        # a request, as on ZeroGPU: there a sweep is one pass unless max_batch says otherwise).
+        self.measure_when_idle = measure_when_idle
         self._idle_wanted: dict[tuple, tuple[GenerationRequest, int]] = {}  # sizes to measure when idle
         self._idle_thread: threading.Thread | None = None
         self._idle_lock = threading.Lock()
@@ -647,7 +651,7 @@ class Engine:
             return [min(self.max_batch, n - i) for i in range(0, n, self.max_batch)], "fixed"
         key = self._plan_key(request)
         known = self.planner.calibrated(key, n)
-        if not known:
+        if not known and self.measure_when_idle:
             self.calibrate_when_idle(request, n)
         return self.planner.chunks(key, n), "measured" if known else "one pass (this size is measured when idle)"
 

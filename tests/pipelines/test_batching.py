@@ -107,3 +107,13 @@ def test_calibrate_measures_the_default_comparison(families, tiny_root, presets)
     curve = engine.calibrate(request, 5)
     assert 1 in curve and engine.planner.calibrated(engine._plan_key(request), 5)
     assert engine.counters["unet_calls"] == calls  # measuring passes are nobody's UNet calls
+
+
+def test_without_idle_measuring_a_sweep_stays_one_pass(families, tiny_root, presets, gold):
+    """Where the device may be used only inside a request (ZeroGPU), nothing is measured in the background."""
+    engine = Engine(families["tiny"], tiny_root=tiny_root, measure_when_idle=False)
+    request = build_request(presets["general"]["tiny"], prompt="a cat", seed=3, references=[gold], steps=1)
+    sweep = engine.generate_sweep(request, [0.0, 1.0])
+    time.sleep(3 * 2.0)  # longer than the engine's idle wait
+    assert sweep.diagnostics["batch_plan"] == "2" and engine._idle_thread is None
+    assert engine.planner.curves == {}
