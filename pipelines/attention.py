@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -275,16 +274,19 @@ class ScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
         return hidden_states / attn.rescale_output_factor
 
 
-def twins() -> dict[type, type]:
-    """Each stock IP-Adapter processor class and its per-sample twin. FLUX's twin lives with its architecture
-    (`pipelines/arch/flux_attention.py`) and is known once diffusers' FLUX transformer module has been imported
-    (a FLUX model loads it): importing it here would pull every diffusers transformer into the app's start-up."""
-    found: dict[type, type] = {IPAdapterAttnProcessor2_0: ScaledIPAdapterAttnProcessor}
-    if "diffusers.models.transformers.transformer_flux" in sys.modules:
-        from .arch.flux_attention import twins as flux_twins
+_TWINS: dict[type, type] = {IPAdapterAttnProcessor2_0: ScaledIPAdapterAttnProcessor}
 
-        found.update(flux_twins())
-    return found
+
+def register_twin(stock: type, scaled: type) -> None:
+    """Another architecture's stock IP-Adapter processor and its per-sample twin. FLUX's lives with its
+    architecture (`pipelines/arch/flux_attention.py`, registered when a FLUX pipeline is loaded): importing it here
+    would pull every diffusers transformer into the app's start-up."""
+    _TWINS[stock] = scaled
+
+
+def twins() -> dict[type, type]:
+    """Each stock IP-Adapter processor class registered so far and its per-sample twin."""
+    return dict(_TWINS)
 
 
 def wrap_ip_processors(processors: Mapping[str, object]) -> dict[str, object]:

@@ -14,7 +14,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from .presets import FamilySpec
-from .tiny import (
+from .tiny import (  # the key layouts both the tiny and the full-size files are written in
     cross_attention_hidden_sizes,
     faceid_image_proj,
     faceid_lora,
@@ -63,21 +63,6 @@ FLUX_TRANSFORMER = {
     "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38, "patch_size": 1,
     "pooled_projection_dim": 768, "axes_dims_rope": [16, 56, 56],
 }  # fmt: skip
-
-
-def xlabs_shapes(double_blocks: int = 19, joint: int = 4096, inner: int = 3072, clip: int = 768, tokens: int = 16):
-    """Every key of XLabs-AI/flux-ip-adapter-v2's ip_adapter.safetensors with its shape (FLUX.1 and CLIP ViT-L/14
-    sizes by default): the image projection, then each double-stream block's k and v projections."""
-    proj = "ip_adapter_proj_model"
-    shapes = {
-        f"{proj}.proj.weight": (tokens * joint, clip), f"{proj}.proj.bias": (tokens * joint,),
-        f"{proj}.norm.weight": (joint,), f"{proj}.norm.bias": (joint,),
-    }  # fmt: skip
-    for block in range(double_blocks):
-        for kv in ("k", "v"):
-            key = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kv}_proj"
-            shapes |= {f"{key}.weight": (inner, joint), f"{key}.bias": (inner,)}
-    return shapes
 
 
 NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}

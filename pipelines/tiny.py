@@ -590,10 +590,8 @@ def _build_flux(root: Path, tokenizer_files: Path) -> None:
     pipe.save_pretrained(str(root / FLUX_BASE), safe_serialization=True)
     shutil.rmtree(root / "t5-tokenizer-files")
 
-    from .full_size import xlabs_shapes
-
     gen = torch.Generator().manual_seed(51)
-    weights = {}  # XLabs' key names and layout (pipelines/full_size.py), at the tiny sizes
+    weights = {}  # XLabs' key names and layout (`xlabs_shapes`), at the tiny sizes
     shapes = xlabs_shapes(FLUX_DOUBLE_BLOCKS, FLUX_JOINT_DIM, FLUX_INNER_DIM, VISION_PROJECTION, XLABS_TOKENS)
     for key, shape in shapes.items():
         if key.endswith("norm.weight"):
@@ -631,3 +629,18 @@ def _build_redux(folder: Path) -> None:
         layer.weight.data *= 4
     FluxPriorReduxPipeline(image_encoder=SiglipVisionModel(config), feature_extractor=processor,
                            image_embedder=embedder).save_pretrained(str(folder), safe_serialization=True)  # fmt: skip
+
+
+def xlabs_shapes(double_blocks: int = 19, joint: int = 4096, inner: int = 3072, clip: int = 768, tokens: int = 16):
+    """Every key of XLabs-AI/flux-ip-adapter-v2's ip_adapter.safetensors with its shape (FLUX.1 and CLIP ViT-L/14
+    sizes by default): the image projection, then each double-stream block's k and v projections."""
+    proj = "ip_adapter_proj_model"
+    shapes = {
+        f"{proj}.proj.weight": (tokens * joint, clip), f"{proj}.proj.bias": (tokens * joint,),
+        f"{proj}.norm.weight": (joint,), f"{proj}.norm.bias": (joint,),
+    }  # fmt: skip
+    for block in range(double_blocks):
+        for kv in ("k", "v"):
+            key = f"double_blocks.{block}.processor.ip_adapter_double_stream_{kv}_proj"
+            shapes |= {f"{key}.weight": (inner, joint), f"{key}.bias": (inner,)}
+    return shapes

@@ -120,8 +120,9 @@ def test_flux_and_xlabs_at_their_published_shapes_on_the_meta_device(tmp_path, m
     from pipelines.adapters import ramp_weights
     from pipelines.arch.flux_attention import ScaledFluxIPAdapterAttnProcessor
     from pipelines.attention import wrap_ip_processors
-    from pipelines.full_size import FLUX_TRANSFORMER, xlabs_shapes
+    from pipelines.full_size import FLUX_TRANSFORMER
     from pipelines.presets import load_families
+    from pipelines.tiny import xlabs_shapes
 
     shapes = xlabs_shapes()
 

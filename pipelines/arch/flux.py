@@ -22,6 +22,8 @@ class Flux(Architecture):
     def pipeline_class(self) -> type:
         from diffusers import FluxPipeline
 
+        from . import flux_attention  # noqa: F401 - registers FLUX's per-sample IP-Adapter processor with the pipeline
+
         return FluxPipeline
 
     def structure_pipeline(self, controls: bool, img2img: bool) -> str:

@@ -1,6 +1,6 @@
 """FLUX's per-sample IP-Adapter processor, kept with its architecture: importing diffusers' FLUX transformer module
-pulls in every diffusers transformer, so this module is imported only once a FLUX model has been (see
-`pipelines.attention.twins`)."""
+pulls in every diffusers transformer, so this module is imported only when a FLUX pipeline is (`Flux.pipeline_class`),
+and registers its twin with `pipelines.attention` then."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor, _get_qkv_projections
 
-from ..attention import image_branch, sharing_processor
+from ..attention import image_branch, register_twin, sharing_processor
 
 
 class ScaledFluxIPAdapterAttnProcessor(FluxIPAdapterAttnProcessor):
@@ -98,6 +98,4 @@ class ScaledFluxIPAdapterAttnProcessor(FluxIPAdapterAttnProcessor):
         return hidden_states, encoder_hidden_states, ip_attn_output
 
 
-def twins() -> dict[type, type]:
-    """FLUX's stock IP-Adapter processor and its per-sample twin."""
-    return {FluxIPAdapterAttnProcessor: ScaledFluxIPAdapterAttnProcessor}
+register_twin(FluxIPAdapterAttnProcessor, ScaledFluxIPAdapterAttnProcessor)
