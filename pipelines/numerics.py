@@ -11,8 +11,10 @@ embedding encoded beside another image differed in its last bits from one encode
 `row_exact_linear()` routes `torch.nn.functional.linear` (which every `nn.Linear` calls) through one function that
 pads a CPU input of fewer than `MIN_ROWS` rows with zero rows, so every row goes through the many-rows kernel, and
 drops the padding from the result. It costs a Python call per linear layer and, for the few small ones, a product
-of `MIN_ROWS` rows instead of 2-10 (measured: under 1 % of a tiny UNet step). GPUs are left alone: their kernels
-are chosen differently, and a cell there equals its single render within 1/255, not bit for bit.
+of `MIN_ROWS` rows instead of 2-10: `python -m bench.numerics` found no difference beyond this machine's noise (one
+image 1.06x, a 5-cell sweep 0.98x of stock, tiny family). GPUs are left alone: their kernels are chosen
+differently, and a cell there equals its single render within 1/255, not bit for bit. (The VAE's convolutions
+differ between one image and several too: the engine decodes one image at a time.)
 """
 
 from __future__ import annotations
