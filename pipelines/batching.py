@@ -47,6 +47,7 @@ class BatchPlanner:
         """
         with self._lock:
             curve = self.curves.setdefault(key, {})
+            reach = min(max(1, up_to), self.candidates[-1])  # the largest sweep this curve now plans for
             for batch in self.candidates:
                 if batch > max(1, up_to):
                     break
@@ -54,9 +55,9 @@ class BatchPlanner:
                     curve[batch] = float(measure(batch))
                 best = min(t / b for b, t in curve.items())
                 if curve[batch] / batch > best * WORSE or not math.isfinite(curve[batch]):
-                    self.covered[key] = self.candidates[-1]  # stopped: larger batches are worse still
+                    reach = self.candidates[-1]  # stopped: larger batches are worse still, for any sweep
                     break
-            self.covered[key] = max(self.covered.get(key, 0), min(max(1, up_to), self.candidates[-1]))
+            self.covered[key] = max(self.covered.get(key, 0), reach)
             return {b: t for b, t in curve.items() if math.isfinite(t)}
 
     def chunks(self, key: Hashable, n: int) -> list[int]:
