@@ -251,20 +251,22 @@ def _wrap_tool_calls(gradio_server: Any, server: Any) -> None:
 # ------------------------------------------------------------------------------------------- images as text
 
 
-def _file_strings(arguments: dict[str, Any]) -> list[tuple[str, str]]:
-    """(input name, string) of every image given at a file input, in order."""
-    found = []
+def _file_places(arguments: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, str]]:
+    """Where each image string given at a file input sits: (its holder, the key in it, the input's name, its label
+    in messages), in order."""
+    places = []
     for name in GALLERIES:
         items = arguments.get(name)
         if isinstance(items, list):
-            found += [(name, i["image"]) for i in items if isinstance(i, dict) and isinstance(i.get("image"), str)]
-    found += [(name, arguments[name]) for name in SINGLE_FILES if isinstance(arguments.get(name), str)]
-    return found
+            places += [(item, "image", name, f"{name} {i}") for i, item in enumerate(items, 1)
+                       if isinstance(item, dict) and isinstance(item.get("image"), str)]  # fmt: skip
+    places += [(arguments, name, name, name) for name in SINGLE_FILES if isinstance(arguments.get(name), str)]
+    return places
 
 
 def _check_sizes(arguments: dict[str, Any]) -> None:
     """The request's file caps, counted from the strings before any of them is decoded or fetched."""
-    given = _file_strings(arguments)
+    given = [(name, holder[key]) for holder, key, name, _ in _file_places(arguments)]
     for name in {n for n, _ in given}:
         count, limit = sum(n == name for n, _ in given), file_limit(name) or MAX_FILES_PER_REQUEST
         if count > limit:
@@ -284,16 +286,8 @@ async def _materialize(arguments: dict[str, Any], caller: McpCaller | None) -> d
     request's caps are checked on the strings themselves)."""
     visitor = caller.ip if caller is not None else "unknown"
     _check_sizes(arguments)
-    for name in GALLERIES:
-        items = arguments.get(name)
-        if isinstance(items, list):
-            for i, item in enumerate(items, 1):
-                if isinstance(item, dict) and isinstance(item.get("image"), str):
-                    label = f"{name} {i}"
-                    item["image"] = await _to_upload(item["image"], label, visitor)
-    for name in SINGLE_FILES:
-        if isinstance(arguments.get(name), str):
-            arguments[name] = await _to_upload(arguments[name], name, visitor)
+    for holder, key, _, label in _file_places(arguments):
+        holder[key] = await _to_upload(holder[key], label, visitor)
     return arguments
 
 
