@@ -4,7 +4,7 @@
     python -m bench.batch_curve --pipeline sdxl --size 1024 --dtype bf16    # on a GPU
 
 Each batch size is one UNet call on 2 x batch rows (guidance), timed after a warm-up, median of `--repeats`; the
-planner (pipelines/batching.py) then picks the split of a 5- and a 10-image sweep from the curve it would measure.
+planner (pipelines/plan.py) then picks the split of a 5- and a 10-image sweep from the curve it would measure.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from pipelines.batching import CANDIDATES, BatchPlanner, predict
 from pipelines.full_size import build_unet, unet_inputs
+from pipelines.plan import CANDIDATES, BatchPlanner, predict
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

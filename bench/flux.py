@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, true_cfg: float) -> None:
         "diffusers, 1 image": lambda: stock_call(0.7),
         "engine, 1 image": lambda: engine.generate(single),
         "5 stock calls": lambda: [stock_call(s) for s in STRENGTHS],
-        "5-strength sweep, one pass": lambda: engine.generate_sweep(request, STRENGTHS),
+        "5-strength sweep, one pass": lambda: engine.generate_sweep(request.swept(STRENGTHS)),
     }  # fmt: skip
     counted = {}
     for name in ("5-strength sweep, one pass", "5 stock calls"):

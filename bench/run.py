@@ -63,7 +63,7 @@ def bench_sweep(engine, request, repeats: int) -> dict:
 
     def batched() -> dict:
         engine.clear_embed_cache()
-        return engine.generate_sweep(request, STRENGTHS).diagnostics
+        return engine.generate_sweep(request.swept(STRENGTHS)).diagnostics
 
     def sequential(cache: bool) -> dict:
         totals = {"unet_calls": 0, "encoder_calls": 0}

@@ -68,7 +68,7 @@ def tiny_sections(args: argparse.Namespace) -> None:
 
     # A 5-strength sweep of the canny slot vs 5 stock calls.
     sweep_request = build_request(preset, **common, steps=args.steps, slots=[{"mode": "canny"}], slot_images=[edges])
-    control_map = engine.structure.control_map(sweep_request.slots[0], args.size, args.size, "")
+    control_map = engine.slots.structure.control_map(sweep_request.slots[0], args.size, args.size, "")
     spec = engine.family.controlnets["canny"]
     base = engine.source.resolve(engine.family.base)
     stock = StableDiffusionXLControlNetUnionPipeline.from_pretrained(
@@ -87,7 +87,7 @@ def tiny_sections(args: argparse.Namespace) -> None:
     stock.controlnet.register_forward_pre_hook(lambda *_: calls.__setitem__("controlnet", calls["controlnet"] + 1))
 
     def ours() -> None:
-        engine.generate_sweep(sweep_request, [sweep_request.primary.strength], extra_strengths=STRENGTHS)
+        engine.generate_sweep(sweep_request.swept([sweep_request.primary.strength], STRENGTHS))
 
     def loop() -> None:
         for s in STRENGTHS:

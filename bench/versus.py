@@ -107,7 +107,7 @@ def unet_flops(pipe, width: int, height: int, rows: int, steps: int) -> float:
 def auto_sweeps(engine: Any, request: Any) -> dict[str, Callable[[], object]]:
     """The default `--max-batch auto`: the first sweep at a size (nothing measured yet) and a later one (the curve
     measured outside the request, as the app's warm-up or idle time does), on the same engine and model."""
-    from pipelines.batching import BatchPlanner
+    from pipelines.plan import BatchPlanner
 
     calibrated = BatchPlanner()
 
@@ -116,7 +116,7 @@ def auto_sweeps(engine: Any, request: Any) -> dict[str, Callable[[], object]]:
         engine.calibrate_when_idle = lambda *args: None  # no background measuring inside the timed rounds
         try:
             engine.clear_embed_cache()
-            engine.generate_sweep(request, STRENGTHS)
+            engine.generate_sweep(request.swept(STRENGTHS))
         finally:
             engine.max_batch, engine.calibrate_when_idle = 8, measure_later
 
@@ -204,7 +204,7 @@ def main() -> None:
         for label, engine in engines.items():
             singles[f"{label}, 1 image"] = lambda e=engine: (e.clear_embed_cache(), e.generate(request))
             sweeps[f"{label}, 5-strength sweep (one pass)"] = lambda e=engine: (
-                e.clear_embed_cache(), e.generate_sweep(request, STRENGTHS))  # fmt: skip
+                e.clear_embed_cache(), e.generate_sweep(request.swept(STRENGTHS)))  # fmt: skip
         sweeps |= auto_sweeps(engines["engine"], request)
         demo = None
         if not args.no_app:

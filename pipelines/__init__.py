@@ -6,7 +6,7 @@ from .errors import ImagePromptError, InvalidRequestError, ModelNotAvailableErro
 from .presets import FamilySpec, ModePreset, load_families, load_mode_presets
 from .request import GenerationRequest
 
-_LAZY = {"Engine": "engine", "GenerationResult": "engine"}  # loads the model libraries: only when first used
+_LAZY = {"Engine": "engine", "GenerationResult": "result"}  # loads the model libraries: only when first used
 
 
 def __getattr__(name: str) -> object:

@@ -6,7 +6,8 @@ down unchanged. The tab's own image prompt and every added one ("slots") are the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .images import ReferenceImage
@@ -140,3 +141,8 @@ class GenerationRequest:
     def slots(self) -> tuple[ImagePrompt, ...]:
         """The image prompts added after the tab's own ("Add an image prompt", `slots`, or `extra_*`)."""
         return self.image_prompts[1:]
+
+    def swept(self, strengths: Sequence[float], extra_strengths: Sequence[float] = ()) -> GenerationRequest:
+        """This request as a comparison over `strengths` (rows) and `extra_strengths` (the first slot's columns;
+        empty: it keeps its own strength)."""
+        return replace(self, sweep=Sweep(tuple(float(s) for s in strengths), tuple(float(s) for s in extra_strengths)))

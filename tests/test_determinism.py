@@ -98,5 +98,7 @@ def test_a_cell_and_its_single_render_are_the_same_whatever_the_batch(engines, p
     for n in range(1, MIN_ROWS + 4):  # each row's bits do not depend on how many rows went with it
         assert torch.equal(torch.nn.functional.linear(rows[:n], weight), many[:n]), n
     none = np.asarray(engine.generate(build_request(preset, prompt="a cat", seed=3)).image, dtype=np.int16)
-    sweep = engine.generate_sweep(build_request(preset, prompt="a cat", seed=3, reference=[gold]), [0.0, 0.5, 1.0])
+    sweep = engine.generate_sweep(
+        build_request(preset, prompt="a cat", seed=3, reference=[gold]).swept([0.0, 0.5, 1.0])
+    )
     assert np.array_equal(np.asarray(sweep.images[0], dtype=np.int16), none)

@@ -97,7 +97,7 @@ def test_every_named_checkpoint_loads_and_steps(mirrored, presets, gold):
         result = engine.generate(request)
         assert np.isfinite(np.asarray(result.image, dtype=np.float32)).all() and result.image.size == (64, 64)
         assert result.diagnostics.get("controlnet_calls", 1) == (2 if structure[0]["mode"] != "start" else 1)
-    nets = {spec.id: engine.structure.net(spec) for spec in engine.family.controlnets.values()}
+    nets = {spec.id: engine.slots.structure.net(spec) for spec in engine.family.controlnets.values()}
     union = name == "sdxl"
     assert len(nets) == (1 if union else 3)  # one union model serves every type
     for net in nets.values():

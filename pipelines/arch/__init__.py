@@ -30,15 +30,31 @@ Checklist: a new architecture, in order (FLUX.1 went this way; `flux.py` is the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from typing import Any
 
+import numpy as np
 import torch
+
+from ..conditioning import (
+    Conditioning,
+    ControlResiduals,
+    Guidance,
+    ImageAttention,
+    PassInput,
+    PromptTokens,
+    StartImage,
+)
+from ..errors import InvalidRequestError
 
 
 class Architecture(ABC):
     """One model architecture, as the rest of the app needs it."""
 
     name: str  # the `pipeline` value of presets/models.toml
+    accepts: frozenset[type] = frozenset({ImageAttention})  # the conditioning values its passes take
+    regions = True  # whether an image prompt may act on part of the image (a mask in attention)
 
     @abstractmethod
     def pipeline_class(self) -> type:
@@ -78,8 +94,6 @@ class Architecture(ABC):
         tokens."""
         return pipe.tokenizer, pipe.tokenizer.model_max_length - 2
 
-    regions = True  # whether an image prompt may act on part of the image (a mask in attention)
-
     @abstractmethod
     def cfg_batch(self, guidance: float) -> bool:
         """Whether a call at `guidance` denoises an `[uncond, cond]` batch (classifier-free guidance in one batch)
@@ -89,6 +103,80 @@ class Architecture(ABC):
     def initial_latents(self, pipe: Any, seed: int, width: int, height: int) -> torch.Tensor:
         """One sample's initial noise, drawn on the CPU from `seed` as the stock pipeline draws it from a CPU
         generator (identical on every device), in the form the pipeline's `latents` keyword takes."""
+
+    # ------------------------------------------------------------------------------------------ one pass
+
+    def guidance(self, adapters: Mapping[str, Any], variant: str, scale: float) -> Guidance:
+        """The guidance layout of a call at `scale` when the tab's own adapter is `variant`: its `cfg_batch`, and the
+        adapter's true CFG (presets; 1 = none, the only value for SD)."""
+        spec = adapters.get(variant.split("+")[0])
+        return Guidance(self.cfg_batch(scale), spec.true_cfg if spec is not None else 1.0)
+
+    def check(self, conditioning: Sequence[Conditioning]) -> None:
+        """Refuse, by name, a conditioning value this architecture's passes do not take."""
+        for value in conditioning:
+            if type(value) not in self.accepts:
+                raise InvalidRequestError(
+                    "slots", f"The {self.name} architecture does not take {type(value).__name__} (an image prompt "
+                    f"of a kind it does not run)."
+                )  # fmt: skip
+
+    def controlnet_call_kwargs(self, controls: ControlResiduals, img2img: bool) -> dict[str, Any]:
+        """The pipeline's ControlNet keywords (maps, windows; the scales come per sample)."""
+        raise NotImplementedError(f"{self.name} runs no ControlNets")
+
+    def join_tokens(
+        self, text: dict[str, torch.Tensor], kwargs: dict[str, Any], tokens: PromptTokens, batch: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Per-sample prompt embeddings with image tokens joined to the text's (an architecture that accepts them)."""
+        raise NotImplementedError(f"{self.name} joins no image tokens to its prompt")
+
+    def denoise(self, job: PassInput) -> tuple[np.ndarray, list[bool]]:
+        """One batched pass through the stock pipeline's own `__call__`: (images as floats in [0, 1], per image
+        whether a safety checker hid it). Each conditioning value becomes the call's keywords; per-sample state is
+        set for the call and reset after it, whatever happens."""
+        self.check(job.conditioning)
+        text, kwargs = dict(job.text), {"num_images_per_prompt": job.batch}
+        of = {type(value): value for value in job.conditioning}
+        attention, controls, start = of.get(ImageAttention), of.get(ControlResiduals), of.get(StartImage)
+        if attention is not None:
+            kwargs["ip_adapter_image_embeds"] = attention.embeds
+            kwargs |= self.ip_adapter_call_kwargs(attention.embeds, attention.negative)
+        if job.layout.true_cfg > 1:
+            kwargs["true_cfg_scale"] = job.layout.true_cfg
+        if controls is not None:
+            kwargs |= self.controlnet_call_kwargs(controls, img2img=start is not None)
+        if start is None:  # text to image: the seeded noise, at the requested size
+            kwargs |= {"width": job.width, "height": job.height, "latents": job.latents}
+        else:  # img2img draws the start latents and noise from the seed, one generator per sample (= single renders)
+            kwargs |= {"image": start.image, "strength": 1.0 - start.strength}
+            kwargs["generator"] = [torch.Generator("cpu").manual_seed(job.seed) for _ in range(job.batch)]
+        if PromptTokens in of:
+            text, kwargs = self.join_tokens(text, kwargs, of[PromptTokens], job.batch)
+        with ExitStack() as during:
+            scales = during.enter_context(attention.scales) if attention is not None else None
+            for module, values, after in attention.module_state if attention is not None else ():
+                during.callback(_set, module, after)  # nothing of this request stays on the model
+                _set(module, values)
+            if controls is not None:
+                during.callback(setattr, controls.per_sample, "scales", None)
+                controls.per_sample.scales = [torch.tensor(s, dtype=torch.float32) for s in controls.strengths]
+            if scales is not None:
+                scales.set_step(0)
+
+            def step_end(pipe: Any, i: int, t: Any, callback_kwargs: dict) -> dict:
+                if scales is not None:
+                    scales.set_step(i + 1)  # each prompt acts inside its own window of steps
+                if job.on_step is not None:
+                    job.on_step(i + 1)
+                return callback_kwargs
+
+            out = job.pipe(
+                **text, num_inference_steps=job.steps, guidance_scale=job.guidance, output_type="np",
+                callback_on_step_end=step_end, **kwargs,
+            )  # fmt: skip
+        hidden = getattr(out, "nsfw_content_detected", None) or [False] * job.batch  # SD1.5's safety checker
+        return out.images, list(hidden)
 
 
 def architecture(kind: str) -> Architecture:
@@ -100,3 +188,8 @@ def architecture(kind: str) -> Architecture:
     if kind not in known:
         raise ValueError(f"unknown architecture {kind!r}; one of {list(known)}")
     return known[kind]
+
+
+def _set(module: Any, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(module, name, value)

@@ -7,10 +7,12 @@ The seam's second architecture: the `flux` and `tiny-flux` families (General tab
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ..conditioning import ImageAttention, PromptTokens
 from . import Architecture
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FLUX.1-dev's default
@@ -18,6 +20,8 @@ MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FLUX.1-dev's default
 
 class Flux(Architecture):
     name = "flux"
+    accepts = frozenset({ImageAttention, PromptTokens})
+    controlnet_union = False
 
     def pipeline_class(self) -> type:
         from diffusers import FluxPipeline
@@ -76,3 +80,41 @@ class Flux(Architecture):
         generator = torch.Generator("cpu").manual_seed(seed)
         noise = randn_tensor((1, channels, h, w), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
         return pipe._pack_latents(noise, 1, channels, h, w)
+
+    def join_tokens(
+        self, text: dict[str, torch.Tensor], kwargs: dict[str, Any], tokens: PromptTokens, batch: int
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Redux: per-sample prompt embeddings (the text's, then each part's tokens x strength), one row per sample;
+        where some sample hides a part (strength 0), an attention mask over [text, image tokens, latents]."""
+        parts = [(t, s) for t, s in tokens.parts if any(s)]
+        if not parts:
+            return text, kwargs
+        text, keep = with_tokens(text, parts, batch)
+        kwargs = {**kwargs, "num_images_per_prompt": 1}
+        for key in ("ip_adapter_image_embeds", "negative_ip_adapter_image_embeds"):  # one row per sample now
+            if key in kwargs:
+                kwargs[key] = [e.repeat(batch, *([1] * (e.dim() - 1))) for e in kwargs[key]]
+        if keep is not None:  # the image's keys follow the text's: one per packed latent
+            image = torch.ones(batch, kwargs["latents"].shape[1], dtype=torch.bool)
+            mask = torch.cat([keep, image], dim=1)[:, None, None, :].to(kwargs["latents"].device)
+            kwargs["joint_attention_kwargs"] = {"attention_mask": mask}
+        return text, kwargs
+
+
+def with_tokens(
+    text: dict[str, torch.Tensor], parts: Sequence[tuple[torch.Tensor, Sequence[float]]], batch: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Per-sample prompt embeddings: the text's tokens, then each Redux prompt's tokens times that sample's strength;
+    and, when some sample has a Redux prompt at 0, a (batch, 1, 1, keys) attention mask over [text, Redux tokens,
+    image latents] that hides those tokens from that sample (None when every token is seen)."""
+    embeds = text["prompt_embeds"].repeat(batch, 1, 1)
+    hidden: list[torch.Tensor] = []
+    for tokens, strengths in parts:
+        scale = torch.tensor(strengths, device=tokens.device, dtype=tokens.dtype).view(batch, 1, 1)
+        embeds = torch.cat([embeds, tokens.repeat(batch, 1, 1) * scale], dim=1)
+        hidden.append(torch.tensor([s == 0 for s in strengths]).view(batch, 1).expand(batch, tokens.shape[1]))
+    out = {**text, "prompt_embeds": embeds, "pooled_prompt_embeds": text["pooled_prompt_embeds"].repeat(batch, 1)}
+    if not any(bool(h.any()) for h in hidden):
+        return out, None
+    keep = torch.cat([torch.ones(batch, text["prompt_embeds"].shape[1], dtype=torch.bool), *[~h for h in hidden]], 1)
+    return out, keep

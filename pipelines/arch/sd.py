@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from ..conditioning import ControlResiduals, ImageAttention, StartImage
 from . import Architecture
 
 # The diffusers pipeline for (SDXL?, with ControlNets, with a start image); the base pipeline runs neither.
@@ -22,9 +23,12 @@ TEXT_KEYWORDS = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embed
 
 
 class StableDiffusion(Architecture):
+    accepts = frozenset({ImageAttention, ControlResiduals, StartImage})
+
     def __init__(self, xl: bool) -> None:
         self.xl = xl
         self.name = "sdxl" if xl else "sd15"
+        self.controlnet_union = xl  # SDXL runs one union ControlNet for every map type (its `control_mode`)
 
     def pipeline_class(self) -> type:
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
@@ -33,6 +37,18 @@ class StableDiffusion(Architecture):
 
     def structure_pipeline(self, controls: bool, img2img: bool) -> str:
         return STRUCTURE_PIPELINES[(self.xl, controls, img2img)]
+
+    def controlnet_call_kwargs(self, controls: ControlResiduals, img2img: bool) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.xl:
+            kwargs["control_image"] = controls.maps  # the pipeline makes them one list per net
+            kwargs["control_mode"] = controls.union_modes
+        else:
+            kwargs["control_image" if img2img else "image"] = controls.maps
+        kwargs["controlnet_conditioning_scale"] = [1.0] * len(controls.maps)
+        kwargs["control_guidance_start"] = [start for start, _ in controls.windows]
+        kwargs["control_guidance_end"] = [stop for _, stop in controls.windows]
+        return kwargs
 
     def denoiser(self, pipe: Any) -> torch.nn.Module:
         return pipe.unet

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipelines import Engine, build_request
-from pipelines.batching import BatchPlanner, predict
+from pipelines.plan import BatchPlanner, predict
 from tests.conftest import pixels
 
 
@@ -79,7 +79,7 @@ def test_the_engine_measures_outside_requests_and_every_cell_still_equals_its_si
     preset = presets["general"]["tiny"]
     request = build_request(preset, prompt="a cat", seed=3, references=[gold], steps=2)
     strengths = [0.0, 0.3, 0.6, 0.9, 1.2]
-    first = engine.generate_sweep(request, strengths)
+    first = engine.generate_sweep(request.swept(strengths))
     d = first.diagnostics
     assert d["batch_plan"] == "5" and d["batch_choice"].startswith("one pass")
     assert d["unet_calls"] == request.settings.steps  # one pass, no measuring pass in the request
@@ -89,7 +89,7 @@ def test_the_engine_measures_outside_requests_and_every_cell_still_equals_its_si
             break
         time.sleep(0.05)
     assert engine.planner.calibrated(key, 5) and 1 in engine.planner.curves[key]
-    again = engine.generate_sweep(request, strengths)
+    again = engine.generate_sweep(request.swept(strengths))
     assert again.diagnostics["batch_choice"] == "measured"
     plan = [int(b) for b in again.diagnostics["batch_plan"].split("+")]
     assert sum(plan) == 5 and again.diagnostics["batches"] == len(plan)
@@ -113,7 +113,7 @@ def test_without_idle_measuring_a_sweep_stays_one_pass(families, tiny_root, pres
     """Where the device may be used only inside a request (ZeroGPU), nothing is measured in the background."""
     engine = Engine(families["tiny"], tiny_root=tiny_root, measure_when_idle=False)
     request = build_request(presets["general"]["tiny"], prompt="a cat", seed=3, references=[gold], steps=1)
-    sweep = engine.generate_sweep(request, [0.0, 1.0])
+    sweep = engine.generate_sweep(request.swept([0.0, 1.0]))
     time.sleep(3 * 2.0)  # longer than the engine's idle wait
-    assert sweep.diagnostics["batch_plan"] == "2" and engine._idle_thread is None
+    assert sweep.diagnostics["batch_plan"] == "2" and engine.idle.thread is None
     assert engine.planner.curves == {}

@@ -160,7 +160,7 @@ def test_faceid_lora_is_on_in_face_mode_only(families, tiny_root, presets):
 def test_sweep_cells_equal_single_renders(engines, presets):
     face = presets["face"]["tiny"]
     request = build_request(face, prompt="x", seed=2, references=[ALICE], variant="faceid-plusv2")
-    sweep = engines["tiny"].generate_sweep(request, [0.3, 1.1])
+    sweep = engines["tiny"].generate_sweep(request.swept([0.3, 1.1]))
     assert sweep.diagnostics["face_detections"] == 0 or sweep.diagnostics["face_detections"] == 1
     for strength, cell in zip(sweep.strengths, sweep.images, strict=True):
         single = build_request(face, prompt="x", seed=2, references=[ALICE], variant="faceid-plusv2", strength=strength)

@@ -77,7 +77,7 @@ def test_xlabs_equals_stock_flux_with_its_per_layer_scales(engine, preset, gold)
 
 def test_a_sweep_takes_the_denoiser_calls_of_one_image(engine, preset, gold):
     strengths = [0.0, 0.5, 1.0]
-    sweep = engine.generate_sweep(request(preset, reference=[gold]), strengths)
+    sweep = engine.generate_sweep(request(preset, reference=[gold]).swept(strengths))
     assert sweep.diagnostics["denoiser_calls"] == preset.steps.default and sweep.diagnostics["batches"] == 1
     for strength, cell in zip(strengths, sweep.images, strict=True):
         single = engine.generate(request(preset, reference=[gold], strength=strength)).image
@@ -102,7 +102,7 @@ def test_settings_round_trip_on_flux(preset, gold):
 
 def test_a_scored_comparison_on_flux(engine, preset, gold):
     """Likeness with the adapter's own CLIP ViT-L, adherence with the text half of the same CLIP checkpoint."""
-    sweep = engine.generate_sweep(request(preset, reference=[gold], steps=2), [0.0, 1.0], score=True)
+    sweep = engine.generate_sweep(request(preset, reference=[gold], steps=2).swept([0.0, 1.0]), score=True)
     assert [s["strength"] for s in sweep.scores] == [0.0, 1.0]
     assert all(-1 <= s["likeness"] <= 1 and -1 <= s["adherence"] <= 1 for s in sweep.scores)
     assert sweep.suggested is not None and sweep.diagnostics["denoiser_calls"] == 2
@@ -144,7 +144,7 @@ def test_redux_equals_stock_prior_redux_with_only_its_image_tokens_scaled(engine
 def test_a_redux_sweep_is_one_pass_and_its_zero_cell_is_text_only(engine, preset, gold):
     """Cells at 0 hide the Redux tokens from themselves with an attention mask, in the same pass."""
     strengths = [0.0, 0.5, 1.0]
-    sweep = engine.generate_sweep(request(preset, reference=[gold], variant="redux"), strengths)
+    sweep = engine.generate_sweep(request(preset, reference=[gold], variant="redux").swept(strengths))
     assert sweep.diagnostics["denoiser_calls"] == preset.steps.default
     for strength, cell in zip(strengths, sweep.images, strict=True):
         single = engine.generate(request(preset, reference=[gold], variant="redux", strength=strength)).image
@@ -177,7 +177,7 @@ def test_true_cfg_is_a_preset_value_and_equals_stock(families, tiny_root, preset
     req = request(preset, reference=[gold], strength=0.7, steps=3)
     ours = engine.generate(req)
     assert ours.diagnostics["denoiser_calls"] == 6 and ours.metadata["true_cfg_scale"] == 4.0
-    assert engine.generate_sweep(req, [0.0, 0.5, 1.0]).diagnostics["denoiser_calls"] == 6
+    assert engine.generate_sweep(req.swept([0.0, 0.5, 1.0])).diagnostics["denoiser_calls"] == 6
     pipe = stock_pipeline(engine)
     pipe.load_ip_adapter(engine.source.resolve(xlabs.repo), weight_name=xlabs.weight_name,
                          image_encoder_pretrained_model_name_or_path=engine.source.resolve(xlabs.image_encoder.repo),
@@ -207,7 +207,7 @@ def test_one_family_per_engine(engine, engines, presets, preset, gold):
 def test_a_two_dimensional_sweep_xlabs_by_redux_is_one_pass(engine, preset, gold, blue):
     slots = [{"mode": "general", "variant": "redux", "strength": 0.5}]
     req = request(preset, reference=[gold], slots=slots, slot_images=[blue])
-    grid = engine.generate_sweep(req, [0.0, 1.0], extra_strengths=[0.0, 1.0])
+    grid = engine.generate_sweep(req.swept([0.0, 1.0], [0.0, 1.0]))
     assert grid.shape == (2, 2) and grid.diagnostics["denoiser_calls"] == preset.steps.default
     text_only = pixels(engine.generate(request(preset)).image)
     assert np.abs(pixels(grid.images[0]) - text_only).max() <= CELL_TOLERANCE  # both at 0, in the same pass

@@ -44,7 +44,7 @@ def flux_engine(families, tiny_root):
 def shapes(engine: Engine, preset: Any, gold: Any) -> dict[str, list[str]]:
     request = build_request(preset, prompt="a golden vase", seed=5, steps=2, references=[gold])
     single = engine.generate(request)
-    sweep = engine.generate_sweep(request, [0.0, 1.0])
+    sweep = engine.generate_sweep(request.swept([0.0, 1.0]))
     return {
         "metadata": key_paths(single.metadata),
         "diagnostics": key_paths(single.diagnostics),

@@ -26,7 +26,7 @@ from pipelines.images import load_reference
 from pipelines.metadata import save_png
 from pipelines.presets import preset_for
 from pipelines.settings import read_settings_file, settings_of, validated_settings
-from pipelines.structure import canny_map, fit
+from pipelines.slots.structure import canny_map, fit
 from tests.conftest import pixels
 from tests.pipelines.test_engine import direct_pipeline
 from tests.pipelines.test_sweep import CELL_TOLERANCE
@@ -135,7 +135,7 @@ def test_controlnet_slots_equal_stock_diffusers(engines, presets, family, gold, 
         slot_images=[photo],
     )
     ours = render(engines, family, req)
-    control_map = engine.structure.control_map(req.slots[0], req.settings.width, req.settings.height, "")
+    control_map = engine.slots.structure.control_map(req.slots[0], req.settings.width, req.settings.height, "")
     net, spec = stock_controlnet(engine, req.slots[0].control_type)
     cls = StableDiffusionXLControlNetUnionPipeline if spec.union_mode is not None else StableDiffusionControlNetPipeline
     pipe = cls.from_pipe(stock_with_adapter(engine, 0.7), controlnet=net)
@@ -187,7 +187,7 @@ def test_a_start_image_and_a_controlnet_together_equal_stock(engines, presets, f
     )
     ours = render(engines, family, req)
     w, h = req.settings.width, req.settings.height
-    control_map = engine.structure.control_map(req.slots[0], w, h, "")
+    control_map = engine.slots.structure.control_map(req.slots[0], w, h, "")
     net, spec = stock_controlnet(engine, "canny")
     cls = (
         StableDiffusionXLControlNetUnionImg2ImgPipeline
@@ -212,7 +212,7 @@ def test_a_controlnet_strength_sweep_is_one_pass_of_single_renders(engines, pres
     engine = engines[family]
     strengths = [0.0, 0.4, 0.8, 1.2]
     req = request(presets, family, reference=[gold], slots=[slot("depth", strength=0.8)], slot_images=[photo])
-    sweep = engine.generate_sweep(req, [req.primary.strength], extra_strengths=strengths)
+    sweep = engine.generate_sweep(req.swept([req.primary.strength], strengths))
     d = sweep.diagnostics
     steps = req.settings.steps
     assert (d["unet_calls"], d["batches"], d["controlnet_calls"]) == (steps, 1, steps)  # one pass, whatever the cells
@@ -230,7 +230,7 @@ def test_a_start_strength_sweep_runs_a_pass_per_strength(engines, presets, gold,
     engine, family = engines["tiny"], "tiny"
     strengths = [0.0, 0.25, 0.5]
     req = request(presets, family, steps=4, slots=[slot("start", strength=0.5)], slot_images=[photo])
-    sweep = engine.generate_sweep(req, [req.primary.strength], extra_strengths=strengths)
+    sweep = engine.generate_sweep(req.swept([req.primary.strength], strengths))
     d = sweep.diagnostics
     assert d["batches"] == 3 and d["unet_calls"] == 4 + 3 + 2 and "own pass" in d["passes_note"]
     for strength, cell in zip(strengths, sweep.images, strict=True):

@@ -66,7 +66,7 @@ def test_style_strength_zero_is_text_only(engines, style, presets, gold):
 def test_style_sweep_multiplies_strength_into_the_block_map(engines, style, gold):
     engine = engines["tiny"]
     request = build_request(style, prompt="a cat", seed=4, references=[gold], layout=True)
-    sweep = engine.generate_sweep(request, [0.5, 1.0])
+    sweep = engine.generate_sweep(request.swept([0.5, 1.0]))
     for strength, cell in zip(sweep.strengths, sweep.images, strict=True):
         single = engine.generate(build_request(style, prompt="a cat", seed=4, references=[gold], layout=True,
                                                strength=strength))  # fmt: skip

@@ -26,7 +26,7 @@ def test_cells_equal_single_renders(engines, presets, family, variant):
     ref = fresh_reference(1)
     request = build_request(preset, prompt="a cat", seed=3, references=[ref], variant=variant)
     engine = engines[family]
-    sweep = engine.generate_sweep(request, STRENGTHS)
+    sweep = engine.generate_sweep(request.swept(STRENGTHS))
 
     d = sweep.diagnostics
     assert (d["encoder_calls"], d["unet_calls"], d["batches"], d["batch_size"]) == (1, request.settings.steps, 1, 5)
@@ -43,18 +43,18 @@ def test_cells_equal_single_renders(engines, presets, family, variant):
 def test_large_sweeps_split_into_batches(families, tiny_root, presets):
     engine = Engine(families["tiny"], tiny_root=tiny_root, max_batch=2)
     request = build_request(presets["general"]["tiny"], prompt="x", seed=5, references=[fresh_reference(2)])
-    split = engine.generate_sweep(request, STRENGTHS)
+    split = engine.generate_sweep(request.swept(STRENGTHS))
     assert (split.diagnostics["batches"], split.diagnostics["unet_calls"]) == (3, 3 * request.settings.steps)
     assert split.diagnostics["encoder_calls"] == 1
-    whole = Engine(families["tiny"], tiny_root=tiny_root, max_batch=8).generate_sweep(request, STRENGTHS)
+    whole = Engine(families["tiny"], tiny_root=tiny_root, max_batch=8).generate_sweep(request.swept(STRENGTHS))
     for a, b in zip(split.images, whole.images, strict=True):
         assert np.abs(pixels(a) - pixels(b)).max() <= CELL_TOLERANCE
 
 
 def test_repeated_reference_makes_no_encoder_call(engines, presets):
     request = build_request(presets["general"]["tiny"], prompt="x", references=[fresh_reference(3)])
-    first = engines["tiny"].generate_sweep(request, [0.5, 1.0])
-    again = engines["tiny"].generate_sweep(request, [0.2])
+    first = engines["tiny"].generate_sweep(request.swept([0.5, 1.0]))
+    again = engines["tiny"].generate_sweep(request.swept([0.2]))
     assert (first.diagnostics["encoder_calls"], first.diagnostics["cache_hits"]) == (1, 0)
     assert (again.diagnostics["encoder_calls"], again.diagnostics["cache_hits"]) == (0, 1)
     plus = build_request(presets["general"]["tiny"], prompt="x", references=[fresh_reference(3)], variant="plus")
@@ -75,7 +75,7 @@ def test_progress_spans_all_batches(families, tiny_root, presets):
     engine = Engine(families["tiny"], tiny_root=tiny_root, max_batch=2)
     request = build_request(presets["general"]["tiny"], prompt="x", steps=2, references=[fresh_reference(4)])
     seen = []
-    engine.generate_sweep(request, [0.1, 0.2, 0.3], on_step=lambda done, total: seen.append((done, total)))
+    engine.generate_sweep(request.swept([0.1, 0.2, 0.3]), on_step=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
@@ -103,7 +103,7 @@ def test_a_chunked_sweep_encodes_the_prompt_once(families, tiny_root, presets, g
     engine = Engine(families[family_name], tiny_root=tiny_root, max_batch=2)
     request = build_request(presets["general"][family_name], prompt="a vase", references=[gold], steps=2, seed=3)
     single = engine.generate(request).diagnostics["text_encoder_calls"]
-    sweep = engine.generate_sweep(request, [0.0, 0.25, 0.5, 0.75, 1.0, 1.25])
+    sweep = engine.generate_sweep(request.swept([0.0, 0.25, 0.5, 0.75, 1.0, 1.25]))
     assert sweep.diagnostics["batches"] == 3
     assert sweep.diagnostics["text_encoder_calls"] == single > 0  # one encode (per text tower), not one per chunk
     cell = engine.generate(build_request(presets["general"][family_name], prompt="a vase", references=[gold],

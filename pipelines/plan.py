@@ -1,4 +1,8 @@
-"""How many images a sweep puts in one denoising pass, chosen by measuring this device rather than by a constant.
+"""Passes: which cells of a request share a denoising pass, how many steps each runs, and how many images a sweep
+puts in one pass, chosen by measuring this device rather than by a constant.
+
+Cells share a pass when everything but their strengths is equal; a start image's strength decides the first step,
+so each start strength is its own group (`passes`). Each group is split into batches:
 
 A pass of `b` images costs `t(b)` seconds. On a GPU `t(b)` grows slower than `b` up to the point where the device
 is full; on a CPU it grows about linearly, and past the caches it can grow faster (a batch of 10 rows measured
@@ -12,12 +16,110 @@ time.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidRequestError
 
 CANDIDATES = (1, 2, 4, 8, 16)  # batch sizes measured, in order (images, before guidance doubles the UNet batch)
 WORSE = 1.05  # stop measuring larger batches once the time per image is this much worse than the best so far
+IDLE_S = 2.0  # the engine counts as idle this long after its last use (then it measures new sizes' batch curves)
+log = logging.getLogger(__name__)
+Cell = tuple[float, ...]  # one strength per declared image prompt
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One denoising pass: the cells it renders (indices into the request's cells) and where it starts."""
+
+    members: list[int]
+    start: float | None  # a start image's strength (None: text to image, from the first step)
+    steps: int  # the denoising steps it runs
+
+
+def steps_run(steps: int, start: float | None) -> int:
+    """The denoising steps a pass runs: all of them, or (start image) the last `1 - strength` of them, as diffusers'
+    img2img pipelines count them."""
+    if not start:
+        return steps
+    return min(int(steps * (1.0 - start)), steps)
+
+
+def step_window(start_at: float, stop_at: float, steps: int) -> tuple[int, int]:
+    """The steps [first, stop) on which an image prompt acts: step i acts when start_at <= i / steps < stop_at."""
+    return math.ceil(start_at * steps), math.ceil(stop_at * steps)
+
+
+def passes(
+    cells: Sequence[Cell],
+    steps: int,
+    start_of: Callable[[Cell], float | None],
+    chunk_sizes: Callable[[int], tuple[list[int], str]],
+) -> tuple[list[Pass], str]:
+    """The cells in denoising passes, and how their batch sizes were chosen. Cells that share a start strength
+    (`start_of`) share passes; each group is split into batches by `chunk_sizes(n)`."""
+    groups: dict[float | None, list[int]] = {}
+    for i, cell in enumerate(cells):
+        groups.setdefault(start_of(cell), []).append(i)
+    out, choices = [], []
+    for start, members in groups.items():
+        run = steps_run(steps, start)
+        if start and run < 1:
+            raise InvalidRequestError(
+                "slots",
+                f"A start strength of {start:g} keeps the start image as it is with {steps} steps (no step is left to "
+                f"run): lower it or use more steps.",
+            )
+        sizes, choice = chunk_sizes(len(members))
+        choices.append(choice)
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        out += [Pass(members[a:b], start, run) for a, b in itertools.pairwise(bounds)]
+    return out, choices[0] if choices else "fixed"
+
+
+class IdleWork:
+    """Batch curves to measure once nobody has used the engine for `IDLE_S`, in one background thread (a visitor
+    who arrives meanwhile waits for at most one timed step per batch size).
+
+    `lock` is the engine's (its `locked()` and `released_at` say when it was last used); `measure(request, n)`
+    measures one wanted size, `still_wanted(request)` says whether it can be measured without swapping a base in.
+    """
+
+    def __init__(self, lock: Any, measure: Callable[[Any, int], Any], still_wanted: Callable[[Any], bool]) -> None:
+        self.lock, self.measure, self.still_wanted = lock, measure, still_wanted
+        self.wanted: dict[Hashable, tuple[Any, int]] = {}
+        self.thread: threading.Thread | None = None
+        self._guard = threading.Lock()
+
+    def add(self, key: Hashable, request: Any, n: int) -> None:
+        with self._guard:
+            self.wanted[key] = (request, n)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="calibrate", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._guard:
+                if not self.wanted:
+                    self.thread = None
+                    return
+                key, (request, n) = next(iter(self.wanted.items()))
+            while self.lock.locked() or time.monotonic() - self.lock.released_at < IDLE_S:
+                time.sleep(IDLE_S / 4)
+            try:
+                if self.still_wanted(request):
+                    self.measure(request, n)
+            except Exception:  # a measurement must never take the server down; the plan stays one pass
+                log.exception("measuring the batch curve failed")
+            with self._guard:
+                self.wanted.pop(key, None)
 
 
 class BatchPlanner:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,18 +19,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .arch import Architecture
-from .errors import InvalidRequestError
-from .images import ReferenceImage
-from .lru import LRU
-from .presets import ControlNetSpec, FamilySpec, preset_for
-from .request import ImagePrompt
-from .sources import ModelSource
+from ..conditioning import ControlResiduals, StartImage
+from ..errors import InvalidRequestError
+from ..images import ReferenceImage
+from ..lru import LRU
+from ..presets import ControlNetSpec, FamilySpec, preset_for
+from ..request import ImagePrompt
+from ..sources import ModelSource
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from .controlnets import ScaledControlNets
+    from ..controlnets import ScaledControlNets
 
 
 def share_modules(cls: type, base: Any, **extra: Any) -> Any:
@@ -90,7 +87,7 @@ class StructureBank:
     """Control maps, ControlNets and the structure pipelines of one family."""
 
     def __init__(
-        self, source: ModelSource, arch: Architecture, device: str, dtype: torch.dtype, counters: Any, cache_size: int
+        self, source: ModelSource, arch: Any, device: str, dtype: torch.dtype, counters: Any, cache_size: int
     ) -> None:
         self.source, self.arch = source, arch
         self.family: FamilySpec = source.family
@@ -198,11 +195,11 @@ class StructureBank:
             extra: dict[str, Any] = {}
             per_sample = None
             if controls:
-                union = self.family.pipeline == "sdxl"
+                union = self.arch.controlnet_union
                 if union != all(s.union_mode is not None for s in specs):
                     raise InvalidRequestError("slots", "This family's ControlNets do not fit its pipeline (presets).")
                 nets = [self.net(s) for s in specs]
-                from .controlnets import ScaledMultiControlNet, ScaledMultiControlNetUnion  # with the first ControlNet
+                from ..controlnets import ScaledMultiControlNet, ScaledMultiControlNetUnion  # with the first ControlNet
 
                 multi = (ScaledMultiControlNetUnion if union else ScaledMultiControlNet)(nets)
                 per_sample = multi.per_sample
@@ -214,33 +211,45 @@ class StructureBank:
         pipe.scheduler = base.scheduler  # the base's sampler of this call (fast mode swaps it)
         return pipe, per_sample
 
-    def call_kwargs(self, inputs: StructureInputs, start_strength: float | None) -> dict[str, Any]:
-        """The pipeline's structure keywords: control images, modes, windows (scales come per sample)."""
-        kwargs: dict[str, Any] = {}
-        if inputs.controls:
-            maps = [image for _, _, image in inputs.controls]
-            prompts = [prompt for _, prompt, _ in inputs.controls]
-            if self.family.pipeline == "sdxl":
-                kwargs["control_image"] = maps  # the pipeline makes them one list per net
-                kwargs["control_mode"] = [self.spec(p).union_mode for p in prompts]
-            else:
-                kwargs["image" if inputs.start is None else "control_image"] = maps
-            kwargs["controlnet_conditioning_scale"] = [1.0] * len(maps)
-            kwargs["control_guidance_start"] = [p.start_at for p in prompts]
-            kwargs["control_guidance_end"] = [p.stop_at for p in prompts]
-        if inputs.start is not None and start_strength is not None:
-            kwargs["image"] = inputs.start[2]
-            kwargs["strength"] = 1.0 - start_strength
-        return kwargs
 
-    @contextmanager
-    def per_sample(self, scaled: ScaledControlNets | None, strengths: list[list[float]]) -> Iterator[None]:
-        """Each ControlNet slot's strength per sample of the pass, for the pass only."""
-        if scaled is None:
-            yield
-            return
-        scaled.scales = [torch.tensor(s, dtype=torch.float32) for s in strengths]
-        try:
-            yield
-        finally:
-            scaled.scales = None
+class StructureShare:
+    """A request's structure slots (ControlNet maps, a start image), ready for its passes."""
+
+    def __init__(self, bank: StructureBank, prompts: Sequence[ImagePrompt], inputs: StructureInputs) -> None:
+        self.bank, self.inputs = bank, inputs
+        self.previews = inputs.maps + ([inputs.start[2]] if inputs.start is not None else [])
+        # the ControlNet that reads each ControlNet slot's map (declared ones too: a missing net is an error)
+        self.ids = {index: bank.spec(prompt).id for index, prompt in enumerate(prompts) if prompt.is_controlnet}
+
+    def start_of(self, cell: tuple[float, ...]) -> float | None:
+        """Where a cell's pass starts: its start image's strength (None without a start image)."""
+        return cell[self.inputs.start[0]] if self.inputs.start is not None else None
+
+    def for_pass(self, pipe: Any, cells: Sequence[tuple[float, ...]], start: float | None) -> tuple[Any, list]:
+        """The pipeline that runs a pass on `pipe`'s modules and the pass's values. ControlNet slots at 0 in every
+        cell of the pass are left out (exactly the image without them); a start strength of 0 runs without it."""
+        controls = [c for c in self.inputs.controls if any(cell[c[0]] for cell in cells)]
+        acting = StructureInputs(controls, self.inputs.start if start else None)
+        pipe, per_sample = self.bank.pipeline(pipe, acting)
+        values: list = []
+        if controls:
+            values.append(
+                ControlResiduals(
+                    per_sample,
+                    [[cell[index] for cell in cells] for index, _, _ in controls],
+                    acting.maps,
+                    [self.bank.spec(prompt).union_mode for _, prompt, _ in controls],
+                    [(prompt.start_at, prompt.stop_at) for _, prompt, _ in controls],
+                )
+            )
+        if acting.start is not None:
+            values.append(StartImage(acting.start[2], start))
+        return pipe, values
+
+    def diagnostics(self, used: Any) -> dict[str, Any]:
+        if not self.inputs.controls:
+            return {}
+        return {
+            "controlnet_calls": used["controlnet_calls"],
+            "control_maps": [prompt.control_type for _, prompt, _ in self.inputs.controls],
+        }

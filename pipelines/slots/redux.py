@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 
-from .images import ReferenceImage
-from .lru import LRU
-from .presets import AdapterSpec
-from .sources import ModelSource
+from ..conditioning import PromptTokens
+from ..errors import InvalidRequestError
+from ..images import ReferenceImage
+from ..lru import LRU
+from ..presets import AdapterSpec
+from ..sources import ModelSource
 
 
 class ReduxEncoder:
@@ -61,20 +64,50 @@ class ReduxEncoder:
         return out
 
 
-def with_tokens(
-    text: dict[str, torch.Tensor], parts: Sequence[tuple[torch.Tensor, Sequence[float]]], batch: int
-) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """Per-sample prompt embeddings: the text's tokens, then each Redux prompt's tokens times that sample's strength;
-    and, when some sample has a Redux prompt at 0, a (batch, 1, 1, keys) attention mask over [text, Redux tokens,
-    image latents] that hides those tokens from that sample (None when every token is seen)."""
-    embeds = text["prompt_embeds"].repeat(batch, 1, 1)
-    hidden: list[torch.Tensor] = []
-    for tokens, strengths in parts:
-        scale = torch.tensor(strengths, device=tokens.device, dtype=tokens.dtype).view(batch, 1, 1)
-        embeds = torch.cat([embeds, tokens.repeat(batch, 1, 1) * scale], dim=1)
-        hidden.append(torch.tensor([s == 0 for s in strengths]).view(batch, 1).expand(batch, tokens.shape[1]))
-    out = {**text, "prompt_embeds": embeds, "pooled_prompt_embeds": text["pooled_prompt_embeds"].repeat(batch, 1)}
-    if not any(bool(h.any()) for h in hidden):
-        return out, None
-    keep = torch.cat([torch.ones(batch, text["prompt_embeds"].shape[1], dtype=torch.bool), *[~h for h in hidden]], 1)
-    return out, keep
+class ReduxShare:
+    """A request's Redux prompts: each one's tokens (declared index, tokens), what SigLIP saw, its checkpoint."""
+
+    def __init__(self) -> None:
+        self.tokens: list[tuple[int, torch.Tensor]] = []
+        self.previews: list[Any] = []
+        self.ids: dict[int, str] = {}
+
+    def for_pass(self, pipe: Any, cells: Sequence[tuple[float, ...]], run: Any, guided: bool) -> tuple[None, list]:
+        parts = [(t, [cell[i] for cell in cells]) for i, t in self.tokens if any(cell[i] for cell in cells)]
+        return None, [PromptTokens(parts)] if parts else []
+
+
+class ReduxKind:
+    """FLUX Redux slots: checked, encoded into tokens once per request, previewed at SigLIP's input size."""
+
+    def __init__(self, family: Any, encoder: ReduxEncoder) -> None:
+        self.family, self.encoder = family, encoder
+
+    def prepare(self, prompts: Sequence[Any], indices: list[int], scope: str, true_cfg: float) -> ReduxShare:
+        share = ReduxShare()
+        if indices and true_cfg > 1:
+            raise InvalidRequestError(
+                "variant", "Redux's image tokens make the prompt longer than its negative: not with true CFG."
+            )
+        for i in indices:
+            if (prompts[i].start_at, prompts[i].stop_at) != (0.0, 1.0):
+                raise InvalidRequestError(
+                    "start_at", "Redux acts on every step (its tokens are part of the prompt): leave start_at at 0 "
+                    "and stop_at at 1."
+                )  # fmt: skip
+        for i in indices:
+            spec = self.family.adapters[prompts[i].variant]
+            share.tokens.append((i, self.encoder.tokens(spec, prompts[i].references, scope)))
+            share.ids[i] = spec.id
+        share.previews = self.views([prompts[i] for i in indices])
+        return share
+
+    def views(self, prompts: Sequence[Any]) -> list[Any]:
+        """What Redux's SigLIP tower sees of each reference (its processor's resize)."""
+        views = []
+        for prompt in prompts:
+            _, processor, _ = self.encoder.models(self.family.adapters[prompt.variant])
+            size = processor.size
+            views += [r.image.convert("RGB").resize((size["width"], size["height"]), Image.Resampling.BICUBIC)
+                      for r in prompt.references]  # fmt: skip
+        return views
