@@ -9,12 +9,9 @@ request is stored on the model, and every use of a pipeline happens under `lock`
 
 from __future__ import annotations
 
-import gc
 import logging
-import math
-import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,13 +22,14 @@ from PIL import Image
 
 from .adapters import AdapterBank, LoadedAdapter
 from .arch import architecture
-from .bases import LoadedBase
+from .bases import Bases, LoadedBase
 from .conditioning import Guidance, PassInput
+from .device import ComputeLock, default_device, default_dtype, free_memory, upcast_vae
 from .encoder import ImagePromptEncoder
-from .errors import GenerationError, InvalidRequestError, ModelNotAvailableError
+from .errors import GenerationError, InvalidRequestError
 from .face import FaceAnalyzer
 from .numerics import row_exact_linear
-from .plan import BatchPlanner, IdleWork, Pass, passes
+from .plan import BatchPlanner, IdleWork, Pass, chunk_sizes, passes, step_timer
 from .presets import FamilySpec
 from .prompt_length import PromptLength
 from .request import GenerationRequest
@@ -47,93 +45,30 @@ StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 log = logging.getLogger(__name__)
 
 
-def default_device() -> str:
-    """CUDA when present, else CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str) -> torch.dtype:
-    """bf16 on GPUs that have it (no fp16 overflow in the SDXL VAE), else fp16; fp32 on CPU."""
-    if not device.startswith("cuda"):
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class _BrokenOutput(Exception):
     """A denoising pass produced NaN or all-black images."""
-
-
-class ComputeLock:
-    """The engine's lock; whoever holds it computes with the same number of CPU threads.
-
-    torch keeps the intra-op thread count per OS thread (OpenMP), and a server runs requests on whichever worker
-    thread is free: a thread that was set to another count (or made while the global default differed) would sum
-    in another order and move a pixel by one level. Pinning the count on every acquire makes a request's pixels
-    independent of the thread that runs it and of what ran before.
-    """
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-        self._lock = threading.Lock()
-        self.released_at = 0.0  # time.monotonic() of the last release: idle work waits for a quiet moment
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        got = self._lock.acquire(blocking, timeout)
-        if got and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)
-        return got
-
-    def release(self) -> None:
-        self.released_at = time.monotonic()
-        self._lock.release()
-
-    def locked(self) -> bool:
-        return self._lock.locked()
-
-    def __enter__(self) -> ComputeLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 class Engine:
     """Owns the base pipelines of one model family and every adapter loaded on them."""
 
     def __init__(
-        self,
-        family: FamilySpec,
-        *,
-        device: str | None = None,
-        dtype: torch.dtype | None = None,
-        tiny_root: Path | None = None,
-        max_batch: int | None = None,
-        embed_cache_size: int = 64,
-        offload: bool = False,
-        compile: bool = False,
-        max_bases: int = 1,
-        threads: int | None = None,
-        measure_when_idle: bool = True,
-    ) -> None:
+        self, family: FamilySpec, *, device: str | None = None, dtype: torch.dtype | None = None,
+        tiny_root: Path | None = None, max_batch: int | None = None, embed_cache_size: int = 64, offload: bool = False,
+        compile: bool = False, max_bases: int = 1, threads: int | None = None, measure_when_idle: bool = True,
+    ) -> None:  # fmt: skip
+        """`max_batch`: samples per pass of a sweep (None: chosen by measuring this device, pipelines/plan.py), and
+        `measure_when_idle` whether to measure in the background (off where the device may be used only inside a
+        request, as on ZeroGPU). `max_bases`: base pipelines kept in memory (another one swaps in under the lock);
+        `offload`: model CPU offload; `compile`: torch.compile the denoiser. `threads`: the CPU threads every use of
+        a pipeline computes with (default: this process's torch default)."""
         row_exact_linear()  # a sample's pixels do not depend on the size of its batch (pipelines/numerics.py)
         if max_bases < 1:
             raise ValueError(f"max_bases must be at least 1, got {max_bases}")
-        self.family = family
-        self.arch = architecture(family.pipeline)  # what differs between architectures (pipelines/arch/)
+        self.family, self.arch = family, architecture(family.pipeline)  # what differs: pipelines/arch/
         self.device = device or default_device()
         self.dtype = dtype or default_dtype(self.device)
-        self.tiny_root = tiny_root
-        self.offload = offload  # model CPU offload: each model moves to the GPU only while it runs
-        self.compile = compile  # torch.compile the denoiser
-        # Samples per denoising pass in a comparison (each doubles under guidance): a number, or None to choose the
-        # chunks by measuring this device at the request's size (pipelines/plan.py).
-        self.max_batch = max_batch
-        self.planner = BatchPlanner()
-        # Measure new sizes' batch curves in the background when idle (off where the device may only be used inside
-        # a request, as on ZeroGPU: there a sweep is one pass unless max_batch says otherwise).
-        self.measure_when_idle = measure_when_idle
-        self.max_bases = max_bases  # base pipelines kept in memory; a request for another one swaps under the lock
+        self.max_batch, self.planner, self.measure_when_idle = max_batch, BatchPlanner(), measure_when_idle
         self.counters: Counter[str] = Counter()  # base_loads, adapter_loads, encoder_calls, unet_calls, ...
         self.source = ModelSource(family, tiny_root)
         self.encoder = ImagePromptEncoder(self.source, self.device, self.dtype, self.counters, embed_cache_size)
@@ -141,19 +76,21 @@ class Engine:
         self.scorer = Scorer(self.source, self.encoder, self.counters)
         self.slots = SlotKinds(family, self.source, self.arch, self.encoder, self.bank, self.device, self.dtype,
                                self.counters, embed_cache_size)  # fmt: skip
-        self._bases: OrderedDict[str, LoadedBase] = OrderedDict()  # least recently used first
-        self._current: LoadedBase | None = None
-        # Every use of a pipeline or the model state happens under it, with `threads` CPU threads (default: this
-        # process's torch default, read where the engine is made).
-        self.lock = ComputeLock(threads or torch.get_num_threads())
-        self.idle = IdleWork(self.lock, self.calibrate, lambda request: request.settings.base in self._bases)
+        self.bases = Bases(self.source, self.arch, self.counters, {"device": self.device, "dtype": self.dtype,
+                           "offload": offload, "compile": compile, "max_bases": max_bases})  # fmt: skip
+        self.lock = ComputeLock(threads or torch.get_num_threads())  # every use of a pipeline or the model state
+        self.idle = IdleWork(self.lock, self.calibrate, lambda request: request.settings.base in self.bases.held)
         self._prompt_length: PromptLength | None = None  # comes with the first base
 
     # ----------------------------------------------------------------------------------------------- loading
 
     @property
     def loaded(self) -> bool:
-        return bool(self._bases)
+        return bool(self.bases.held)
+
+    @property
+    def _current(self) -> LoadedBase | None:
+        return self.bases.current
 
     @property
     def pipe(self) -> DiffusionPipeline | None:
@@ -163,7 +100,7 @@ class Engine:
     @property
     def loaded_bases(self) -> list[str]:
         """The bases held in memory, least recently used first."""
-        return list(self._bases)
+        return list(self.bases.held)
 
     def load(self) -> None:
         """Load the base pipeline (once); adapters load on first use."""
@@ -176,54 +113,10 @@ class Engine:
         return self._current.name if self._current is not None else "default"
 
     def _ensure_base(self, name: str | None = None) -> None:
-        """Put base `name` (default: the one in use, else "default") in use, loading it when it is not in memory.
-
-        At most `max_bases` are kept: the least recently used one is released *before* another loads, so peak
-        memory stays at `max_bases` bases. Adapters and their LoRAs move to a newly loaded base from memory.
-        """
-        name = name or (self._current.name if self._current is not None else "default")
-        if name in self._bases:
-            self._bases.move_to_end(name)
-            self._current = self._bases[name]
-            return
-        while len(self._bases) >= self.max_bases:
-            _, old = self._bases.popitem(last=False)
-            if old is self._current:
-                self._current = None
-            del old
-            free_memory(self.device)
-        self._current = self._bases[name] = self._load_base(name)
-
-    def _load_base(self, name: str) -> LoadedBase:
-        pipe = self.source.pipeline(name, self.dtype)
-        if self.offload:
-            pipe.enable_model_cpu_offload(device=self.device)
-        else:
-            pipe.to(self.device)
-        denoiser = self.arch.denoiser(pipe)
-        if self.compile:
-            denoiser.compile()  # in place: processors stay swappable (a variant switch recompiles once)
-        pipe.set_progress_bar_config(disable=True)
-        if hasattr(pipe.vae, "enable_slicing"):
-            # One image at a time through the VAE: a comparison's cell is decoded exactly as its single render is
-            # (a CPU convolution over 1 image rounds differently from one over several; pipelines/numerics.py), and
-            # the decoder's peak memory is one image's.
-            pipe.vae.enable_slicing()
-        denoiser.register_forward_pre_hook(self._counter("unet_calls"))  # the diagnostics' name since the start
-        for encoder in self.arch.text_encoders(pipe):
-            encoder.register_forward_pre_hook(self._counter("text_encoder_calls"))
+        """Put base `name` in use (`Bases.ensure`); the first one brings the prompt-length warning's tokenizer."""
+        self.bases.ensure(name)
         if self._prompt_length is None:
-            self._prompt_length = PromptLength(*self.arch.prompt_tokenizer(pipe))
-        self.counters["base_loads"] += 1
-        return LoadedBase.of(name, pipe, denoiser)
-
-    def _counter(self, name: str) -> Callable[..., None]:
-        """A forward pre-hook that counts a model's calls in `counters[name]`."""
-
-        def count(module: torch.nn.Module, args: Any) -> None:
-            self.counters[name] += 1
-
-        return count
+            self._prompt_length = PromptLength(*self.arch.prompt_tokenizer(self.pipe))
 
     def face_analyzer(self) -> FaceAnalyzer:
         """The family's insightface pack, created on first use and shared by every request."""
@@ -266,10 +159,7 @@ class Engine:
     ) -> GenerationResult:
         """Render one image for `request`; `scope` keeps one visitor's cached embeddings apart from others'."""
         cell = tuple(p.strength for p in request.image_prompts)
-        sweep = self._run(request, [cell], on_step, scope, score=False, sweep=False)
-        return GenerationResult(
-            sweep.images[0], sweep.cell_metadata[0], sweep.diagnostics, sweep.warnings, sweep.previews
-        )
+        return self._run(request, [cell], on_step, scope, score=False, sweep=False).single()
 
     def generate_sweep(
         self, request: GenerationRequest, on_step: StepCallback | None = None, *, scope: str = "", score: bool = False
@@ -318,7 +208,7 @@ class Engine:
             plan, choice = passes(cells, request.settings.steps, prepared.start_of,
                                   lambda n: self._chunk_sizes(request, n))  # fmt: skip
             images = self._render(request, text, cells, plan, prepared, layout, on_step, warnings)
-            scores, score_seconds = self._score(images, request, scope, warnings) if score else ([], None)
+            scores, score_seconds = self.scorer.score_cells(images, request, scope, warnings) if score else ([], None)
             facts = RunFacts(self.family, str(self.dtype).removeprefix("torch."), self.device,
                              type(self.pipe.scheduler).__name__, layout)  # fmt: skip
             writer = Writer(request, prepared, facts)
@@ -373,16 +263,6 @@ class Engine:
         finally:
             self.pipe.scheduler = base.scheduler
 
-    def _score(self, images: list, request: GenerationRequest, scope: str, warnings: list[str]) -> tuple[list, float]:
-        """Every cell's scores in one batched encoder pass, after the sweep (none when a scorer is missing)."""
-        scored_at, scores = time.perf_counter(), []
-        try:
-            scores, notes = self.scorer.score(images, request, scope)
-            warnings += notes
-        except ModelNotAvailableError as e:  # the images stand without their scores
-            warnings.append(f"The cells were not scored: {e}")
-        return scores, round(time.perf_counter() - scored_at, 4)
-
     # ------------------------------------------------------------------------------------------ batch sizes
 
     def _plan_key(self, request: GenerationRequest) -> tuple:
@@ -390,53 +270,28 @@ class Engine:
         return (s.width, s.height, str(self.dtype), self.arch.cfg_batch(s.guidance), s.base)
 
     def _chunk_sizes(self, request: GenerationRequest, n: int) -> tuple[list[int], str]:
-        """How many images each pass of a sweep of `n` holds, and how that was chosen (for the diagnostics).
-
-        A fixed `max_batch` splits evenly; otherwise the planner plans from the curve measured for this size, dtype,
-        guidance and base, never inside the request: a size not measured yet gets one pass, and is measured when
-        the engine is next idle (`calibrate_when_idle`).
-        """
-        if self.max_batch:
-            return [min(self.max_batch, n - i) for i in range(0, n, self.max_batch)], "fixed"
-        key = self._plan_key(request)
-        known = self.planner.calibrated(key, n)
-        if not known and self.measure_when_idle:
-            self.calibrate_when_idle(request, n)
-        return self.planner.chunks(key, n), "measured" if known else "one pass (this size is measured when idle)"
+        """How many images each pass of a sweep of `n` holds, and how that was chosen (`plan.chunk_sizes`)."""
+        later = (lambda: self.calibrate_when_idle(request, n)) if self.measure_when_idle else None
+        return chunk_sizes(self.max_batch, self.planner, self._plan_key(request), n, later)
 
     def calibrate(self, request: GenerationRequest, n: int) -> dict[int, float]:
         """Measure this device for sweeps of up to `n` images at `request`'s size (one denoising step per batch
-        size, text only: the adapter's share is small); the app's warm-up calls it for the default comparison."""
+        size, text only: the adapter's share is small); the app's warm-up calls it for the default comparison. The
+        timed steps are nobody's denoiser calls."""
         with self.lock:
             self._ensure_base(request.settings.base)
             text = self._encode_text(request, self.arch.cfg_batch(request.settings.guidance))
-            warmed: list[int] = []
-            return self.planner.curve(self._plan_key(request), n, lambda b: self._time_pass(request, text, b, warmed))
+            self.bank.activate(self._current, None, request.settings.speed == "fast")
+            calls = self.counters["unet_calls"]
+            try:
+                timer = step_timer(self.pipe, text, request.settings, lambda: free_memory(self.device))
+                return self.planner.curve(self._plan_key(request), n, timer)
+            finally:
+                self.counters["unet_calls"] = calls
 
     def calibrate_when_idle(self, request: GenerationRequest, n: int) -> None:
         """Measure for `request`'s size once nobody has used the engine for a while (`pipelines/plan.IdleWork`)."""
         self.idle.add(self._plan_key(request), request, n)
-
-    def _time_pass(self, request: GenerationRequest, text: dict, batch: int, warmed: list[int]) -> float:
-        """Seconds of one denoising step of `batch` text-only images (math.inf when it does not fit); not counted
-        as any request's denoiser calls."""
-        calls = self.counters["unet_calls"]
-        self.bank.activate(self._current, None, request.settings.speed == "fast")
-        run = dict(text, width=request.settings.width, height=request.settings.height, num_inference_steps=1,
-                   guidance_scale=request.settings.guidance, output_type="latent")  # fmt: skip
-        try:
-            if not warmed:
-                self.pipe(**run, num_images_per_prompt=1)  # warm-up: first-use allocations are not the batch's
-            start = time.perf_counter()
-            self.pipe(**run, num_images_per_prompt=batch)
-            seconds = time.perf_counter() - start
-        except torch.OutOfMemoryError:
-            free_memory(self.device)
-            seconds = math.inf  # does not fit: never chosen
-        finally:
-            self.counters["unet_calls"] = calls
-        warmed.append(batch)
-        return seconds
 
     # ---------------------------------------------------------------------------------------------- recovery
 
@@ -476,20 +331,3 @@ class Engine:
         settings = request.settings
         noise = self.arch.initial_latents(self.pipe, settings.seed, settings.width, settings.height)
         return noise.repeat(batch, *([1] * (noise.dim() - 1))).to(self.device, self.dtype)
-
-
-def upcast_vae(vae: Any) -> None:
-    """Keep the VAE in fp32 from now on; latents are cast on their way in (the pipelines do not always)."""
-    vae.to(torch.float32)
-    decode = vae.decode
-
-    def decode_fp32(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        return decode(z.to(torch.float32), *args, **kwargs)
-
-    vae.decode = decode_fp32
-
-
-def free_memory(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()

@@ -83,6 +83,49 @@ def passes(
     return out, choices[0] if choices else "fixed"
 
 
+def chunk_sizes(
+    max_batch: int | None, planner: BatchPlanner, key: Hashable, n: int, measure_later: Callable[[], None] | None
+) -> tuple[list[int], str]:
+    """How many images each pass of a sweep of `n` holds, and how that was chosen (for the diagnostics).
+
+    A fixed `max_batch` splits evenly; otherwise `planner` plans from the curve measured for `key` (size, dtype,
+    guidance, base), never inside the request: a key not measured yet gets one pass, and `measure_later()` asks for
+    it to be measured when the engine is next idle (None: never, as on ZeroGPU).
+    """
+    if max_batch:
+        return [min(max_batch, n - i) for i in range(0, n, max_batch)], "fixed"
+    known = planner.calibrated(key, n)
+    if not known and measure_later is not None:
+        measure_later()
+    return planner.chunks(key, n), "measured" if known else "one pass (this size is measured when idle)"
+
+
+def step_timer(pipe: Any, text: dict, settings: Any, on_oom: Callable[[], None]) -> Callable[[int], float]:
+    """`measure(batch)`: seconds of one denoising step of `batch` text-only images at `settings`' size and guidance
+    (`math.inf` when it does not fit, after `on_oom()`); the first call warms up with one image first, so first-use
+    allocations are not the batch's."""
+    import torch
+
+    run = dict(text, width=settings.width, height=settings.height, num_inference_steps=1,
+               guidance_scale=settings.guidance, output_type="latent")  # fmt: skip
+    warmed: list[int] = []
+
+    def measure(batch: int) -> float:
+        try:
+            if not warmed:
+                pipe(**run, num_images_per_prompt=1)
+            start = time.perf_counter()
+            pipe(**run, num_images_per_prompt=batch)
+            seconds = time.perf_counter() - start
+        except torch.OutOfMemoryError:
+            on_oom()
+            seconds = math.inf  # does not fit: never chosen
+        warmed.append(batch)
+        return seconds
+
+    return measure
+
+
 class IdleWork:
     """Batch curves to measure once nobody has used the engine for `IDLE_S`, in one background thread (a visitor
     who arrives meanwhile waits for at most one timed step per batch size).

@@ -41,6 +41,10 @@ class SweepResult:
     scores: list[dict[str, Any]] = field(default_factory=list)  # per cell: its strength(s) and scores (if scored)
     suggested: dict[str, Any] | None = None  # the suggested cell (pipelines/scoring.py), if scored
 
+    def single(self) -> GenerationResult:
+        """A one-cell run as one image."""
+        return GenerationResult(self.images[0], self.cell_metadata[0], self.diagnostics, self.warnings, self.previews)
+
 
 @dataclass
 class GenerationResult:

@@ -23,6 +23,7 @@ two curves cross: as much of the reference as the prompt allows.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import ModelNotAvailableError
 from .images import ReferenceImage, square_for_encoder
 
 if TYPE_CHECKING:
@@ -120,6 +122,19 @@ class Scorer:
             for g in groups
         ]
         return embeds[: len(images)], groups_out
+
+    def score_cells(
+        self, images: Sequence[Image.Image], request: GenerationRequest, scope: str, warnings: list[str]
+    ) -> tuple[list[dict[str, float | None]], float]:
+        """A sweep's cells scored in one batched encoder pass, and the seconds it took; a missing scoring model
+        leaves the images standing without their scores (and says so in `warnings`)."""
+        scored_at, scores = time.perf_counter(), []
+        try:
+            scores, notes = self.score(images, request, scope)
+            warnings += notes
+        except ModelNotAvailableError as e:
+            warnings.append(f"The cells were not scored: {e}")
+        return scores, round(time.perf_counter() - scored_at, 4)
 
     def score(
         self, images: Sequence[Image.Image], request: GenerationRequest, scope: str = ""

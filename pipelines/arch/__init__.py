@@ -1,9 +1,10 @@
 """The architecture seam: what differs between model architectures lives in one module per architecture.
 
-The runner (`pipelines/engine.py`), the adapter bank, the structure slots and the model source talk to an
-architecture only through `Architecture`: its pipeline classes, its denoiser (a UNet, a transformer), its text
-encoders and text encoding, and its latents. `sd.py` holds Stable Diffusion's (SD1.5 and SDXL); a family's
-`pipeline` key in presets/models.toml names the architecture it runs on.
+The runner (`pipelines/engine.py`), the adapter bank, the slot kinds and the model source talk to an architecture
+only through `Architecture`: its pipeline classes, its denoiser (a UNet, a transformer), its text encoders and text
+encoding, its latents, and the denoising pass (`denoise`, fed the conditioning values the slot kinds hand it).
+`sd.py` holds Stable Diffusion's (SD1.5 and SDXL); a family's `pipeline` key in presets/models.toml names the
+architecture it runs on.
 
 Checklist: a new architecture, in order (FLUX.1 went this way; `flux.py` is the shortest example):
 1. `presets/models.toml`: a family with `pipeline = "<name>"`, the modes it offers, and its tiny twin (`source =
@@ -14,6 +15,10 @@ Checklist: a new architecture, in order (FLUX.1 went this way; `flux.py` is the 
    request), `prompt_tokenizer` (what the prompt-length warning counts against), `cfg_batch` (the guidance layout),
    `initial_latents` (seeded noise exactly as the stock pipeline draws it), `ip_adapter_load_kwargs` /
    `ip_adapter_call_kwargs`, `structure_pipeline`, and `regions` when its attention takes no mask.
+   Then the pass: `accepts` (the conditioning values of `pipelines/conditioning.py` its passes take; the rest is
+   refused by name), the keywords of each one it accepts beyond the shared ones (`controlnet_call_kwargs`,
+   `join_tokens`), `guidance` when it has true CFG, and `denoise` only if the stock pipeline's `__call__` cannot run
+   its pass (the default hands every value to it as keywords).
 3. Register it in `architecture()` below. Import its diffusers model modules inside its methods or in a module of its
    own that loads with the model (`flux_attention.py`): start-up must not pay for them.
 4. If image prompts act in its attention: a per-sample twin of the stock processor that calls
