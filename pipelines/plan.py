@@ -16,11 +16,13 @@ time.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +97,7 @@ def chunk_sizes(
     if max_batch:
         return [min(max_batch, n - i) for i in range(0, n, max_batch)], "fixed"
     known = planner.calibrated(key, n)
-    if not known and measure_later is not None:
+    if not known and measure_later is not None and n > 1:  # one image has nothing to plan
         measure_later()
     return planner.chunks(key, n), "measured" if known else "one pass (this size is measured when idle)"
 
@@ -139,6 +141,16 @@ class IdleWork:
         self.wanted: dict[Hashable, tuple[Any, int]] = {}
         self.thread: threading.Thread | None = None
         self._guard = threading.Lock()
+        _RUNNING.add(self)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Measure nothing more, and wait for a measurement under way (the process exits: a thread still inside
+        torch while the interpreter shuts down aborts it, "terminate called without an active exception")."""
+        with self._guard:
+            self.wanted.clear()
+            thread = self.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def add(self, key: Hashable, request: Any, n: int) -> None:
         with self._guard:
@@ -157,12 +169,23 @@ class IdleWork:
             while self.lock.locked() or time.monotonic() - self.lock.released_at < IDLE_S:
                 time.sleep(IDLE_S / 4)
             try:
-                if self.still_wanted(request):
+                with self._guard:
+                    wanted = key in self.wanted  # not when stopped meanwhile
+                if wanted and self.still_wanted(request):
                     self.measure(request, n)
             except Exception:  # a measurement must never take the server down; the plan stays one pass
                 log.exception("measuring the batch curve failed")
             with self._guard:
                 self.wanted.pop(key, None)
+
+
+_RUNNING: weakref.WeakSet[IdleWork] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_idle_work() -> None:
+    for work in list(_RUNNING):
+        work.stop()
 
 
 class BatchPlanner:

@@ -117,3 +117,26 @@ def test_without_idle_measuring_a_sweep_stays_one_pass(families, tiny_root, pres
     time.sleep(3 * 2.0)  # longer than the engine's idle wait
     assert sweep.diagnostics["batch_plan"] == "2" and engine.idle.thread is None
     assert engine.planner.curves == {}
+
+
+def test_a_single_render_measures_nothing(families, tiny_root, presets, gold):
+    """One image has nothing to plan: no background measuring is asked for (a measurement still running when the
+    process exits would abort it)."""
+    engine = Engine(families["tiny"], tiny_root=tiny_root)
+    request = build_request(presets["general"]["tiny"], prompt="a cat", seed=3, references=[gold], steps=1)
+    engine.generate(request)
+    assert engine.idle.thread is None and engine.idle.wanted == {} and engine.planner.curves == {}
+
+
+def test_stopped_idle_work_measures_nothing():
+    from pipelines.device import ComputeLock
+    from pipelines.plan import IdleWork
+
+    measured, lock = [], ComputeLock(1)
+    lock.released_at = time.monotonic()  # just used: the thread waits for a quiet moment
+    work = IdleWork(lock, lambda request, n: measured.append(n), lambda request: True)
+    work.add("key", object(), 5)
+    assert work.thread is not None
+    work.stop()  # before the engine has been idle long enough
+    assert not work.thread or not work.thread.is_alive()
+    assert measured == [] and work.wanted == {}
