@@ -22,6 +22,7 @@ from .errors import InvalidRequestError, shown
 from .images import ReferenceImage, load_reference
 from .parameters import BY_NAME, MAX_SLOTS, SLOT_KEY_NAMES, SLOT_KEYS, defaults
 from .presets import (
+    ARCHITECTURES,
     CROP_MODES,
     EXTRA_MODES,
     MAX_COMPARE,
@@ -156,12 +157,9 @@ def _size(name: str, value: Any, bounds: Any) -> int:
     return int(bounds.check(snapped, name))
 
 
-WHOLE_IMAGE_ONLY = ("flux",)  # architectures whose attention takes no region mask yet (pipelines/arch/)
-
-
 def _region(preset: ModePreset, value: Any, name: str, field: str | None = None) -> str:
     region = choice(name, value, REGIONS, field=field)
-    if region != "whole" and preset.pipeline in WHOLE_IMAGE_ONLY:
+    if region != "whole" and not ARCHITECTURES[preset.pipeline].regions:
         raise InvalidRequestError(
             field or name, f"{name}: regions are not available on {preset.pipeline.upper()} yet; use 'whole'."
         )
@@ -298,14 +296,14 @@ def _structure_slot(own: StructurePreset, v: dict[str, Any], images: list[Any], 
     if region != "whole":
         raise InvalidRequestError("slots", f"{name('region')}: a {kind} slot acts on the whole image, not {region!r}.")
     given = v["control_type"]
-    if kind == "control":
+    if own.controlnet and own.map_type is None:  # a ready map: the slot says what it shows
         if given in (None, ""):
             raise InvalidRequestError(
                 "slots", f"A control slot needs 'control_type': what its map shows, one of {list(own.control_types)}."
             )
         control_type = choice(name("control_type"), given, own.control_types, field="slots")
     else:
-        control_type = {"canny": "canny", "depth": "depth", "start": None}[kind]
+        control_type = own.map_type  # made by the app (None: a start image)
         if given not in (None, "", control_type):
             raise InvalidRequestError(
                 "slots", f"{name('control_type')}: a {kind} slot's map is made by the app; use a 'control' slot to "
@@ -313,7 +311,7 @@ def _structure_slot(own: StructurePreset, v: dict[str, Any], images: list[Any], 
             )  # fmt: skip
     strength = own.strength.check(number(name("strength"), v["strength"]), name("strength"))
     start, stop = _window(own, v["start_at"], v["stop_at"], name("start_at"), name("stop_at"))
-    if kind == "start" and start != 0:
+    if not own.controlnet and start != 0:
         raise InvalidRequestError("slots", f"{name('start_at')}: a start image acts at the start; leave it at 0.")
     return ImagePrompt(
         mode=kind, variant="", references=load_all(images, label), strength=strength, start_at=start, stop_at=stop,

@@ -11,7 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .presets import CONTROL_TYPES, EXTRA_MODES, MODES, REGIONS, SLOT_MODES, STRUCTURE_KINDS, ModePreset, preset_for
+from .presets import (
+    CONTROL_TYPES,
+    EXTRA_MODES,
+    MODES,
+    REGIONS,
+    SLOT_MODES,
+    STRUCTURE_KINDS,
+    ModePreset,
+    preset_for,
+    structure_texts,
+)
 
 # JSON types of settings values: "number" is an integer or a decimal, "integer" a whole number; neither may be
 # true/false. "images" are files (not settings: their SHA-256 is recorded instead); "numbers" a list of numbers;
@@ -48,6 +58,7 @@ _REGIONS = ", ".join(f"'{r}'" for r in REGIONS)
 _EXTRA = ", ".join(f"'{m}'" for m in EXTRA_MODES)
 _SLOT_MODES = ", ".join(f"'{m}'" for m in SLOT_MODES + STRUCTURE_KINDS)
 _CONTROL_TYPES = ", ".join(f"'{c}'" for c in CONTROL_TYPES)
+_STRUCTURE = ", ".join(f"'{kind}' ({text})" for kind, text in structure_texts("api").items())
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("prompt", "text", "What to draw (text, at most 2,000 characters; may be empty).", default=""),
     Parameter(
@@ -186,9 +197,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "slots",
         f"Up to {MAX_SLOTS} more image prompts after the tab's own, as a JSON list of objects: 'mode' ({_SLOT_MODES}), "
         "'strength', and optionally 'variant', 'region', 'start_at', 'stop_at', 'crop' and 'images' (how many of "
-        "slot_images it takes, default 1). Structure: 'canny' (a photo; its edges guide a ControlNet), 'depth' (a "
-        "photo; its estimated depth), 'control' (a ready control map, with 'control_type'), 'start' (img2img: the "
-        "picture to start from; strength = how much of it stays). Use either slots or extra_*.",
+        f"slot_images it takes, default 1). Structure: {_STRUCTURE}. Use either slots or extra_*.",
         default=(),
     ),
     Parameter(

@@ -40,10 +40,25 @@ MAX_GRID_CELLS = 25  # cells of a 2-D comparison (5 x 5)
 REGIONS = ("whole", "left", "right", "top", "bottom")  # where an image prompt acts
 EXTRA_MODES = ("none", "general", "face", "style")  # `extra_mode`: the shorthand for one added image prompt
 SLOT_MODES = ("general", "face", "style")  # kinds of image prompt a request can add after the tab's own
-# Kinds of slot that give structure instead of a look: a ControlNet fed an edge map, a depth map or a ready control
-# map, and a start image (img2img). Their defaults are in presets/structure.toml.
-STRUCTURE_KINDS = ("canny", "depth", "control", "start")
-STRUCTURE_PIPELINES = ("sdxl", "sd15")  # the architectures whose structure pipelines are wired (pipelines/arch/)
+# Kinds of slot that give structure instead of a look: ControlNets fed a map the app makes of a photo (edges, depth,
+# ...) or a ready control map, and a start image (img2img). Each is a table of presets/structure.toml, in its order:
+# its label, what its strength means, the map its ControlNet reads and the models that make it, its defaults.
+STRUCTURE_KINDS = tuple(tomllib.loads((PRESET_DIR / "structure.toml").read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True)
+class ArchitectureFacts:
+    """What an architecture's passes can do, in one place (the codec, the presets and `pipelines/arch/` read it)."""
+
+    regions: bool  # an image prompt may act on part of the image (a mask in its attention)
+    structure: bool  # its ControlNet and img2img pipelines are wired (structure slots)
+
+
+ARCHITECTURES = {
+    "sdxl": ArchitectureFacts(regions=True, structure=True),
+    "sd15": ArchitectureFacts(regions=True, structure=True),
+    "flux": ArchitectureFacts(regions=False, structure=False),  # FLUX's processor takes no mask; no ControlNet yet
+}
 CONTROL_TYPES = ("canny", "depth", "pose", "scribble", "lineart", "normal", "segment")  # what a control map shows
 
 # Hard limits that no preset may widen: they protect the server, whatever a preset says.
@@ -152,6 +167,9 @@ class FamilySpec:
     defaults: dict[str, Any] = field(default_factory=dict)  # what every mode's preset starts from (steps, size...)
     controlnets: dict[str, ControlNetSpec] = field(default_factory=dict)  # control type -> its ControlNet
     depth_model: str | None = None  # the depth estimator of "depth" slots (transformers, AutoModelForDepthEstimation)
+    # The models a structure kind's map is made with, by the kind's `preprocessor` (presets/structure.toml): each a
+    # transformers folder (model, config, image processor); "depth" is `depth_model`.
+    preprocessors: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def hub_checkpoints(self) -> list[tuple[str, str | None]]:
         """Every (repository, file or None for a whole pipeline folder) this family loads, for Space preloading."""
@@ -167,8 +185,10 @@ class FamilySpec:
         for spec in self.controlnets.values():  # the config and the one weights file from_pretrained reads
             folder = spec.subfolder + "/" if spec.subfolder else ""
             out += [(spec.repo, f"{folder}config.json"), (spec.repo, f"{folder}diffusion_pytorch_model.safetensors")]
-        if self.depth_model:  # transformers' files: model, its config, the image processor's
-            out += [(self.depth_model, f) for f in ("config.json", "model.safetensors", "preprocessor_config.json")]
+        for repos in self.preprocessors.values():  # transformers' files: model, its config, the image processor's
+            out += [
+                (repo, f) for repo in repos for f in ("config.json", "model.safetensors", "preprocessor_config.json")
+            ]
         if self.scoring is not None:  # the text tower's files only (the repository also holds OpenCLIP copies)
             out += [(self.scoring.text_encoder, f) for f in SCORING_TEXT_FILES]
         return list(dict.fromkeys(out))
@@ -268,6 +288,13 @@ class StructurePreset:
     compare: tuple[float, ...]
     control_types: tuple[str, ...]  # what this family can feed ("control" chooses one; canny/depth are fixed)
     canny_thresholds: tuple[int, int] = (100, 200)  # OpenCV Canny's low and high hysteresis thresholds
+    label: str = ""  # how a person reads the kind ("Edges of a photo")
+    info: str = ""  # what its strength means, in a sentence
+    api: str = ""  # what it takes and does, for the API's description of `slots`
+    map_type: str | None = None  # the map the app makes for its ControlNet (None: given, or no ControlNet)
+    controlnet: bool = True  # False: a start image (img2img), no ControlNet
+    preprocessor: str | None = None  # the family's `preprocessors` entry that makes its map, if it needs models
+    settings: dict[str, Any] = field(default_factory=dict)  # the kind's own numbers (detection thresholds, ...)
     variant: str = ""
     variants: tuple[str, ...] = ("",)
     block_maps: None = None
@@ -453,9 +480,16 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
                 )
                 c.done()
             cn.done()
+        depth_model = t.text("depth_model") if t.has("depth_model") else None
+        preprocessors = {"depth": (depth_model,)} if depth_model else {}
+        if t.has("preprocessors"):
+            pre = t.table("preprocessors")
+            preprocessors |= {kind: pre.texts(kind) for kind in list(pre.data)}
+            pre.done()
         families[name] = FamilySpec(
             controlnets=controlnets,
-            depth_model=t.text("depth_model") if t.has("depth_model") else None,
+            depth_model=depth_model,
+            preprocessors=preprocessors,
             name=name,
             pipeline=t.text("pipeline", PIPELINE_KINDS),
             source=t.text("source", SOURCES),
@@ -570,41 +604,72 @@ def load_structure_presets(
     families: dict[str, FamilySpec], preset_dir: Path = PRESET_DIR
 ) -> dict[str, dict[str, StructurePreset]]:
     """Read presets/structure.toml: `{kind: {family: StructurePreset}}` for the families that can run that kind
-    (a ControlNet kind needs the family's ControlNet for it; "depth" also its depth model; "start" needs nothing)."""
+    (a ControlNet for the map it makes, the models its `preprocessor` needs, an architecture with structure)."""
     data, where = _read(preset_dir / "structure.toml")
     root = _Table(data, where, "")
     out: dict[str, dict[str, StructurePreset]] = {}
     for kind in STRUCTURE_KINDS:
         t = root.table(kind)
         t.path = f"[{kind}]"
-        thresholds = (100, 200)
-        if t.has("canny_thresholds"):
-            raw = t.get("canny_thresholds")
-            if not (isinstance(raw, list) and len(raw) == 2 and all(type(x) is int for x in raw)):
-                raise PresetError(f"{t.at('canny_thresholds')} = {raw!r} must be two whole numbers [low, high]")
-            thresholds = (raw[0], raw[1])
-        strength, stop_at, crop = t.range("strength"), t.range("stop_at"), t.text("crop", CROP_MODES)
-        compare = t.get("compare")
-        if not isinstance(compare, list) or not all(isinstance(v, (int, float)) for v in compare):
-            raise PresetError(f"{t.at('compare')} = {compare!r} must be a list of numbers")
+        own = _kind_facts(t)
         t.done()
         out[kind] = {}
         for name, spec in families.items():
-            types = {"canny": ("canny",), "depth": ("depth",), "control": tuple(spec.controlnets), "start": ()}[kind]
-            if any(c not in spec.controlnets for c in types) or (kind == "depth" and not spec.depth_model):
+            if own["map_type"] is not None:
+                types: tuple[str, ...] = (own["map_type"],)
+            else:  # a ready map of any type the family has a ControlNet for, or a start image (none)
+                types = tuple(spec.controlnets) if own["controlnet"] else ()
+            if any(c not in spec.controlnets for c in types) or (own["controlnet"] and not types):
                 continue
-            if kind == "control" and not types:
+            if own["preprocessor"] is not None and own["preprocessor"] not in spec.preprocessors:
                 continue
-            if spec.pipeline not in STRUCTURE_PIPELINES:  # no ControlNet or img2img pipeline wired for it yet
+            if not ARCHITECTURES[spec.pipeline].structure:  # no ControlNet or img2img pipeline wired for it yet
                 continue
             try:
-                out[kind][name] = StructurePreset(
-                    kind, name, strength, stop_at, crop, tuple(float(v) for v in compare), types, thresholds
-                )
+                out[kind][name] = StructurePreset(kind, name, control_types=types, **own)
             except ValueError as e:
                 raise PresetError(f"{where}: [{kind}].{e}") from None
     root.done()
     return out
+
+
+def _kind_facts(t: _Table) -> dict[str, Any]:
+    """One structure kind's table: its texts, what its ControlNet reads, and its defaults."""
+    thresholds = (100, 200)
+    if t.has("canny_thresholds"):
+        raw = t.get("canny_thresholds")
+        if not (isinstance(raw, list) and len(raw) == 2 and all(type(x) is int for x in raw)):
+            raise PresetError(f"{t.at('canny_thresholds')} = {raw!r} must be two whole numbers [low, high]")
+        thresholds = (raw[0], raw[1])
+    compare = t.get("compare")
+    if not isinstance(compare, list) or not all(isinstance(v, (int, float)) for v in compare):
+        raise PresetError(f"{t.at('compare')} = {compare!r} must be a list of numbers")
+    reads = t.text("control_type", (*CONTROL_TYPES, "any", "none"))  # "any": the person says; "none": img2img
+    settings = t.table("settings").data if t.has("settings") else {}
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in settings.values()):
+        raise PresetError(f"{t.at('settings')} = {settings!r} must hold numbers only")
+    return {
+        "strength": t.range("strength"), "stop_at": t.range("stop_at"), "crop": t.text("crop", CROP_MODES),
+        "compare": tuple(float(v) for v in compare), "canny_thresholds": thresholds,
+        "label": t.text("label"), "info": t.text("info"), "api": t.text("api"),
+        "map_type": reads if reads not in ("any", "none") else None, "controlnet": reads != "none",
+        "preprocessor": t.text("preprocessor") if t.has("preprocessor") else None, "settings": dict(settings),
+    }  # fmt: skip
+
+
+@functools.cache
+def structure_texts(key: str) -> dict[str, str]:
+    """One text of every structure kind, by kind ("label", "info" or "api"), as presets/structure.toml writes it
+    (whatever the family: the texts describe the kind)."""
+    data, where = _read(PRESET_DIR / "structure.toml")
+    out = {}
+    for kind in STRUCTURE_KINDS:
+        t = _Table(data[kind], where, f"[{kind}]")
+        out[kind] = t.text(key)
+    return out
+
+
+CONTROLNET_KINDS = tuple(k for k, reads in structure_texts("control_type").items() if reads != "none")
 
 
 @functools.cache

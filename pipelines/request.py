@@ -12,7 +12,7 @@ from typing import Any
 
 from .images import ReferenceImage
 from .parameters import MAX_IMAGES_PER_INPUT
-from .presets import STRUCTURE_KINDS
+from .presets import CONTROLNET_KINDS, STRUCTURE_KINDS
 
 MAX_SEED = 2**32 - 1  # seeds are shown and typed by people; 32 bits is what every UI in this field uses
 RANDOM_SEED = -1  # the seed that asks for a fresh random one
@@ -72,7 +72,7 @@ class ImagePrompt:
 
     @property
     def is_controlnet(self) -> bool:
-        return self.is_structure and self.mode != "start"
+        return self.mode in CONTROLNET_KINDS
 
     @property
     def groups(self) -> list[tuple[ReferenceImage, ...]]:

@@ -25,7 +25,7 @@ from pipelines.images import load_reference
 from pipelines.metadata import save_png
 from pipelines.parameters import MAX_SLOTS, SLOT_KEY_NAMES
 from pipelines.plot import score_plot
-from pipelines.presets import MAX_GRID_CELLS, STRUCTURE_KINDS, FamilySpec, ModePreset
+from pipelines.presets import CONTROLNET_KINDS, MAX_GRID_CELLS, STRUCTURE_KINDS, FamilySpec, ModePreset
 from pipelines.request import GenerationRequest
 from pipelines.settings import settings_of
 
@@ -190,7 +190,7 @@ def gpu_time(studio: Studio, preset: ModePreset, images: int) -> Callable[[dict[
             steps, width, height = preset.steps.max, preset.width.max, preset.height.max
         if values.get("speed") == "fast" and preset.fast is not None:
             steps = preset.fast.steps
-        controlnets = sum(kind in STRUCTURE_KINDS and kind != "start" for kind in slot_kinds_of(values))
+        controlnets = sum(kind in CONTROLNET_KINDS for kind in slot_kinds_of(values))
         # A ControlNet costs up to about a UNet's encoder half again per step (bench.structure).
         return gpu_seconds(studio.family.pipeline, steps, n, width, height, 1 + 0.6 * controlnets)
 

@@ -20,7 +20,7 @@ import gradio as gr
 from gradio.context import Context
 
 from pipelines.parameters import BY_NAME, MAX_SLOTS, defaults, parameters_for
-from pipelines.presets import CROP_MODES, REGIONS, STRUCTURE_KINDS, ModePreset, preset_for, slot_kinds
+from pipelines.presets import CROP_MODES, REGIONS, STRUCTURE_KINDS, ModePreset, preset_for, slot_kinds, structure_texts
 
 from . import endpoints
 from .common import GPU_CONCURRENCY_ID, IO_CONCURRENCY, on_gpu
@@ -29,14 +29,10 @@ from .examples import reference_path
 from .serving import as_code, boundary, uploaded_image
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
+# Each slot kind as a person reads it; the structure kinds' texts are data (presets/structure.toml).
 SLOT_LABELS = {"none": "Nothing", "general": "General reference", "face": "A face", "style": "A style",
-               "canny": "Edges of a photo", "depth": "Depth of a photo", "control": "A control map (pose, sketch...)",
-               "start": "A start image"}  # fmt: skip
-STRENGTH_INFO = {  # what a slot's strength means, by kind
-    "general": "How much of its images carries over (0 = none)",
-    **dict.fromkeys(("canny", "depth", "control"), "How strongly its map steers the layout (0 = not at all)"),
-    "start": "How much of the start image stays (0 = none; at most 0.95)",
-}
+               **structure_texts("label")}  # fmt: skip
+STRENGTH_INFO = {"general": "How much of its images carries over (0 = none)", **structure_texts("info")}
 CONTROL_TYPE_LABELS = {"canny": "Edges (Canny)", "depth": "Depth", "pose": "Pose skeleton (OpenPose)",
                        "scribble": "Scribble / soft edges", "lineart": "Line art", "normal": "Normal map",
                        "segment": "Segmentation"}  # fmt: skip
@@ -518,7 +514,7 @@ def _follow_slot_kind(preset: ModePreset, c: dict, i: int) -> None:
         return (
             gr.update(choices=choices, value=value if own and value in own.variants else choices[0][1], visible=look),
             gr.update(visible=look),
-            gr.update(visible=kind == "control"),
+            gr.update(visible=structure_texts("control_type").get(kind) == "any"),  # a ready map: say its type
             gr.update(info=STRENGTH_INFO.get(kind, STRENGTH_INFO["general"])),
         )
 

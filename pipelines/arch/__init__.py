@@ -14,7 +14,8 @@ Checklist: a new architecture, in order (FLUX.1 went this way; `flux.py` is the 
    (their calls are counted), `encode_text` (the same `encode_prompt` call the stock pipeline makes, once per
    request), `prompt_tokenizer` (what the prompt-length warning counts against), `cfg_batch` (the guidance layout),
    `initial_latents` (seeded noise exactly as the stock pipeline draws it), `ip_adapter_load_kwargs` /
-   `ip_adapter_call_kwargs`, `structure_pipeline`, and `regions` when its attention takes no mask.
+   `ip_adapter_call_kwargs`, `structure_pipeline`; and its facts in `presets.ARCHITECTURES` (whether its attention
+   takes a region mask, whether its structure pipelines are wired: one place, read by the codec and the presets).
    Then the pass: `accepts` (the conditioning values of `pipelines/conditioning.py` its passes take; the rest is
    refused by name), the keywords of each one it accepts beyond the shared ones (`controlnet_call_kwargs`,
    `join_tokens`), `guidance` when it has true CFG, and `denoise` only if the stock pipeline's `__call__` cannot run
@@ -59,7 +60,6 @@ class Architecture(ABC):
 
     name: str  # the `pipeline` value of presets/models.toml
     accepts: frozenset[type] = frozenset({ImageAttention})  # the conditioning values its passes take
-    regions = True  # whether an image prompt may act on part of the image (a mask in attention)
 
     @abstractmethod
     def pipeline_class(self) -> type:

@@ -57,8 +57,6 @@ class Flux(Architecture):
             out |= {f"{name}prompt_embeds": embeds, f"{name}pooled_prompt_embeds": pooled}
         return out
 
-    regions = False  # diffusers' FLUX processor ignores masks; on packed tokens they are not proven here yet
-
     def ip_adapter_load_kwargs(self) -> dict[str, Any]:
         return {"image_encoder_pretrained_model_name_or_path": None}
 

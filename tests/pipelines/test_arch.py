@@ -70,7 +70,9 @@ def test_sd_noise_is_the_engines(engines, family):
 
 
 def test_the_request_codec_knows_which_architectures_take_regions():
-    """The codec (no torch import) refuses regions for the architectures whose attention takes no region mask."""
-    from pipelines.codec import WHOLE_IMAGE_ONLY
+    """One fact per architecture (presets.ARCHITECTURES, no torch import): the codec refuses regions where its
+    attention takes no region mask."""
+    from pipelines.presets import ARCHITECTURES, PIPELINE_KINDS
 
-    assert set(WHOLE_IMAGE_ONLY) == {k for k in ("sdxl", "sd15", "flux") if not architecture(k).regions}
+    assert set(ARCHITECTURES) == set(PIPELINE_KINDS) and all(architecture(k).name == k for k in PIPELINE_KINDS)
+    assert not ARCHITECTURES["flux"].regions and ARCHITECTURES["sdxl"].regions and ARCHITECTURES["sd15"].regions
