@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from pipelines.full_size import build_unet, unet_inputs
+from pipelines.offline.full_size import build_unet, unet_inputs
 from pipelines.plan import CANDIDATES, BatchPlanner, predict
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -22,8 +22,8 @@ def full_size_setup(name: str, prefix: str) -> tuple:
     families = load_families()
     presets = load_mode_presets(families)
     from pipelines import Engine
-    from pipelines.full_size import write_mirror
-    from pipelines.tiny import write_tokenizer
+    from pipelines.offline.full_size import write_mirror
+    from pipelines.offline.tiny import write_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

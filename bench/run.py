@@ -214,7 +214,7 @@ def bench_unet(
     from torch.utils.flop_counter import FlopCounterMode
 
     from pipelines.attention import sample_scales, wrap_ip_processors
-    from pipelines.full_size import VIT_H, build_unet, ip_adapter_state_dict, unet_inputs
+    from pipelines.offline.full_size import VIT_H, build_unet, ip_adapter_state_dict, unet_inputs
 
     unet = build_unet(pipeline, dtype, device)
     unet._load_ip_adapter_weights([ip_adapter_state_dict(pipeline, "pooled")], low_cpu_mem_usage=False)

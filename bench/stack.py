@@ -138,7 +138,7 @@ def full_size_section(args: argparse.Namespace) -> dict:
     from diffusers.models.embeddings import MultiIPAdapterImageProjection
 
     from pipelines.attention import PromptScale, combine_processors, prompt_scales, wrap_ip_processors
-    from pipelines.full_size import VIT_H, build_unet, ip_adapter_state_dict, unet_inputs
+    from pipelines.offline.full_size import VIT_H, build_unet, ip_adapter_state_dict, unet_inputs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

@@ -113,7 +113,7 @@ def tiny_sections(args: argparse.Namespace) -> None:
 def full_size_section(args: argparse.Namespace) -> None:
     from diffusers import ControlNetModel
 
-    from pipelines.full_size import build_unet, unet_inputs
+    from pipelines.offline.full_size import build_unet, unet_inputs
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

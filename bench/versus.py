@@ -144,8 +144,8 @@ def main() -> None:
 
     import app
     from pipelines import Engine, build_request
-    from pipelines.full_size import write_mirror
-    from pipelines.tiny import write_tokenizer
+    from pipelines.offline.full_size import write_mirror
+    from pipelines.offline.tiny import write_tokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name, size, steps, dtype = args.models, args.size, args.steps, None

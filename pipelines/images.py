@@ -256,3 +256,21 @@ def square_for_encoder(img: Image.Image, crop: str) -> Image.Image:
     if crop == "squash":
         return img.resize((side, side), Image.Resampling.BICUBIC)
     raise ValueError(f"unknown crop mode {crop!r}")
+
+
+SKIN = (230, 180, 150)  # RGB of a face the tiny detector finds (pipelines/offline/faces.py)
+
+
+def draw_face(canvas: Image.Image, centre: tuple[int, int], side: int, eyes: tuple[int, int, int]) -> None:
+    """Draw a face the tiny detector finds: a SKIN square of `side` (32, 64 or 128) with two `eyes` dots (the
+    examples' drawn person, and the tests' people)."""
+    from PIL import ImageDraw
+
+    cx, cy = centre
+    half = side // 2
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([cx - half, cy - half, cx + half - 1, cy + half - 1], fill=SKIN)
+    dot = max(2, side // 16)
+    for ex in (cx - side // 5, cx + side // 5):
+        ey = cy - side // 8
+        draw.rectangle([ex - dot, ey - dot, ex + dot, ey + dot], fill=eyes)

@@ -30,7 +30,7 @@ class ModelSource:
     def resolve(self, repo: str) -> str:
         """A Hub id as is; for the tiny family its generated folder; for a local mirror `tiny_root/<repo>`."""
         if self.family.source == "tiny":
-            from .tiny import ensure_tiny_models  # builds models from configs: loads the model classes
+            from .offline.tiny import ensure_tiny_models  # builds models from configs: loads the model classes
 
             return str(ensure_tiny_models(self.tiny_root) / repo)
         if self.family.source == "local":

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipelines import Engine, load_families, load_mode_presets
-from pipelines.tiny import ensure_tiny_models
+from pipelines.offline.tiny import ensure_tiny_models
 
 
 @pytest.fixture(scope="session")

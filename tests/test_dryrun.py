@@ -16,9 +16,9 @@ import torch
 
 from pipelines import Engine, build_request
 from pipelines.face import FaceSpec
-from pipelines.full_size import write_mirror
+from pipelines.offline.full_size import write_mirror
+from pipelines.offline.tiny import write_tokenizer
 from pipelines.presets import Range
-from pipelines.tiny import write_tokenizer
 from tests.pipelines.test_face import ALICE
 
 SMALL = Range(default=64, min=64, max=2048, step=8)
@@ -120,9 +120,9 @@ def test_flux_and_xlabs_at_their_published_shapes_on_the_meta_device(tmp_path, m
     from pipelines.adapters import ramp_weights
     from pipelines.arch.flux_attention import ScaledFluxIPAdapterAttnProcessor
     from pipelines.attention import wrap_ip_processors
-    from pipelines.full_size import FLUX_TRANSFORMER
+    from pipelines.offline.full_size import FLUX_TRANSFORMER
+    from pipelines.offline.tiny import xlabs_shapes
     from pipelines.presets import load_families
-    from pipelines.tiny import xlabs_shapes
 
     shapes = xlabs_shapes()
 

@@ -26,8 +26,8 @@ def test_the_readme_api_example_runs_against_the_tiny_app(app_url, tmp_path, mon
     code = api_example()
     assert 'Client("http://127.0.0.1:7860/")' in code  # the address `python app.py` prints
     Image.new("RGB", (96, 80), (212, 175, 55)).save(tmp_path / "gold.png")  # "any picture saved as gold.png"
-    command = re.search(r"`python -m pipelines\.tiny_faces ([\w. ]+)`", README.read_text(encoding="utf-8"))
-    subprocess.run([sys.executable, "-m", "pipelines.tiny_faces", *command.group(1).split()], cwd=tmp_path,
+    command = re.search(r"`python -m pipelines\.offline\.faces ([\w. ]+)`", README.read_text(encoding="utf-8"))
+    subprocess.run([sys.executable, "-m", "pipelines.offline.faces", *command.group(1).split()], cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(README.parent)}, check=True, capture_output=True)  # fmt: skip
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()

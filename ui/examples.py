@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipelines.tiny_faces import draw_face
+from pipelines.images import draw_face
 
 
 def _gold() -> Image.Image:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipelines.arch import architecture
-from pipelines.tiny import CLIP_VIT_L_REPO, FLUX_BASE, FLUX_IP_ADAPTER_REPO
+from pipelines.offline.tiny import CLIP_VIT_L_REPO, FLUX_BASE, FLUX_IP_ADAPTER_REPO
 from tests.conftest import pixels
 
 SIZE = 64

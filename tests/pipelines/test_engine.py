@@ -196,14 +196,15 @@ def test_pixels_do_not_depend_on_the_thread_that_runs_them(engines, presets, fam
 
 
 def test_only_the_architecture_modules_name_the_unet():
-    """The seam: the runner, adapter bank, structure slots and model source reach the denoiser through
-    `pipelines/arch/` (full_size.py and tiny.py build UNets and may name them)."""
+    """The seam: the runner, adapter bank, slot kinds and model source reach the denoiser through `pipelines/arch/`
+    (the offline builders build UNets and may name them)."""
     import re
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "pipelines"
-    naming = {p.name for p in root.glob("*.py") if re.search(r"\.unet\b|StableDiffusion(XL)?Pipeline\b", p.read_text())}
-    assert naming <= {"full_size.py", "tiny.py"}, naming
+    pattern = r"\.unet\b|StableDiffusion(XL)?Pipeline\b"
+    naming = {p.relative_to(root).parts[0] for p in root.rglob("*.py") if re.search(pattern, p.read_text())}
+    assert naming <= {"arch", "offline"}, naming
 
 
 def test_diagnostics_name_the_denoiser_calls(engines, presets, family, gold):

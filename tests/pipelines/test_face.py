@@ -12,7 +12,7 @@ from pipelines import Engine, ModelNotAvailableError, build_request
 from pipelines.encoder import ImagePromptEncoder
 from pipelines.face import FaceAnalyzer, FaceError, FaceSpec, identity
 from pipelines.images import load_reference
-from pipelines.tiny_faces import draw_face
+from pipelines.offline.faces import draw_face
 from tests.conftest import pixels
 
 BACKGROUND = (40, 40, 50)

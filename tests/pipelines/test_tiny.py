@@ -6,7 +6,7 @@ import json
 
 from safetensors import safe_open
 
-from pipelines.tiny import IP_ADAPTER_REPO, SDXL_BASE, ensure_tiny_models
+from pipelines.offline.tiny import IP_ADAPTER_REPO, SDXL_BASE, ensure_tiny_models
 
 
 def test_real_formats(tiny_root):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
-from .presets import FamilySpec
+from ..presets import FamilySpec
 from .tiny import (  # the key layouts both the tiny and the full-size files are written in
     cross_attention_hidden_sizes,
     faceid_image_proj,

@@ -39,7 +39,7 @@ from transformers import (
     Dinov2Config,
 )
 
-from .tiny_faces import build_face_pack
+from .faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
 TINY_VERSION = "v14"

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SKIN = (230, 180, 150)  # RGB of a drawable face
+from ..images import SKIN, draw_face
+
 STRIDES = (8, 16, 32)
 FACE_SIDE = {s: 4 * s for s in STRIDES}  # a face found at stride s is 4s pixels wide
 DET_SIZE = 640
@@ -89,20 +90,6 @@ def build_face_pack(folder: Path) -> None:
     )
 
 
-def draw_face(canvas: object, centre: tuple[int, int], side: int, eyes: tuple[int, int, int]) -> None:
-    """Draw a face the tiny detector finds: a SKIN square of `side` (32, 64 or 128) with two `eyes` dots."""
-    from PIL import ImageDraw
-
-    cx, cy = centre
-    half = side // 2
-    draw = ImageDraw.Draw(canvas)
-    draw.rectangle([cx - half, cy - half, cx + half - 1, cy + half - 1], fill=SKIN)
-    dot = max(2, side // 16)
-    for ex in (cx - side // 5, cx + side // 5):
-        ey = cy - side // 8
-        draw.rectangle([ex - dot, ey - dot, ex + dot, ey + dot], fill=eyes)
-
-
 def drawn_face_photo(eyes: tuple[int, int, int] = (0, 0, 255), side: int = 64) -> object:
     """A 640 x 640 picture with one face the offline (tiny) detector finds: try the Face tab without a real model."""
     from PIL import Image
@@ -112,7 +99,7 @@ def drawn_face_photo(eyes: tuple[int, int, int] = (0, 0, 255), side: int = 64) -
     return img
 
 
-if __name__ == "__main__":  # python -m pipelines.tiny_faces face.png [face2.png ...]: one drawn person per file
+if __name__ == "__main__":  # python -m pipelines.offline.faces face.png [face2.png ...]: one drawn person per file
     import sys
 
     palette = [(0, 0, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255)]
