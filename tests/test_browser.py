@@ -269,6 +269,31 @@ def test_edges_of_a_photo_through_the_ui(fresh, files):
     page.screenshot(path=str(ARTIFACTS / "edges-of-a-photo.png"), full_page=True)
 
 
+def test_pose_of_a_photo_through_the_ui(fresh, files):
+    """ "Pose of a photo" in "Add an image prompt": no adapter or map type to pick, the preview shows the pose map,
+    and the result's metadata names the pose map and its ControlNet."""
+    page = fresh
+    panel = page.locator("#tab-general")
+    panel.get_by_text("Add an image prompt (a face, a style").click()
+    page.locator("#general-slot1-mode").get_by_text("Pose of a photo").click()
+    slot = page.locator("#general-slot1")
+    slot.get_by_label("Its adapter").wait_for(state="hidden")
+    assert not page.locator("#general-slot1-control-type").is_visible()
+    page.locator("#general-slot1-images input[type=file]").set_input_files(files["alice"])
+    page.locator("#general-slot1-images img").first.wait_for(state="visible")
+    page.locator("#general-preview img").last.wait_for(state="visible")  # the pose map
+    panel.get_by_role("button", name="Start drawing").click()
+    page.locator("#general-seed-used").wait_for(state="visible")
+    page.locator("#general-result img").wait_for(state="visible")
+    panel.get_by_text("Metadata (also stored in the PNG)").click()
+    metadata = page.locator("#general-metadata")
+    metadata.get_by_text('"control_type"').first.wait_for()
+    text = "".join(metadata.inner_text().split())
+    assert '"mode":"pose"' in text and '"control_type":"pose"' in text and "tiny-controlnet-union" in text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "pose-of-a-photo.png"), full_page=True)
+
+
 def test_fast_mode_through_the_ui(fresh, files):
     """The speed switch: fast hides the steps and guidance sliders (the LoRA has its own) and draws in fast mode."""
     page = fresh

@@ -306,6 +306,21 @@ def test_a_structure_slot_through_mcp_with_a_real_image(mcp_url, reference_files
     assert meta["image_prompts"][1]["adapter"] == "tiny-controlnet-union" and len(meta["slot_images_sha256"]) == 1
 
 
+def test_a_pose_slot_through_mcp_with_a_real_image(mcp_url, reference_files):
+    """ "Pose of a photo" sent by an agent as a data URL: its map is made and read by the pose ControlNet."""
+    arguments = {"prompt": "a dancer", "steps": 2, "seed": 4, "slots": [{"mode": "pose", "strength": 0.9}],
+                 "slot_images": [{"image": data_url(reference_files["alice"])}]}  # fmt: skip
+    error, content = asyncio.run(call(mcp_url, "general", arguments))
+    assert not error, texts(content)
+    meta = metadata_of(content)
+    assert meta["slots"][0]["mode"] == "pose" and meta["image_prompts"][1]["control_type"] == "pose"
+    assert meta["image_prompts"][1]["adapter"] == "tiny-controlnet-union"
+    error, content = asyncio.run(
+        call(mcp_url, "general_preview", {k: arguments[k] for k in ("prompt", "slots", "slot_images")})
+    )
+    assert not error and len(json.loads(texts(content)[0])["images"]) == 1, texts(content)  # the pose map
+
+
 # ------------------------------------------------------------------------------------------- safety III
 
 PROBE = {"name": "probe", "version": "1"}

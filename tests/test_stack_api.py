@@ -162,3 +162,20 @@ def test_a_face_on_a_depth_map_through_the_api(client, files):
     assert np.array_equal(rgb(zero), rgb(alone)) and np.abs(rgb(path) - rgb(alone)).mean() > 0.5
     with pytest.raises(Exception, match=r"A control slot needs 'control_type'"):
         client.predict(prompt="x", slots=[{"mode": "control"}], slot_images=gallery(files["gold"]), api_name="/face")
+
+
+def test_a_pose_slot_through_the_api(client, files):
+    """ "Pose of a photo" by gradio_client with a real image: the map is previewed, the metadata names the pose
+    ControlNet, and a sweep over the slot's strength is one pass whose cells equal single renders."""
+    slots = [{"mode": "pose", "strength": 0.9}]
+    _, _, _, meta, seen = client.predict(prompt="a dancer", slots=slots, slot_images=gallery(files["alice"]),
+                                                 seed=6, steps=2, api_name="/general")  # fmt: skip
+    assert meta["slots"][0]["mode"] == "pose" and meta["image_prompts"][1]["control_type"] == "pose"
+    assert meta["image_prompts"][1]["adapter"] == "tiny-controlnet-union"
+    assert len(seen) == 1 and rgb(seen[0]["image"]).any()  # the pose map (no reference: nothing for CLIP)
+    cells, *_ = client.predict(prompt="a dancer", slots=slots, slot_images=gallery(files["alice"]), seed=6, steps=2,
+                               strengths="0.5", extra_strengths="0, 0.9", api_name="/general_compare")  # fmt: skip
+    assert [c["caption"] for c in cells] == ["0.5 × 0", "0.5 × 0.9"]
+    single, *_ = client.predict(prompt="a dancer", slots=slots, slot_images=gallery(files["alice"]), seed=6, steps=2,
+                                strength=0.5, api_name="/general")  # fmt: skip
+    assert np.abs(rgb(cells[1]["image"]) - rgb(single)).max() <= 2

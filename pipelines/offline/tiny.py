@@ -37,12 +37,18 @@ from transformers import (
     DepthAnythingConfig,
     DepthAnythingForDepthEstimation,
     Dinov2Config,
+    RTDetrConfig,
+    RTDetrForObjectDetection,
+    RTDetrResNetConfig,
+    VitPoseBackboneConfig,
+    VitPoseConfig,
+    VitPoseForPoseEstimation,
 )
 
 from .faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v14"
+TINY_VERSION = "v15"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -60,6 +66,8 @@ CONTROLNET_SD15_REPOS = {  # mirror lllyasviel/control_v11* (ControlNetModel, on
     "pose": "tiny-controlnet-sd15-openpose",
 }
 DEPTH_REPO = "tiny-depth-anything"  # mirrors depth-anything/Depth-Anything-V2-Small-hf (model + DPT processor)
+PERSON_REPO = "tiny-rtdetr"  # mirrors PekingU/rtdetr_r50vd_coco_o365 (RTDetrForObjectDetection + its processor)
+VITPOSE_REPO = "tiny-vitpose"  # mirrors usyd-community/vitpose-base-simple (VitPoseForPoseEstimation, 17 COCO points)
 FLUX_BASE = "tiny-flux"  # mirrors black-forest-labs/FLUX.1-dev: FluxPipeline (transformer, CLIP + T5, 16-channel VAE)
 FLUX_IP_ADAPTER_REPO = (
     "tiny-flux-ip-adapter"  # mirrors XLabs-AI/flux-ip-adapter-v2 (XLabs keys, ip_adapter.safetensors)
@@ -108,6 +116,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         _build_fast_loras(staging)
         _build_controlnets(staging)
         _build_depth(staging / DEPTH_REPO)
+        _build_pose(staging / PERSON_REPO, staging / VITPOSE_REPO)
         _build_flux(staging, staging / "tokenizer-files")
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
@@ -469,7 +478,7 @@ def _build_fast_loras(root: Path) -> None:
 
 def _random_zero_convs(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
     """A fresh ControlNet's output convolutions start at zero (it would change nothing): give them random weights so
-    strength, windows and sweeps have something to act on."""
+    strength, windows and sweeps have something to act on, and make its map matter."""
     gen = torch.Generator().manual_seed(seed)
     outputs = [*model.controlnet_down_blocks, model.controlnet_mid_block, model.controlnet_cond_embedding.conv_out]
     if isinstance(model, ControlNetUnionModel):
@@ -477,6 +486,11 @@ def _random_zero_convs(model: torch.nn.Module, seed: int, std: float = 0.3) -> N
     for layer in outputs:
         layer.weight.data = torch.randn(layer.weight.shape, generator=gen) * std
         layer.bias.data.zero_()
+    # Its conditioning embedding at the default init reads the map so faintly that another map moved a 64 px image by
+    # 0.002 levels on average (a wrong map would pass every test): scaled up, another map moves it by several levels.
+    embedding = model.controlnet_cond_embedding
+    for layer in (embedding.conv_in, *embedding.blocks):
+        layer.weight.data *= 4.0
 
 
 def _controlnet_from_unet(cls: type, unet: UNet2DConditionModel, **config: object) -> torch.nn.Module:
@@ -543,6 +557,51 @@ def _build_depth(folder: Path) -> None:
     }  # fmt: skip
     (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     AutoImageProcessor.from_pretrained(str(folder))  # fails here, not in a request, if the format drifts
+
+
+def _build_pose(person: Path, pose: Path) -> None:
+    """The pose slot's two models in their real layouts at a tiny width: an RT-DETR person detector (COCO's 80
+    labels, 0 = person) and a ViTPose keypoint model (17 COCO keypoints), each with its image processor.
+
+    Random weights find no person: the detector's "person" logits are raised so that its queries come out as people,
+    at boxes that follow the picture (its random features), and ViTPose's random heatmaps then put keypoints there.
+    """
+    torch.manual_seed(50)
+    backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                                  layer_type="basic", out_features=["stage2", "stage3", "stage4"])  # fmt: skip
+    labels = {0: "person", **{i: f"object {i}" for i in range(1, 80)}}
+    config = RTDetrConfig(
+        backbone_config=backbone, encoder_in_channels=[16, 32, 64], encoder_hidden_dim=16, d_model=16,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
+        decoder_layers=1, num_queries=8, decoder_in_channels=[16, 16, 16], num_labels=80, id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )  # fmt: skip
+    detector = RTDetrForObjectDetection(config)
+    with torch.no_grad():
+        for name, param in detector.named_parameters():
+            if name.endswith(("enc_score_head.bias", "class_embed.0.bias")):
+                param[0] += 8.0  # sigmoid: about 0.97 for "person"
+    detector.save_pretrained(str(person), safe_serialization=True)
+    processor = {  # rtdetr_r50vd_coco_o365's preprocessor_config.json, at the tiny input size
+        "image_processor_type": "RTDetrImageProcessor", "do_resize": True, "size": {"height": 64, "width": 64},
+        "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False, "do_pad": False,
+        "format": "coco_detection",
+    }  # fmt: skip
+    (person / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    torch.manual_seed(51)
+    points = VitPoseBackboneConfig(image_size=[64, 48], patch_size=[16, 16], hidden_size=16, num_hidden_layers=1,
+                                   num_attention_heads=2, mlp_ratio=2, out_indices=[1])  # fmt: skip
+    VitPoseForPoseEstimation(VitPoseConfig(backbone_config=points, num_labels=17)).save_pretrained(
+        str(pose), safe_serialization=True
+    )
+    processor = {  # vitpose-base-simple's preprocessor_config.json, at the tiny input size
+        "image_processor_type": "VitPoseImageProcessor", "do_affine_transform": True, "size": {"height": 64,
+        "width": 48}, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "normalize_factor": 200.0,
+        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+    }  # fmt: skip
+    (pose / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    for folder in (person, pose):
+        AutoImageProcessor.from_pretrained(str(folder), backend="pil")  # fails here if the format drifts
 
 
 def _t5_tokenizer(folder: Path) -> Any:

@@ -99,6 +99,7 @@ class SlotKinds:
         settings = request.settings
         inputs = self.structure.inputs(declared, settings.width, settings.height, scope)
         structure = StructureShare(self.structure, declared, inputs)
+        warnings += structure.notes
         acting = [i for i, p in enumerate(declared) if p.references and self.kind_of(p) != STRUCTURE]
         redux_at = [i for i in acting if self.kind_of(declared[i]) == REDUX]  # extra text tokens, no attention
         redux = self.redux.prepare(declared, redux_at, scope, guidance.true_cfg)

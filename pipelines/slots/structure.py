@@ -70,6 +70,51 @@ def canny_map(image: Image.Image, thresholds: tuple[int, int]) -> Image.Image:
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2))
 
 
+# OpenPose's body drawing (the map its ControlNets were trained on): 18 points, COCO's 17 plus the neck between the
+# shoulders, in OpenPose's order; limbs as (from, to) in that order, each drawn in its colour at 60 %, then the points.
+OPENPOSE_FROM_COCO = (0, None, 6, 8, 10, 5, 7, 9, 12, 14, 16, 11, 13, 15, 2, 1, 4, 3)  # None: the neck
+OPENPOSE_LIMBS = ((1, 2), (1, 5), (2, 3), (3, 4), (5, 6), (6, 7), (1, 8), (8, 9), (9, 10), (1, 11), (11, 12),
+                  (12, 13), (1, 0), (0, 14), (14, 16), (0, 15), (15, 17))  # fmt: skip
+OPENPOSE_COLOURS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+                    (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255),
+                    (85, 0, 255), (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))  # fmt: skip
+
+
+def openpose_points(keypoints: np.ndarray, seen: np.ndarray) -> list[tuple[float, float] | None]:
+    """A person's 18 OpenPose points from COCO's 17 (None where not seen; the neck needs both shoulders)."""
+    out: list[tuple[float, float] | None] = []
+    for coco in OPENPOSE_FROM_COCO:
+        if coco is None:
+            out.append(tuple((keypoints[5] + keypoints[6]) / 2) if seen[5] and seen[6] else None)
+        else:
+            out.append(tuple(keypoints[coco]) if seen[coco] else None)
+    return out
+
+
+def openpose_map(size: tuple[int, int], people: Sequence[tuple[np.ndarray, np.ndarray]]) -> Image.Image:
+    """The people's poses on black, as OpenPose draws a body (controlnet_aux's `draw_bodypose`), one person after
+    another: each limb an ellipse 4 px thick in its colour at 60 %, then each point a 4 px disc in its colour."""
+    import cv2
+
+    width, height = size
+    canvas = np.zeros((height, width, 3), dtype=np.uint8)
+    for keypoints, seen in people:
+        points = openpose_points(keypoints, seen)
+        for (a, b), colour in zip(OPENPOSE_LIMBS, OPENPOSE_COLOURS, strict=False):
+            if points[a] is None or points[b] is None:
+                continue
+            (xa, ya), (xb, yb) = points[a], points[b]
+            length = math.hypot(xa - xb, ya - yb)
+            angle = math.degrees(math.atan2(ya - yb, xa - xb))
+            centre = (int((xa + xb) / 2), int((ya + yb) / 2))
+            polygon = cv2.ellipse2Poly(centre, (int(length / 2), 4), int(angle), 0, 360, 1)
+            cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in colour])
+        for point, colour in zip(points, OPENPOSE_COLOURS, strict=True):
+            if point is not None:
+                cv2.circle(canvas, (int(point[0]), int(point[1])), 4, colour, thickness=-1)
+    return Image.fromarray(canvas)
+
+
 @dataclass
 class StructureInputs:
     """A request's structure slots, ready to run: control maps per ControlNet slot, the fitted start image."""
@@ -94,6 +139,7 @@ class StructureBank:
         self.device, self.dtype, self.counters = device, dtype, counters
         self._nets: dict[str, torch.nn.Module] = {}  # repo/subfolder -> ControlNet (one union model serves all types)
         self._depth: tuple[Any, Any] | None = None
+        self._pose: tuple[Any, Any, Any, Any] | None = None  # person detector and keypoint model, with processors
         self._maps = LRU(cache_size)  # (scope, kind, image hash, size, crop, thresholds) -> control map
         self._pipes: dict[tuple, tuple[Any, Any]] = {}  # the structure pipelines made on `_pipes_base`
         self._pipes_base: Any = None
@@ -126,6 +172,8 @@ class StructureBank:
             out = canny_map(fitted, thresholds)
         elif prompt.mode == "depth":
             out = self.depth_map(fitted)
+        elif prompt.mode == "pose":
+            out = openpose_map(fitted.size, self.people(fitted, preset_for("pose", self.family.name).settings))
         else:
             out = fitted
         self._maps.put(key, out)
@@ -152,6 +200,40 @@ class StructureBank:
         scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
         grey = (scaled * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+
+    def people(self, image: Image.Image, settings: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each person found in `image` (the family's detector, at most `max_people`, best first) and their 17 COCO
+        keypoints in pixels with their scores (ViTPose, one box at a time as its processor crops them)."""
+        if self._pose is None:
+            from transformers import AutoImageProcessor, AutoModelForObjectDetection, VitPoseForPoseEstimation
+
+            load = self.source.from_pretrained
+            detector_repo, pose_repo = self.family.preprocessors["pose"]
+            # The PIL processors: the same pixels whether or not torchvision is installed.
+            self._pose = (
+                load(AutoImageProcessor.from_pretrained, detector_repo, backend="pil"),
+                load(AutoModelForObjectDetection.from_pretrained, detector_repo).to(self.device).eval(),
+                load(AutoImageProcessor.from_pretrained, pose_repo, backend="pil"),
+                load(VitPoseForPoseEstimation.from_pretrained, pose_repo).to(self.device).eval(),
+            )
+        find, detector, read, model = self._pose
+        with torch.inference_mode():
+            found = detector(**find(images=image, return_tensors="pt").to(self.device))
+        size = torch.tensor([(image.height, image.width)])
+        hits = find.post_process_object_detection(found, threshold=settings["person_threshold"], target_sizes=size)[0]
+        person = detector.config.label2id.get("person", 0)
+        keep = (hits["labels"] == person).nonzero().flatten()
+        keep = keep[hits["scores"][keep].argsort(descending=True, stable=True)][: int(settings["max_people"])]
+        boxes = hits["boxes"][keep].float().cpu().numpy()
+        self.counters["pose_estimations"] += 1
+        if not len(boxes):
+            return []
+        boxes[:, 2:] -= boxes[:, :2]  # (x0, y0, x1, y1) -> COCO's (x, y, width, height), as ViTPose takes them
+        with torch.inference_mode():
+            heatmaps = model(**read(image, boxes=[boxes], return_tensors="pt").to(self.device))
+        poses = read.post_process_pose_estimation(heatmaps, boxes=[boxes])[0]
+        low = settings["keypoint_threshold"]
+        return [(p["keypoints"].float().cpu().numpy(), p["scores"].float().cpu().numpy() >= low) for p in poses]
 
     # ------------------------------------------------------------------------------------------- ControlNets
 
@@ -220,6 +302,12 @@ class StructureShare:
         self.previews = inputs.maps + ([inputs.start[2]] if inputs.start is not None else [])
         # the ControlNet that reads each ControlNet slot's map (declared ones too: a missing net is an error)
         self.ids = {index: bank.spec(prompt).id for index, prompt in enumerate(prompts) if prompt.is_controlnet}
+        self.notes = [
+            f"Slot {index} (pose): no person was found in its photo, so its map is empty; the ControlNet still reads "
+            "it (an empty pose map pulls towards no person)."
+            for index, prompt, image in inputs.controls
+            if prompt.mode == "pose" and image.getbbox() is None
+        ]
 
     def start_of(self, cell: tuple[float, ...]) -> float | None:
         """Where a cell's pass starts: its start image's strength (None without a start image)."""

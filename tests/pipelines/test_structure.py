@@ -31,7 +31,7 @@ from tests.conftest import pixels
 from tests.pipelines.test_engine import direct_pipeline
 from tests.pipelines.test_sweep import CELL_TOLERANCE
 
-KINDS = {"canny": {}, "depth": {}, "control": {"control_type": "pose"}, "start": {}}
+KINDS = {"canny": {}, "depth": {}, "pose": {}, "control": {"control_type": "pose"}, "start": {}}
 PROMPT = "a house by a lake"
 
 
@@ -121,7 +121,7 @@ def call(pipe, req, **kwargs):
     ).images[0]
 
 
-@pytest.mark.parametrize("kind", ["canny", "depth", "control"])
+@pytest.mark.parametrize("kind", ["canny", "depth", "pose", "control"])
 def test_controlnet_slots_equal_stock_diffusers(engines, presets, family, gold, photo, kind):
     """A ControlNet slot with a window, beside an image prompt: stock diffusers' ControlNet pipeline
     (ControlNet-Union for SDXL) with `ip_adapter_image_embeds`, fed the same control map."""
@@ -346,3 +346,15 @@ def test_a_structure_pipeline_leaves_the_base_in_its_dtype(families, tiny_root, 
         assert {engine.pipe.unet.dtype, engine.pipe.vae.dtype, engine.pipe.text_encoder.dtype} == {torch.bfloat16}
     after = engine.generate(request(presets, "tiny", reference=[gold]))
     assert np.array_equal(pixels(before.image), pixels(after.image))
+
+
+@pytest.mark.parametrize("kind", ["canny", "depth", "pose"])
+def test_another_photo_moves_the_image_through_its_map(engines, presets, family, photo, kind):
+    """The tiny ControlNets read their maps: another photo's map moves the image by several levels (at the default
+    init a wrong map moved it by 0.002, and every map test would have passed with any map)."""
+    other = Image.fromarray(np.asarray(photo)[::-1, ::-1].copy())  # the same picture upside down: another map
+    renders = [
+        render(engines, family, request(presets, family, slots=[slot(kind, strength=0.9)], slot_images=[picture]))
+        for picture in (photo, other)
+    ]
+    assert np.abs(pixels(renders[0].image) - pixels(renders[1].image)).mean() > 1.0
