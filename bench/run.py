@@ -153,7 +153,7 @@ def bench_switch(family, engine, repeats: int) -> dict:
 
 
 def bench_overhead(
-    app_module, family, preset, engine, reference: Image.Image, steps: int, size: int, repeats: int, with_app: bool
+    family, preset, engine, reference: Image.Image, steps: int, size: int, repeats: int, with_app: bool
 ) -> dict:
     from pipelines import build_request
 
@@ -185,9 +185,11 @@ def bench_overhead(
     if with_app:
         from gradio_client import Client, handle_file
 
+        import app  # only to measure the served app itself
+
         ref_path = Path("/tmp/bench-reference.png")
         reference.save(ref_path)
-        demo = app_module.create_app(engine)
+        demo = app.create_app(engine)
         _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True)
         client = Client(url, verbose=False)
         out["app through gradio_client"] = median_time(
@@ -272,11 +274,11 @@ def main() -> None:
     parser.add_argument("--json", default="bench/results.json")
     args = parser.parse_args()
 
-    import app
-    from pipelines import Engine, build_request
+    from pipelines import Engine, build_request, load_families
+    from pipelines.presets import preset_for
 
-    family = app.FAMILIES[args.models]
-    preset = app.PRESETS["general"][args.models]
+    family = load_families()[args.models]
+    preset = preset_for("general", args.models)
     engine = Engine(family)
     engine.load()
     rng = np.random.default_rng(0)
@@ -293,7 +295,7 @@ def main() -> None:
     results["cache"] = bench_cache(engine, request, args.repeats)
     results["switch"] = bench_switch(family, engine, args.repeats)
     results["overhead"] = bench_overhead(
-        app, family, preset, engine, reference, args.steps, args.size, args.repeats, not args.no_app
+        family, preset, engine, reference, args.steps, args.size, args.repeats, not args.no_app
     )
 
     if args.full_size:

@@ -142,10 +142,10 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
 
-    import app
-    from pipelines import Engine, build_request
+    from pipelines import Engine, build_request, load_families
     from pipelines.offline.full_size import write_mirror
     from pipelines.offline.tiny import write_tokenizer
+    from pipelines.presets import preset_for
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name, size, steps, dtype = args.models, args.size, args.steps, None
@@ -156,7 +156,7 @@ def main() -> None:
         args.no_app = True
         args.rounds = 1 if args.dry else args.rounds
     name = args.full_size or name  # the presets of the family whose shapes are mirrored
-    family = app.FAMILIES[name]
+    family = load_families()[name]
     mirror = None
     if args.full_size:  # every checkpoint the family names, at full size, random weights, in the Hub's layout
         mirror = Path(tempfile.mkdtemp(prefix="versus-mirror-"))
@@ -174,12 +174,9 @@ def main() -> None:
         if args.gpu_suite and device == "cuda" and not args.no_compile:
             engines["engine, torch.compile"] = Engine(family, device=device, dtype=dtype, tiny_root=mirror,
                                                       max_batch=8, compile=True)  # fmt: skip
-        preset = replace(
-            app.PRESETS["general"][name],
-            width=replace(app.PRESETS["general"][name].width, min=64, max=2048),
-            height=replace(app.PRESETS["general"][name].height, min=64, max=2048),
-            max_pixels=2048 * 2048,
-        )
+        own = preset_for("general", name)
+        preset = replace(own, width=replace(own.width, min=64, max=2048), height=replace(own.height, min=64, max=2048),
+                         max_pixels=2048 * 2048)  # fmt: skip
         rng = np.random.default_rng(0)
         reference = Image.fromarray((rng.random((160, 128, 3)) * 255).astype(np.uint8))
         request = build_request(preset, prompt="a vase", references=[reference], seed=1, steps=steps,
@@ -209,6 +206,8 @@ def main() -> None:
         demo = None
         if not args.no_app:
             from gradio_client import Client, handle_file
+
+            import app  # only to measure the served app itself
 
             ref_path = Path(tempfile.mkdtemp()) / "reference.png"
             reference.save(ref_path)
@@ -240,7 +239,7 @@ def main() -> None:
 
         if args.gpu_suite:  # memory with every adapter loaded, and the share of the GPU's bf16 peak
             engine = engines["engine"]
-            for variant in app.PRESETS["general"][name].variants + app.PRESETS["anime"][name].variants:
+            for variant in preset_for("general", name).variants + preset_for("anime", name).variants:
                 engine.use_variant(variant)
             if device == "cuda":
                 memory = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GB allocated (peak, GPU)"
