@@ -544,6 +544,8 @@ def load_mode_presets(
     for mode in MODES:
         data, where = _read(preset_dir / f"{mode}.toml")
         default = data.pop("default", {})
+        if isinstance(default, dict):  # the kind's texts (`mode_texts`), not a family's setting
+            default = {k: v for k, v in default.items() if k not in KIND_TEXTS}
         for family in data:
             if family not in families:
                 raise PresetError(f"{where}: [{family}] is not a family of presets/models.toml")
@@ -655,6 +657,20 @@ def _kind_facts(t: _Table) -> dict[str, Any]:
         "map_type": reads if reads not in ("any", "none") else None, "controlnet": reads != "none",
         "preprocessor": t.text("preprocessor") if t.has("preprocessor") else None, "settings": dict(settings),
     }  # fmt: skip
+
+
+KIND_TEXTS = ("label", "info")  # what a mode file's [default] says of its kind as an added image prompt
+
+
+@functools.cache
+def mode_texts(key: str) -> dict[str, str]:
+    """One text of every mode as an added image prompt, by mode ("label": how the page names it, "info": what its
+    strength means), from each mode file's [default]."""
+    out = {}
+    for mode in MODES:
+        data, where = _read(PRESET_DIR / f"{mode}.toml")
+        out[mode] = _Table(data.get("default", {}), where, "[default]").text(key)
+    return out
 
 
 @functools.cache

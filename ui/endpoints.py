@@ -25,7 +25,7 @@ from pipelines.images import load_reference
 from pipelines.metadata import save_png
 from pipelines.parameters import MAX_SLOTS, SLOT_KEY_NAMES
 from pipelines.plot import score_plot
-from pipelines.presets import CONTROLNET_KINDS, MAX_GRID_CELLS, STRUCTURE_KINDS, FamilySpec, ModePreset
+from pipelines.presets import CONTROLNET_KINDS, MAX_GRID_CELLS, STRUCTURE_KINDS, FamilySpec, ModePreset, structure_texts
 from pipelines.request import GenerationRequest
 from pipelines.settings import settings_of
 
@@ -71,7 +71,7 @@ def fold_slot_groups(values: dict[str, Any]) -> dict[str, Any]:
         taken = list(group.pop("images") or [])
         if group["mode"] in STRUCTURE_KINDS:  # its hidden controls do not apply: no adapter, the whole image
             group["variant"] = group["region"] = None
-        if group["mode"] != "control":
+        if structure_texts("control_type").get(group["mode"]) != "any":  # only a ready map says what it shows
             group["control_type"] = None
         slots.append({**{k: v for k, v in group.items() if v not in (None, "")}, "images": len(taken)})
         images += taken

@@ -20,7 +20,16 @@ import gradio as gr
 from gradio.context import Context
 
 from pipelines.parameters import BY_NAME, MAX_SLOTS, defaults, parameters_for
-from pipelines.presets import CROP_MODES, REGIONS, STRUCTURE_KINDS, ModePreset, preset_for, slot_kinds, structure_texts
+from pipelines.presets import (
+    CROP_MODES,
+    REGIONS,
+    STRUCTURE_KINDS,
+    ModePreset,
+    mode_texts,
+    preset_for,
+    slot_kinds,
+    structure_texts,
+)
 
 from . import endpoints
 from .common import GPU_CONCURRENCY_ID, IO_CONCURRENCY, on_gpu
@@ -29,10 +38,9 @@ from .examples import reference_path
 from .serving import as_code, boundary, uploaded_image
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
-# Each slot kind as a person reads it; the structure kinds' texts are data (presets/structure.toml).
-SLOT_LABELS = {"none": "Nothing", "general": "General reference", "face": "A face", "style": "A style",
-               **structure_texts("label")}  # fmt: skip
-STRENGTH_INFO = {"general": "How much of its images carries over (0 = none)", **structure_texts("info")}
+# Each slot kind as a person reads it: data (each mode file's [default], presets/structure.toml).
+SLOT_LABELS = {"none": "Nothing", **mode_texts("label"), **structure_texts("label")}
+STRENGTH_INFO = {**mode_texts("info"), **structure_texts("info")}
 CONTROL_TYPE_LABELS = {"canny": "Edges (Canny)", "depth": "Depth", "pose": "Pose skeleton (OpenPose)",
                        "scribble": "Scribble / soft edges", "lineart": "Line art", "normal": "Normal map",
                        "segment": "Segmentation"}  # fmt: skip

@@ -76,3 +76,21 @@ def test_the_request_codec_knows_which_architectures_take_regions():
 
     assert set(ARCHITECTURES) == set(PIPELINE_KINDS) and all(architecture(k).name == k for k in PIPELINE_KINDS)
     assert not ARCHITECTURES["flux"].regions and ARCHITECTURES["sdxl"].regions and ARCHITECTURES["sd15"].regions
+
+
+def test_an_architecture_refuses_by_name_the_values_it_does_not_take():
+    """Each architecture says which conditioning values its passes take; any other is refused with its name."""
+    from PIL import Image
+
+    from pipelines import InvalidRequestError
+    from pipelines.conditioning import ControlResiduals, PromptTokens, StartImage
+
+    start = StartImage(Image.new("RGB", (8, 8)), 0.5)
+    controls = ControlResiduals(None, [[1.0]], [Image.new("RGB", (8, 8))], [None], [(0.0, 1.0)])
+    for value in (start, controls):
+        with pytest.raises(InvalidRequestError, match=type(value).__name__):
+            architecture("flux").check([value])
+        architecture("sd15").check([value])  # SD takes both
+    with pytest.raises(InvalidRequestError, match="PromptTokens"):
+        architecture("sdxl").check([PromptTokens([])])
+    architecture("flux").check([PromptTokens([])])
