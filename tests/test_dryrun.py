@@ -89,8 +89,9 @@ def test_every_named_checkpoint_loads_and_steps(mirrored, presets, gold):
     assert fast.diagnostics["unet_calls"] == engine.family.fast.steps and fast.metadata["fast_lora"]
     assert np.isfinite(np.asarray(fast.image, dtype=np.float32)).all()
     # Structure at the real shapes: each ControlNet kind (SD1.5's three v1.1 models, SDXL's union model), the depth
-    # model at its published input size, and a start image (img2img), beside an image prompt.
-    slots = [{"mode": "canny"}, {"mode": "depth"}, {"mode": "control", "control_type": "pose"}]
+    # model and the pose models (RT-DETR R50, ViTPose-B) at their published input sizes, and a start image (img2img),
+    # beside an image prompt.
+    slots = [{"mode": "canny"}, {"mode": "depth"}, {"mode": "pose"}, {"mode": "control", "control_type": "pose"}]
     for structure in [[s] for s in slots] + [[{"mode": "start", "strength": 0.5}]]:
         request = build_request(preset, prompt="a test", seed=0, steps=2, reference=[gold], slots=structure,
                                 slot_images=[gold])  # fmt: skip

@@ -255,10 +255,49 @@ DEPTH_PROCESSOR = {
 }  # fmt: skip
 
 
+# `preprocessor_config.json` of PekingU/rtdetr_r50vd_coco_o365 and of usyd-community/vitpose-base-simple; their
+# models are transformers' defaults (RTDetrConfig: rtdetr_r50vd, 80 COCO labels; VitPoseConfig: ViTPose-B, 17 points).
+PERSON_PROCESSOR = {
+    "image_processor_type": "RTDetrImageProcessor", "do_resize": True, "size": {"height": 640, "width": 640},
+    "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False, "do_pad": False,
+    "format": "coco_detection",
+}  # fmt: skip
+VITPOSE_PROCESSOR = {
+    "image_processor_type": "VitPoseImageProcessor", "do_affine_transform": True, "size": {"height": 256, "width": 192},
+    "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "normalize_factor": 200.0,
+    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
+}  # fmt: skip
+
+
+def write_pose(person: Path, pose: Path, dtype: torch.dtype) -> None:
+    """The pose slot's detector and keypoint model at their published shapes (random weights; the "person" logit
+    raised, as in the tiny twin, so the keypoint model runs on the boxes found)."""
+    import json
+
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, VitPoseConfig, VitPoseForPoseEstimation
+
+    labels = {0: "person", **{i: f"object {i}" for i in range(1, 80)}}
+    with default_dtype(dtype):
+        detector = RTDetrForObjectDetection(RTDetrConfig(num_labels=80, id2label=labels,
+                                                         label2id={v: k for k, v in labels.items()}))  # fmt: skip
+    with torch.no_grad():
+        for name, param in detector.named_parameters():
+            if name.endswith("enc_score_head.bias") or ("class_embed" in name and name.endswith(".bias")):
+                param[0] += 8.0
+    detector.save_pretrained(str(person), safe_serialization=True)
+    (person / "preprocessor_config.json").write_text(json.dumps(PERSON_PROCESSOR, indent=2))
+    with default_dtype(dtype):
+        model = VitPoseForPoseEstimation(VitPoseConfig(num_labels=17))
+    model.save_pretrained(str(pose), safe_serialization=True)
+    (pose / "preprocessor_config.json").write_text(json.dumps(VITPOSE_PROCESSOR, indent=2))
+    del detector, model
+
+
 def write_structure(root: Path, family: FamilySpec, dtype: torch.dtype) -> None:
     """The family's ControlNets at their published shapes (SD1.5: ControlNet v1.1 from the UNet's config, its
     conditioning embedding (16, 32, 96, 256); SDXL: ControlNet-Union with 6 control types, transformer width 320), and
-    its depth model. One random ControlNet per class is written and hard-linked into each repository that uses it."""
+    its depth and pose models. One random ControlNet per class is written and hard-linked into each repository that
+    uses it."""
     import json
     import os
 
@@ -291,6 +330,8 @@ def write_structure(root: Path, family: FamilySpec, dtype: torch.dtype) -> None:
         folder = root / family.depth_model
         model.save_pretrained(str(folder), safe_serialization=True)
         (folder / "preprocessor_config.json").write_text(json.dumps(DEPTH_PROCESSOR, indent=2))
+    if "pose" in family.preprocessors:
+        write_pose(*(root / repo for repo in family.preprocessors["pose"]), dtype)
 
 
 def write_scoring_clip(folder: Path, tokenizer: object, dtype: torch.dtype) -> None:

@@ -209,12 +209,14 @@ class StructureBank:
 
             load = self.source.from_pretrained
             detector_repo, pose_repo = self.family.preprocessors["pose"]
-            # The PIL processors: the same pixels whether or not torchvision is installed.
+            # The PIL processors: the same pixels whether or not torchvision is installed; both models in fp32 (small,
+            # and the keypoints do not depend on the engine's dtype or on the checkpoint's).
+            full = {"dtype": torch.float32}
             self._pose = (
                 load(AutoImageProcessor.from_pretrained, detector_repo, backend="pil"),
-                load(AutoModelForObjectDetection.from_pretrained, detector_repo).to(self.device).eval(),
+                load(AutoModelForObjectDetection.from_pretrained, detector_repo, **full).to(self.device).eval(),
                 load(AutoImageProcessor.from_pretrained, pose_repo, backend="pil"),
-                load(VitPoseForPoseEstimation.from_pretrained, pose_repo).to(self.device).eval(),
+                load(VitPoseForPoseEstimation.from_pretrained, pose_repo, **full).to(self.device).eval(),
             )
         find, detector, read, model = self._pose
         with torch.inference_mode():
