@@ -43,7 +43,16 @@ SLOT_MODES = ("general", "face", "style")  # kinds of image prompt a request can
 # Kinds of slot that give structure instead of a look: ControlNets fed a map the app makes of a photo (edges, depth,
 # ...) or a ready control map, and a start image (img2img). Each is a table of presets/structure.toml, in its order:
 # its label, what its strength means, the map its ControlNet reads and the models that make it, its defaults.
-STRUCTURE_KINDS = tuple(tomllib.loads((PRESET_DIR / "structure.toml").read_text(encoding="utf-8")))
+
+
+@functools.cache
+def _kind_file(name: str) -> dict[str, Any]:
+    """A presets file as parsed, for the kinds' names and texts: read once, never changed (the presets' own readers
+    parse their files anew)."""
+    return tomllib.loads((PRESET_DIR / name).read_text(encoding="utf-8"))
+
+
+STRUCTURE_KINDS = tuple(_kind_file("structure.toml"))
 
 
 @dataclass(frozen=True)
@@ -666,23 +675,16 @@ KIND_TEXTS = ("label", "info")  # what a mode file's [default] says of its kind 
 def mode_texts(key: str) -> dict[str, str]:
     """One text of every mode as an added image prompt, by mode ("label": how the page names it, "info": what its
     strength means), from each mode file's [default]."""
-    out = {}
-    for mode in MODES:
-        data, where = _read(PRESET_DIR / f"{mode}.toml")
-        out[mode] = _Table(data.get("default", {}), where, "[default]").text(key)
-    return out
+    return {mode: _Table(_kind_file(f"{mode}.toml").get("default", {}), f"presets/{mode}.toml", "[default]").text(key)
+            for mode in MODES}  # fmt: skip
 
 
 @functools.cache
 def structure_texts(key: str) -> dict[str, str]:
     """One text of every structure kind, by kind ("label", "info" or "api"), as presets/structure.toml writes it
     (whatever the family: the texts describe the kind)."""
-    data, where = _read(PRESET_DIR / "structure.toml")
-    out = {}
-    for kind in STRUCTURE_KINDS:
-        t = _Table(data[kind], where, f"[{kind}]")
-        out[kind] = t.text(key)
-    return out
+    data = _kind_file("structure.toml")
+    return {kind: _Table(data[kind], "presets/structure.toml", f"[{kind}]").text(key) for kind in STRUCTURE_KINDS}
 
 
 CONTROLNET_KINDS = tuple(k for k, reads in structure_texts("control_type").items() if reads != "none")

@@ -237,6 +237,19 @@ def test_two_people_in_a_style_through_the_ui(fresh, files):
     page.screenshot(path=str(ARTIFACTS / "two-faces-and-style.png"), full_page=True)
 
 
+def drawn_metadata(page, panel) -> str:
+    """Draw on the General tab and read the result's metadata (a structure slot's: it names its control type),
+    without whitespace."""
+    panel.get_by_role("button", name="Start drawing").click()
+    page.locator("#general-seed-used").wait_for(state="visible")
+    page.locator("#general-result").scroll_into_view_if_needed()
+    page.locator("#general-result img").wait_for(state="visible")
+    panel.get_by_text("Metadata (also stored in the PNG)").click()
+    metadata = page.locator("#general-metadata")
+    metadata.get_by_text('"control_type"').first.wait_for()
+    return "".join(metadata.inner_text().split())
+
+
 def test_edges_of_a_photo_through_the_ui(fresh, files):
     """General tab + "Edges of a photo" in "Add an image prompt": the structure kind hides the adapter and region
     controls, the preview shows the edge map, and the result's metadata names the canny ControlNet."""
@@ -254,14 +267,7 @@ def test_edges_of_a_photo_through_the_ui(fresh, files):
     page.locator("#general-slot1-images img").first.wait_for(state="visible")
     preview = page.locator("#general-preview img")
     preview.nth(1).wait_for(state="visible")  # what CLIP sees of the reference, then the edge map
-    panel.get_by_role("button", name="Start drawing").click()
-    page.locator("#general-seed-used").wait_for(state="visible")
-    page.locator("#general-result").scroll_into_view_if_needed()
-    page.locator("#general-result img").wait_for(state="visible")
-    panel.get_by_text("Metadata (also stored in the PNG)").click()
-    metadata = page.locator("#general-metadata")
-    metadata.get_by_text('"control_type"').first.wait_for()
-    text = "".join(metadata.inner_text().split())
+    text = drawn_metadata(page, panel)
     assert '"mode":"canny"' in text and '"control_type":"canny"' in text and "tiny-controlnet-union" in text
     page.locator("#general-slot1-mode").get_by_text("A control map (pose, sketch...)").click()
     page.locator("#general-slot1-control-type").wait_for(state="visible")  # a ready map: say what it shows
@@ -282,13 +288,7 @@ def test_pose_of_a_photo_through_the_ui(fresh, files):
     page.locator("#general-slot1-images input[type=file]").set_input_files(files["alice"])
     page.locator("#general-slot1-images img").first.wait_for(state="visible")
     page.locator("#general-preview img").last.wait_for(state="visible")  # the pose map
-    panel.get_by_role("button", name="Start drawing").click()
-    page.locator("#general-seed-used").wait_for(state="visible")
-    page.locator("#general-result img").wait_for(state="visible")
-    panel.get_by_text("Metadata (also stored in the PNG)").click()
-    metadata = page.locator("#general-metadata")
-    metadata.get_by_text('"control_type"').first.wait_for()
-    text = "".join(metadata.inner_text().split())
+    text = drawn_metadata(page, panel)
     assert '"mode":"pose"' in text and '"control_type":"pose"' in text and "tiny-controlnet-union" in text
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "pose-of-a-photo.png"), full_page=True)

@@ -15,6 +15,7 @@ from diffusers import UNet2DConditionModel
 
 from ..presets import FamilySpec
 from .tiny import (  # the key layouts both the tiny and the full-size files are written in
+    PERSON_LABELS,
     cross_attention_hidden_sizes,
     faceid_image_proj,
     faceid_lora,
@@ -22,6 +23,7 @@ from .tiny import (  # the key layouts both the tiny and the full-size files are
     ip_adapter_layers,
     plain_image_proj,
     plus_image_proj,
+    write_pose_models,
 )
 
 # `unet/config.json` of stable-diffusion-v1-5/stable-diffusion-v1-5 (fields that differ from diffusers defaults).
@@ -255,42 +257,17 @@ DEPTH_PROCESSOR = {
 }  # fmt: skip
 
 
-# `preprocessor_config.json` of PekingU/rtdetr_r50vd_coco_o365 and of usyd-community/vitpose-base-simple; their
-# models are transformers' defaults (RTDetrConfig: rtdetr_r50vd, 80 COCO labels; VitPoseConfig: ViTPose-B, 17 points).
-PERSON_PROCESSOR = {
-    "image_processor_type": "RTDetrImageProcessor", "do_resize": True, "size": {"height": 640, "width": 640},
-    "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False, "do_pad": False,
-    "format": "coco_detection",
-}  # fmt: skip
-VITPOSE_PROCESSOR = {
-    "image_processor_type": "VitPoseImageProcessor", "do_affine_transform": True, "size": {"height": 256, "width": 192},
-    "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "normalize_factor": 200.0,
-    "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-}  # fmt: skip
-
-
 def write_pose(person: Path, pose: Path, dtype: torch.dtype) -> None:
-    """The pose slot's detector and keypoint model at their published shapes (random weights; the "person" logit
-    raised, as in the tiny twin, so the keypoint model runs on the boxes found)."""
-    import json
-
+    """The pose slot's detector and keypoint model at their published shapes: transformers' defaults are
+    rtdetr_r50vd (80 COCO labels) and ViTPose-B (17 points), at their input sizes 640 x 640 and 256 x 192 (random
+    weights, written as the tiny twin writes its own)."""
     from transformers import RTDetrConfig, RTDetrForObjectDetection, VitPoseConfig, VitPoseForPoseEstimation
 
-    labels = {0: "person", **{i: f"object {i}" for i in range(1, 80)}}
+    ids = {v: k for k, v in PERSON_LABELS.items()}
     with default_dtype(dtype):
-        detector = RTDetrForObjectDetection(RTDetrConfig(num_labels=80, id2label=labels,
-                                                         label2id={v: k for k, v in labels.items()}))  # fmt: skip
-    with torch.no_grad():
-        for name, param in detector.named_parameters():
-            if name.endswith("enc_score_head.bias") or ("class_embed" in name and name.endswith(".bias")):
-                param[0] += 8.0
-    detector.save_pretrained(str(person), safe_serialization=True)
-    (person / "preprocessor_config.json").write_text(json.dumps(PERSON_PROCESSOR, indent=2))
-    with default_dtype(dtype):
-        model = VitPoseForPoseEstimation(VitPoseConfig(num_labels=17))
-    model.save_pretrained(str(pose), safe_serialization=True)
-    (pose / "preprocessor_config.json").write_text(json.dumps(VITPOSE_PROCESSOR, indent=2))
-    del detector, model
+        detector = RTDetrForObjectDetection(RTDetrConfig(num_labels=80, id2label=PERSON_LABELS, label2id=ids))
+        keypoints = VitPoseForPoseEstimation(VitPoseConfig(num_labels=17))
+    write_pose_models(person, pose, detector, keypoints, ((640, 640), (256, 192)))
 
 
 def write_structure(root: Path, family: FamilySpec, dtype: torch.dtype) -> None:

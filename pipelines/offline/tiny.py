@@ -559,47 +559,52 @@ def _build_depth(folder: Path) -> None:
     AutoImageProcessor.from_pretrained(str(folder))  # fails here, not in a request, if the format drifts
 
 
+PERSON_LABELS = {0: "person", **{i: f"object {i}" for i in range(1, 80)}}  # COCO's 80 labels in RT-DETR's order
+
+
+def write_pose_models(person: Path, pose: Path, detector: Any, keypoints: Any, sizes: tuple) -> None:
+    """Save the pose slot's detector and keypoint model with the image processors of rtdetr_r50vd_coco_o365 and
+    vitpose-base-simple at input `sizes` ((height, width) each). Random weights find no person: the detector's
+    "person" logits are first raised in every class head (about 0.97 after the sigmoid), so its queries come out as
+    people at boxes that follow the picture, and the keypoint model then runs on them."""
+    with torch.no_grad():
+        for name, param in detector.named_parameters():
+            if name.endswith("enc_score_head.bias") or ("class_embed" in name and name.endswith(".bias")):
+                param[0] += 8.0
+    (detector_size, pose_size) = ({"height": h, "width": w} for h, w in sizes)
+    processors = (
+        {"image_processor_type": "RTDetrImageProcessor", "do_resize": True, "size": detector_size, "resample": 2,
+         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False, "do_pad": False,
+         "format": "coco_detection"},
+        {"image_processor_type": "VitPoseImageProcessor", "do_affine_transform": True, "size": pose_size,
+         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "normalize_factor": 200.0,
+         "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]},
+    )  # fmt: skip
+    for folder, model, processor in zip((person, pose), (detector, keypoints), processors, strict=True):
+        model.save_pretrained(str(folder), safe_serialization=True)
+        (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+
+
 def _build_pose(person: Path, pose: Path) -> None:
     """The pose slot's two models in their real layouts at a tiny width: an RT-DETR person detector (COCO's 80
     labels, 0 = person) and a ViTPose keypoint model (17 COCO keypoints), each with its image processor.
 
-    Random weights find no person: the detector's "person" logits are raised so that its queries come out as people,
-    at boxes that follow the picture (its random features), and ViTPose's random heatmaps then put keypoints there.
     """
     torch.manual_seed(50)
     backbone = RTDetrResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
                                   layer_type="basic", out_features=["stage2", "stage3", "stage4"])  # fmt: skip
-    labels = {0: "person", **{i: f"object {i}" for i in range(1, 80)}}
     config = RTDetrConfig(
         backbone_config=backbone, encoder_in_channels=[16, 32, 64], encoder_hidden_dim=16, d_model=16,
         encoder_ffn_dim=32, decoder_ffn_dim=32, encoder_attention_heads=2, decoder_attention_heads=2,
-        decoder_layers=1, num_queries=8, decoder_in_channels=[16, 16, 16], num_labels=80, id2label=labels,
-        label2id={v: k for k, v in labels.items()},
+        decoder_layers=1, num_queries=8, decoder_in_channels=[16, 16, 16], num_labels=80, id2label=PERSON_LABELS,
+        label2id={v: k for k, v in PERSON_LABELS.items()},
     )  # fmt: skip
     detector = RTDetrForObjectDetection(config)
-    with torch.no_grad():
-        for name, param in detector.named_parameters():
-            if name.endswith(("enc_score_head.bias", "class_embed.0.bias")):
-                param[0] += 8.0  # sigmoid: about 0.97 for "person"
-    detector.save_pretrained(str(person), safe_serialization=True)
-    processor = {  # rtdetr_r50vd_coco_o365's preprocessor_config.json, at the tiny input size
-        "image_processor_type": "RTDetrImageProcessor", "do_resize": True, "size": {"height": 64, "width": 64},
-        "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False, "do_pad": False,
-        "format": "coco_detection",
-    }  # fmt: skip
-    (person / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
     torch.manual_seed(51)
     points = VitPoseBackboneConfig(image_size=[64, 48], patch_size=[16, 16], hidden_size=16, num_hidden_layers=1,
                                    num_attention_heads=2, mlp_ratio=2, out_indices=[1])  # fmt: skip
-    VitPoseForPoseEstimation(VitPoseConfig(backbone_config=points, num_labels=17)).save_pretrained(
-        str(pose), safe_serialization=True
-    )
-    processor = {  # vitpose-base-simple's preprocessor_config.json, at the tiny input size
-        "image_processor_type": "VitPoseImageProcessor", "do_affine_transform": True, "size": {"height": 64,
-        "width": 48}, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "normalize_factor": 200.0,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-    }  # fmt: skip
-    (pose / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    keypoints = VitPoseForPoseEstimation(VitPoseConfig(backbone_config=points, num_labels=17))
+    write_pose_models(person, pose, detector, keypoints, ((64, 64), (64, 48)))
     for folder in (person, pose):
         AutoImageProcessor.from_pretrained(str(folder), backend="pil")  # fails here if the format drifts
 

@@ -40,8 +40,7 @@ class Prepared:
     def for_pass(self, pipe: Any, cells: Sequence[tuple[float, ...]], run: Pass, guided: bool) -> tuple[Any, list]:
         """The pipeline that runs a pass on `pipe`'s modules, and the pass's conditioning values."""
         pipe, values = self.structure.for_pass(pipe, cells, run.start)
-        for share in (self.attention, self.redux):
-            values = share.for_pass(pipe, cells, run, guided)[1] + values
+        values += self.attention.values(cells, run, guided) + self.redux.values(cells)
         return pipe, values
 
     @property

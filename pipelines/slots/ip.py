@@ -59,9 +59,10 @@ class AttentionShare:
         self.faces_before: int | None = None  # face detections before the request (face kinds)
         self.encoder: ImagePromptEncoder | None = None
 
-    def for_pass(self, pipe: Any, cells: Sequence[tuple[float, ...]], run: Pass, guided: bool) -> tuple[None, list]:
+    def values(self, cells: Sequence[tuple[float, ...]], run: Pass, guided: bool) -> list[ImageAttention]:
+        """The pass's one `ImageAttention` (none without an adapter)."""
         if self.adapter is None:
-            return None, []
+            return []
         state = []  # FaceID Plus projections read CLIP features from module attributes (diffusers' API)
         for j, e in enumerate(self.embeds):
             if e.clip_cond is not None:
@@ -77,7 +78,7 @@ class AttentionShare:
             per_prompt.append(PromptScale(strengths, self.weights[n], first, stop, self.masks[n]))
         scales = prompt_scales(per_prompt, guided, self.device, self.dtype, self.prompt_of)
         embeds = [e.for_pipeline(guided) for e in self.embeds]
-        return None, [ImageAttention(embeds, self.negative, scales, state)]
+        return [ImageAttention(embeds, self.negative, scales, state)]
 
     def metadata(self) -> dict[str, Any]:
         adapter = self.adapter

@@ -72,9 +72,10 @@ class ReduxShare:
         self.previews: list[Any] = []
         self.ids: dict[int, str] = {}
 
-    def for_pass(self, pipe: Any, cells: Sequence[tuple[float, ...]], run: Any, guided: bool) -> tuple[None, list]:
+    def values(self, cells: Sequence[tuple[float, ...]]) -> list[PromptTokens]:
+        """The pass's `PromptTokens`: the prompts not at 0 in every cell (none when all are)."""
         parts = [(t, [cell[i] for cell in cells]) for i, t in self.tokens if any(cell[i] for cell in cells)]
-        return None, [PromptTokens(parts)] if parts else []
+        return [PromptTokens(parts)] if parts else []
 
 
 class ReduxKind:
