@@ -63,7 +63,19 @@ class StartImage:
     strength: float
 
 
-Conditioning = ImageAttention | PromptTokens | ControlResiduals | StartImage
+@dataclass(frozen=True)
+class ReferenceLatents:
+    """In-context references (FLUX.2 [klein]): reference images as extra latent tokens of the denoiser.
+
+    `parts`: per reference prompt, in declared order, its images' latents (each (1, channels, h, w) as the
+    pipeline encodes them), each sample's strength, and the prompt's window of steps (first, stop). The
+    architecture composes the strengths (`pipelines/arch/flux2.py`); at 0 in every sample a part is left out.
+    """
+
+    parts: list[tuple[list[torch.Tensor], list[float], tuple[int, int]]]
+
+
+Conditioning = ImageAttention | PromptTokens | ControlResiduals | StartImage | ReferenceLatents
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ class FaceSpec:
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("general", "face", "anime", "style")  # one TOML file per mode
-PIPELINE_KINDS = ("sdxl", "sd15", "flux")
+PIPELINE_KINDS = ("sdxl", "sd15", "flux", "flux2")
 SOURCES = ("hub", "tiny", "local")  # local: a folder mirror of the Hub layout (dry runs)
-EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus", "redux")  # what feeds the adapter's image projection
+EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus", "redux", "reference")  # what feeds the adapter
+# ("reference": the base reads the images in context, as extra latent tokens: FLUX.2 [klein])
 CROP_MODES = ("center", "pad", "squash")  # how a non-square reference becomes the encoder's square input
 MAX_COMPARE = 16  # strengths in one comparison (per axis)
 # What the scoring text tower loads from its repository (config, weights, tokenizer).
@@ -67,6 +68,7 @@ ARCHITECTURES = {
     "sdxl": ArchitectureFacts(regions=True, structure=True),
     "sd15": ArchitectureFacts(regions=True, structure=True),
     "flux": ArchitectureFacts(regions=False, structure=False),  # FLUX's processor takes no mask; no ControlNet yet
+    "flux2": ArchitectureFacts(regions=False, structure=False),  # references in context: no mask, no ControlNet yet
 }
 CONTROL_TYPES = ("canny", "depth", "pose", "scribble", "lineart", "normal", "segment")  # what a control map shows
 
@@ -105,6 +107,7 @@ class AdapterSpec:
     face_crop_channels: str = "bgr"  # FaceID Plus: channel order of the aligned crop given to CLIP (see models.toml)
     layer_ramp: tuple[float, float] | None = None  # layer weights from the first to the last adapter layer (XLabs)
     true_cfg: float = 1.0  # FLUX: true classifier-free guidance with this adapter (> 1: a second, negative pass)
+    max_images: int = 0  # in-context references: the most reference images the model takes in one image (0: any)
 
     @property
     def uses_faces(self) -> bool:
@@ -179,6 +182,7 @@ class FamilySpec:
     # The models a structure kind's map is made with, by the kind's `preprocessor` (presets/structure.toml): each a
     # transformers folder (model, config, image processor); "depth" is `depth_model`.
     preprocessors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    notice: str = ""  # the family's licence notice, shown in each of its tabs
 
     def hub_checkpoints(self) -> list[tuple[str, str | None]]:
         """Every (repository, file or None for a whole pipeline folder) this family loads, for Space preloading."""
@@ -186,6 +190,8 @@ class FamilySpec:
         if self.vae_fp16:
             out.append((self.vae_fp16, None))
         for spec in self.adapters.values():  # (Redux: a pipeline folder of its own, read whole)
+            if spec.embeds == "reference":  # the base itself reads the references
+                continue
             out.append((spec.repo, "/".join(p for p in (spec.subfolder, spec.weight_name) if p) or None))
             if spec.image_encoder is not None:
                 out.append((spec.image_encoder.repo, spec.image_encoder.subfolder + "/"))
@@ -265,6 +271,7 @@ class ModePreset:
     bases: tuple[str, ...] = ("default",)  # the family's base pipelines a request may name
     fast: FastSpec | None = None  # the family's fast mode, if it has one
     pipeline: str = "sdxl"  # the family's architecture (pipelines/arch/)
+    intro: str = ""  # the tab's introduction for this family, when its way of taking images differs (else the tab's)
 
     def __post_init__(self) -> None:
         """Checks that tie fields together (each message names its key; the loader adds file and family)."""
@@ -420,7 +427,8 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
         for ad_name in list(ad_table.data):
             a = ad_table.table(ad_name)
             embeds = a.text("embeds", EMBED_KINDS)
-            needs_encoder = embeds not in ("faceid", "redux")  # Redux brings its own SigLIP tower
+            needs_encoder = embeds not in ("faceid", "redux", "reference")  # Redux: its own SigLIP; references:
+            # the base's own autoencoder
             if needs_encoder or a.has("image_encoder"):
                 encoder = encoders[a.text("image_encoder", tuple(encoders))]
             else:
@@ -441,6 +449,7 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
                 else "bgr",
                 layer_ramp=_ramp(a) if a.has("layer_ramp") else None,
                 true_cfg=_true_cfg(a) if a.has("true_cfg") else 1.0,
+                max_images=_max_images(a) if a.has("max_images") else 0,
             )
             a.done()
         ad_table.done()
@@ -512,9 +521,17 @@ def load_families(preset_dir: Path = PRESET_DIR) -> dict[str, FamilySpec]:
             fast=fast,
             modes=_modes(t),
             defaults=t.get("defaults") if t.has("defaults") else {},
+            notice=t.text("notice") if t.has("notice") else "",
         )
         t.done()
     return families
+
+
+def _max_images(t: _Table) -> int:
+    value = t.get("max_images")
+    if type(value) is not int or not 1 <= value <= 16:
+        raise PresetError(f"{t.at('max_images')} = {value!r} must be a whole number in [1, 16]")
+    return value
 
 
 def _true_cfg(t: _Table) -> float:
@@ -596,7 +613,7 @@ def _mode_preset(t: _Table, mode: str, spec: FamilySpec) -> ModePreset:
         prompt_template=t.text("prompt_template") if t.has("prompt_template") else "{prompt}",
         block_maps=t.get("block_maps") if t.has("block_maps") else None,
         structure=t.range("structure") if t.has("structure") else None, bases=tuple(spec.bases), fast=spec.fast,
-        pipeline=spec.pipeline,
+        pipeline=spec.pipeline, intro=t.text("intro") if t.has("intro") else "",
     )  # fmt: skip
     t.done()
     try:

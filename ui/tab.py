@@ -51,6 +51,7 @@ VARIANT_LABELS = {  # every adapter variant, as a person reads it (the tabs' own
     "faceid": "FaceID (identity only)", "faceid-plusv2": "FaceID Plus v2 (identity + face structure)",
     "plus+plus-face": "Plus + Plus-Face (needs a face close-up)", "xlabs": "XLabs IP-Adapter v2 (FLUX)",
     "redux": "FLUX Redux (the reference as prompt tokens)",
+    "reference": "In context (the model reads the references itself)",
 }  # fmt: skip
 ExtraControls = Callable[[ModePreset], dict[str, gr.components.Component]]
 PRIVATE = {"api_visibility": "private", "queue": False}
@@ -104,9 +105,11 @@ def build_tab(
     # Alone, a tab is its own Blocks; inside the app, a Column: every Blocks builds a whole web app when it closes
     # (about 0.15 s each in Gradio 6), which four nested tabs would repeat for nothing.
     with gr.Blocks() if Context.root_block is None else gr.Column():
-        gr.Markdown(text.intro)
+        gr.Markdown(preset.intro or text.intro)
         if text.notice:
             gr.Markdown(text.notice)
+        if studio.family.notice:  # the family's licence, in each of its tabs
+            gr.Markdown(f"*{studio.family.notice}*")
         with gr.Row():
             with gr.Column():
                 c = prompt_group(preset, text, extra)

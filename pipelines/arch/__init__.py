@@ -187,9 +187,10 @@ class Architecture(ABC):
 def architecture(kind: str) -> Architecture:
     """The architecture a family's `pipeline` key names."""
     from .flux import Flux
+    from .flux2 import Flux2
     from .sd import StableDiffusion
 
-    known = {"sdxl": StableDiffusion(xl=True), "sd15": StableDiffusion(xl=False), "flux": Flux()}
+    known = {"sdxl": StableDiffusion(xl=True), "sd15": StableDiffusion(xl=False), "flux": Flux(), "flux2": Flux2()}
     if kind not in known:
         raise ValueError(f"unknown architecture {kind!r}; one of {list(known)}")
     return known[kind]

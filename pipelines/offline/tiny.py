@@ -48,7 +48,7 @@ from transformers import (
 from .faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v15"
+TINY_VERSION = "v16"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
@@ -78,6 +78,9 @@ FLUX_JOINT_DIM = 32  # T5 width (FLUX.1: 4096)
 FLUX_INNER_DIM = 32  # heads x head dim (FLUX.1: 24 x 128)
 FLUX_DOUBLE_BLOCKS = 2  # FLUX.1: 19
 XLABS_TOKENS = 4  # image tokens of the XLabs projection (v2: 16)
+FLUX2_KLEIN_BASE = "tiny-flux2-klein"  # mirrors black-forest-labs/FLUX.2-klein-4B: Flux2KleinPipeline (Qwen3)
+QWEN3_HIDDEN = 16  # width of the tiny Qwen3 text encoder (klein 4B: Qwen3-4B, 2560)
+QWEN3_LAYERS = 27  # the pipeline stacks hidden states 9, 18 and 27, as the real one (Qwen3-4B has 36 layers)
 FAST_LORA_REPO = "tiny-fast-lora"  # few-step LoRAs (as ByteDance/SDXL-Lightning and ByteDance/Hyper-SD ship them)
 LORA_RANK = 4
 
@@ -118,6 +121,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         _build_depth(staging / DEPTH_REPO)
         _build_pose(staging / PERSON_REPO, staging / VITPOSE_REPO)
         _build_flux(staging, staging / "tokenizer-files")
+        _build_flux2_klein(staging / FLUX2_KLEIN_BASE)
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
         try:
@@ -674,6 +678,84 @@ def _build_flux(root: Path, tokenizer_files: Path) -> None:
     CLIPModel(config).save_pretrained(str(root / CLIP_VIT_L_REPO), safe_serialization=True)
     _tokenizer(tokenizer_files).save_pretrained(str(root / CLIP_VIT_L_REPO))  # the repository holds its tokenizer
     _build_redux(root / FLUX_REDUX_REPO)
+
+
+QWEN_CHAT_TEMPLATE = (  # Qwen3's chat template, the parts Flux2KleinPipeline uses (a user turn, no thinking)
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+
+
+def _qwen_tokenizer(folder: Path) -> Any:
+    """A Qwen2 tokenizer in the real form (byte-level BPE `vocab.json` + `merges.txt`, the chat specials, a chat
+    template), with no merges: every byte is a token."""
+    from transformers import Qwen2TokenizerFast
+
+    write_tokenizer(folder)
+    vocab = {k: v for k, v in json.loads((folder / "vocab.json").read_text()).items() if len(k) == 1}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    tokenizer = Qwen2TokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
+                                   unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    shutil.rmtree(folder)
+    return tokenizer
+
+
+def _build_flux2_klein(folder: Path) -> None:
+    """FLUX.2 [klein]'s layout at a tiny width: Flux2KleinPipeline (a Flux2 transformer without guidance
+    embedding, a Qwen3 causal LM whose hidden states 9, 18 and 27 are stacked into the prompt, the 32-channel
+    AutoencoderKLFlux2 with its batch-norm statistics, the flow-matching scheduler), step-distilled as the 4B.
+
+    Random weights hardly read their inputs: the attention is sharpened (query/key norms x4) and its values
+    amplified (x6), and the VAE's latent statistics narrowed, so that a reference moves the image by a few levels
+    and another reference moves it again (tests/pipelines/test_flux2.py checks both)."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(60)
+    tokenizer = _qwen_tokenizer(folder.parent / "qwen-tokenizer-files")
+    text_encoder = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=QWEN3_HIDDEN, intermediate_size=32, num_hidden_layers=QWEN3_LAYERS,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=1024,
+        tie_word_embeddings=True,
+    ))  # fmt: skip
+    heads, head_dim = 2, 16
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=128, num_layers=1, num_single_layers=2, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=3 * QWEN3_HIDDEN, timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
+    )  # fmt: skip
+    inner = heads * head_dim
+    with torch.no_grad():
+        for name, weight in transformer.named_parameters():
+            if ".norm_q." in name or ".norm_k." in name or "norm_added_q" in name or "norm_added_k" in name:
+                weight.mul_(4.0)
+            elif any(k in name for k in ("to_v.", "add_v_proj", "to_out.0", "to_add_out")):
+                weight.mul_(6.0)
+            elif "to_qkv_mlp_proj" in name:  # the fused projection: q, k, v, then the MLP's
+                weight[2 * inner : 3 * inner].mul_(6.0)
+            elif "single_transformer_blocks" in name and "attn.to_out" in name:  # attention output, then MLP's
+                weight[:, :inner].mul_(6.0)
+    vae = AutoencoderKLFlux2(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=8,
+                             latent_channels=32)  # fmt: skip
+    gen = torch.Generator().manual_seed(61)
+    vae.bn.running_mean.copy_(torch.randn(vae.bn.running_mean.shape, generator=gen) * 0.1)
+    vae.bn.running_var.copy_((torch.rand(vae.bn.running_var.shape, generator=gen) + 0.5) * 0.02)
+    scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                                max_shift=1.15, shift=3.0, use_dynamic_shifting=True,
+                                                time_shift_type="exponential")  # fmt: skip
+    pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              transformer=transformer, is_distilled=True)  # fmt: skip
+    pipe.save_pretrained(str(folder), safe_serialization=True)
 
 
 def _build_redux(folder: Path) -> None:

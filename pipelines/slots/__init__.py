@@ -2,7 +2,8 @@
 its conditioning values (`pipelines/conditioning.py`).
 
 The kind groups, one module each: IP-Adapter kinds acting in attention (`ip.py`: general, face, anime, style),
-FLUX Redux tokens (`redux.py`), and structure (`structure.py`: ControlNet maps and a start image). `kind_of` is the
+FLUX Redux tokens (`redux.py`), in-context references read by the base itself (`reference.py`: FLUX.2), and
+structure (`structure.py`: ControlNet maps and a start image). `kind_of` is the
 only place that decides which group a prompt belongs to; the runner sees a `Prepared` and never opens it.
 """
 
@@ -20,9 +21,10 @@ from ..plan import Pass
 from ..request import GenerationRequest, ImagePrompt
 from .ip import AttentionKinds, AttentionShare
 from .redux import ReduxEncoder, ReduxKind, ReduxShare
+from .reference import ReferenceEncoder, ReferenceKind, ReferenceShare
 from .structure import StructureBank, StructureShare
 
-ATTENTION, REDUX, STRUCTURE = "attention", "redux", "structure"
+ATTENTION, REDUX, REFERENCE, STRUCTURE = "attention", "redux", "reference", "structure"
 
 
 @dataclass
@@ -32,6 +34,7 @@ class Prepared:
     attention: AttentionShare
     redux: ReduxShare
     structure: StructureShare
+    reference: ReferenceShare = field(default_factory=ReferenceShare)
     previews: list[Image.Image] = field(default_factory=list)
 
     def start_of(self, cell: tuple[float, ...]) -> float | None:
@@ -41,7 +44,7 @@ class Prepared:
         """The pipeline that runs a pass on `pipe`'s modules, and the pass's conditioning values."""
         pipe, values = self.structure.for_pass(pipe, cells, run.start)
         values += self.attention.values(cells, run, guided) + self.redux.values(cells)
-        return pipe, values
+        return pipe, values + self.reference.values(cells, run)
 
     @property
     def image_prompts(self) -> int:
@@ -50,11 +53,12 @@ class Prepared:
 
     def ids(self) -> dict[int, str]:
         """The checkpoint that read each declared prompt (adapter, Redux, ControlNet), by declared index."""
-        return {**self.attention.ids, **self.structure.ids, **self.redux.ids}
+        return {**self.attention.ids, **self.structure.ids, **self.redux.ids, **self.reference.ids}
 
     def metadata(self) -> dict[str, Any]:
         own = self.attention.metadata()
         adapters = own["adapters"] + [self.redux.ids[i] for i, _ in self.redux.tokens]
+        adapters += [self.reference.ids[i] for i, *_ in self.reference.parts]
         return {"adapter": " + ".join(adapters) or None, "image_encoder": own["image_encoder"],
                 "uses_faces": own["uses_faces"], "ramps": self.attention.ramps}  # fmt: skip
 
@@ -73,13 +77,15 @@ class SlotKinds:
         self.attention = AttentionKinds(family, encoder, bank, device, dtype)
         self.redux = ReduxKind(family, ReduxEncoder(source, device, dtype, counters, cache_size))
         self.structure = StructureBank(source, arch, device, dtype, counters, cache_size)
+        self.reference = ReferenceKind(family, ReferenceEncoder(arch, counters, cache_size))
 
     def kind_of(self, prompt: ImagePrompt) -> str:
         """Which group prepares `prompt`: the only kind dispatch."""
         if prompt.is_structure:
             return STRUCTURE
         spec = self.family.adapters.get(prompt.variant)
-        return REDUX if spec is not None and spec.embeds == "redux" else ATTENTION
+        embeds = spec.embeds if spec is not None else None
+        return {"redux": REDUX, "reference": REFERENCE}.get(embeds, ATTENTION)
 
     def warnings(self, request: GenerationRequest) -> list[str]:
         """What the person should know of the request's slots before it runs."""
@@ -102,15 +108,17 @@ class SlotKinds:
         acting = [i for i, p in enumerate(declared) if p.references and self.kind_of(p) != STRUCTURE]
         redux_at = [i for i in acting if self.kind_of(declared[i]) == REDUX]  # extra text tokens, no attention
         redux = self.redux.prepare(declared, redux_at, scope, guidance.true_cfg)
-        indices = [i for i in acting if i not in redux_at]
+        reference_at = [i for i in acting if self.kind_of(declared[i]) == REFERENCE]  # read by the base itself
+        reference = self.reference.prepare(declared, reference_at, base, scope)
+        indices = [i for i in acting if i not in redux_at and i not in reference_at]
         if request.primary.negative_references and 0 not in indices:
             warnings.append("Negative images act against the tab's own references: add a reference to use them.")
         for n, slot in enumerate(request.slots, 1):
             if not slot.references:
                 warnings.append(f"Added image prompt {n} ({slot.mode}) has no image: it had no effect.")
         attention = self.attention.prepare(request, base, indices, scope, warnings, guidance.true_cfg)
-        previews = attention.previews + redux.previews + structure.previews
-        return Prepared(attention, redux, structure, previews)
+        previews = attention.previews + redux.previews + reference.previews + structure.previews
+        return Prepared(attention, redux, structure, reference, previews)
 
     def views(self, request: GenerationRequest, variant: str, base: LoadedBase, scope: str) -> list[Image.Image]:
         """What each image prompt's encoder sees (the tab's own with `variant`), then each structure map."""
@@ -120,6 +128,8 @@ class SlotKinds:
             kind = self.kind_of(chosen)
             if kind == REDUX:
                 views += self.redux.views([chosen])
+            elif kind == REFERENCE:
+                views += self.reference.views(base, [chosen])
             elif kind == ATTENTION and (prompt.references or n == 0):
                 views += self.attention.views(base, chosen, scope)
         settings = request.settings
