@@ -230,9 +230,9 @@ def settings_group(preset: ModePreset, c: dict[str, Any]) -> dict[str, Any]:
             b["random_seed"] = gr.Button("🎲 Random", scale=0)
             b["reuse_seed"] = gr.Button("♻️ Reuse last", scale=0)
         for name, label in (("steps", "Steps"), ("guidance", "Guidance")):
-            r = getattr(preset, name)
-            c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=d[name],
-                                elem_id=f"{mode}-{name}")  # fmt: skip
+            r = getattr(preset, name)  # a fixed value (min = max: a model that reads none) is not shown
+            c[name] = gr.Slider(label=label, minimum=r.min, maximum=max(r.max, r.min + r.step), step=r.step,
+                                value=d[name], elem_id=f"{mode}-{name}", visible=r.max > r.min)  # fmt: skip
         with gr.Row():
             for name, label in (("width", "Width"), ("height", "Height")):
                 r = getattr(preset, name)
