@@ -29,6 +29,31 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
     ("diffusers", "DiffusionPipeline._execution_device", "pipelines/arch/: encode_prompt's device argument"),
     ("diffusers", "FluxPipeline._pack_latents", "pipelines/arch/flux.py: seeded noise in the pipeline's packed form"),
     (
+        "diffusers",
+        "Flux2KleinPipeline._pack_latents",
+        "pipelines/arch/flux2.py: seeded noise and reference latents in the pipeline's packed form",
+    ),
+    ("diffusers", "Flux2KleinPipeline._prepare_latent_ids", "pipelines/arch/flux2.py: the image tokens' positions"),
+    (
+        "diffusers",
+        "Flux2KleinPipeline._prepare_image_ids",
+        "pipelines/arch/flux2.py: the references' positions (time coordinate 10, 20, ... by image)",
+    ),
+    ("diffusers", "Flux2KleinPipeline._encode_vae_image", "pipelines/arch/flux2.py: a reference's latents"),
+    ("diffusers", "Flux2KleinPipeline._unpack_latents_with_ids", "pipelines/arch/flux2.py: decoding, as stock"),
+    ("diffusers", "Flux2KleinPipeline._unpatchify_latents", "pipelines/arch/flux2.py: ... the same"),
+    (
+        "diffusers.pipelines.flux2.pipeline_flux2_klein",
+        "compute_empirical_mu",
+        "pipelines/arch/flux2.py: the pass's timesteps, as stock computes them",
+    ),
+    ("diffusers.pipelines.flux2.pipeline_flux2_klein", "retrieve_timesteps", "pipelines/arch/flux2.py: ... the same"),
+    (
+        "diffusers.pipelines.flux2.image_processor",
+        "Flux2ImageProcessor._resize_to_target_area",
+        "pipelines/arch/flux2.py: a reference over 1 megapixel, as stock resizes it",
+    ),
+    (
         "diffusers.models.transformers.transformer_flux",
         "_get_qkv_projections",
         "pipelines/arch/flux_attention.py: ScaledFluxIPAdapterAttnProcessor, copied from FluxIPAdapterAttnProcessor",

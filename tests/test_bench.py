@@ -67,3 +67,13 @@ def test_the_flux_benchmark_runs():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| 5-strength sweep, one pass | 2 |" in proc.stdout and "| 5 stock calls | 10 |" in proc.stdout
     assert "| engine, 1 image |" in proc.stdout
+
+
+def test_the_klein_benchmark_runs():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    args = ["--steps", "2", "--size", "64", "--rounds", "1", "--references", "2"]
+    proc = subprocess.run([sys.executable, "-m", "bench.klein", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| 5-strength sweep, one pass | 4 |" in proc.stdout and "| 5 single renders | 16 |" in proc.stdout
+    assert "| diffusers, 1 image (strength 1) | 2 |" in proc.stdout

@@ -160,3 +160,28 @@ def test_flux_and_xlabs_at_their_published_shapes_on_the_meta_device(tmp_path, m
     assert transformer.encoder_hid_proj.image_projection_layers[0].num_image_text_embeds == 16
     weights = ramp_weights(wrapped, spec.layer_ramp)
     assert (weights[scaled[0]], round(weights[scaled[-1]], 6)) == (0.3, 0.92)
+
+
+def test_klein_at_its_published_shapes_on_the_meta_device():
+    """FLUX.2 [klein] 4B's transformer (3.88 B parameters) and Qwen3-4B (4.02 B), no memory: the hidden states the
+    pipeline stacks (9, 18, 27) exist, their width is the transformer's text width, and a pass with four 1024²
+    references at 1024² lays the tokens out as the architecture does (image first, then each reference)."""
+    from diffusers import Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from pipelines.arch.flux2 import TEXT_LAYERS
+    from pipelines.offline.full_size import FLUX2_KLEIN_TRANSFORMER, QWEN3_4B
+
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel.from_config(FLUX2_KLEIN_TRANSFORMER)
+        text = Qwen3ForCausalLM(Qwen3Config(**QWEN3_4B))
+    assert round(sum(p.numel() for p in transformer.parameters()) / 1e9, 2) == 3.88
+    assert round(sum(p.numel() for p in text.parameters()) / 1e9, 2) == 4.02
+    assert max(TEXT_LAYERS) <= text.config.num_hidden_layers
+    assert len(TEXT_LAYERS) * text.config.hidden_size == transformer.config.joint_attention_dim
+    image, refs = 64 * 64, 4 * 64 * 64  # 1024² at 16 pixels a token
+    with torch.device("meta"):
+        out = transformer(hidden_states=torch.empty(1, image + refs, 128), encoder_hidden_states=torch.empty(1, 512, 7680),
+                          timestep=torch.empty(1), img_ids=torch.zeros(1, image + refs, 4), txt_ids=torch.zeros(1, 512, 4),
+                          return_dict=False)[0]  # fmt: skip
+    assert out[:, :image].shape == (1, image, 128)

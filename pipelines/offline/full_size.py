@@ -67,6 +67,19 @@ FLUX_TRANSFORMER = {
 }  # fmt: skip
 
 
+# FLUX.2 [klein] 4B (black-forest-labs/FLUX.2-klein-4B): its transformer and its Qwen3-4B text encoder, as public
+# implementations read them from the repository's config files (5 double- and 20 single-stream blocks, 24 heads of
+# 128, the text width = 3 stacked Qwen3 layers of 2560).
+FLUX2_KLEIN_TRANSFORMER = {
+    "attention_head_dim": 128, "guidance_embeds": False, "in_channels": 128, "joint_attention_dim": 7680,
+    "num_attention_heads": 24, "num_layers": 5, "num_single_layers": 20, "patch_size": 1,
+    "axes_dims_rope": [32, 32, 32, 32], "mlp_ratio": 3.0, "timestep_guidance_channels": 256,
+}  # fmt: skip
+QWEN3_4B = {
+    "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936, "tie_word_embeddings": True,
+}  # fmt: skip
+
 NATIVE_SIZE = {"sd15": 512, "sdxl": 1024}
 TEXT_TOKENS = 77
 VIT_H = {"projection_dim": 1024, "hidden_size": 1280, "image_size": 224, "tokens": 257}  # OpenCLIP ViT-H/14

@@ -1,6 +1,6 @@
 """The shape of what a request records, frozen before the runner is split into stages (issue: the runner as stages).
 
-For a fixed request on `tiny`, `tiny-sd15` and `tiny-flux`: the key paths of a single render's metadata and
+For a fixed request on `tiny`, `tiny-sd15`, `tiny-flux` and `tiny-flux2-klein`: the key paths of a single render's metadata and
 diagnostics, of a 2-strength sweep's metadata, cell metadata and diagnostics, and of the settings file. A move that
 drops, renames or adds a key fails here; an intended change regenerates the file and says so in its commit:
 
@@ -37,8 +37,8 @@ def key_paths(value: Any, prefix: str = "") -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def flux_engine(families, tiny_root):
-    return Engine(families["tiny-flux"], tiny_root=tiny_root, max_batch=8)
+def flux_engines(families, tiny_root):
+    return {name: Engine(families[name], tiny_root=tiny_root, max_batch=8) for name in ("tiny-flux", "tiny-flux2-klein")}
 
 
 def shapes(engine: Engine, preset: Any, gold: Any) -> dict[str, list[str]]:
@@ -55,10 +55,10 @@ def shapes(engine: Engine, preset: Any, gold: Any) -> dict[str, list[str]]:
     }
 
 
-def test_the_recorded_keys_are_unchanged(engines, flux_engine, presets, gold):
+def test_the_recorded_keys_are_unchanged(engines, flux_engines, presets, gold):
     actual = {
-        name: shapes(engines.get(name, flux_engine), presets["general"][name], gold)
-        for name in ("tiny", "tiny-sd15", "tiny-flux")
+        name: shapes({**engines, **flux_engines}[name], presets["general"][name], gold)
+        for name in ("tiny", "tiny-sd15", "tiny-flux", "tiny-flux2-klein")
     }
     if os.environ.get("IMAGE_PROMPT_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps(actual, indent=1, sort_keys=True) + "\n", encoding="utf-8")
