@@ -63,8 +63,9 @@ def run(args: argparse.Namespace, count: int) -> None:
 
     stock = (
         engine.arch.pipeline_class()
-        .from_pretrained(engine.source.resolve(family.base), torch_dtype=engine.dtype,
-                         local_files_only=engine.source.local_only)  # fmt: skip
+        .from_pretrained(
+            engine.source.resolve(family.base), torch_dtype=engine.dtype, local_files_only=engine.source.local_only
+        )
         .to(engine.device)
     )
     stock.set_progress_bar_config(disable=True)

@@ -26,7 +26,7 @@ class FaceSpec:
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 MODES = ("general", "face", "anime", "style")  # one TOML file per mode
-PIPELINE_KINDS = ("sdxl", "sd15", "flux", "flux2")
+PIPELINE_KINDS = ("sdxl", "sd15", "flux", "flux2", "flux2-kv")
 SOURCES = ("hub", "tiny", "local")  # local: a folder mirror of the Hub layout (dry runs)
 EMBED_KINDS = ("pooled", "hidden", "faceid", "faceid-plus", "redux", "reference")  # what feeds the adapter
 # ("reference": the base reads the images in context, as extra latent tokens: FLUX.2 [klein])
@@ -69,6 +69,7 @@ ARCHITECTURES = {
     "sd15": ArchitectureFacts(regions=True, structure=True),
     "flux": ArchitectureFacts(regions=False, structure=False),  # FLUX's processor takes no mask; no ControlNet yet
     "flux2": ArchitectureFacts(regions=False, structure=False),  # references in context: no mask, no ControlNet yet
+    "flux2-kv": ArchitectureFacts(regions=False, structure=False),  # the same, its references' keys and values cached
 }
 CONTROL_TYPES = ("canny", "depth", "pose", "scribble", "lineart", "normal", "segment")  # what a control map shows
 

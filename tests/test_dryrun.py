@@ -181,7 +181,8 @@ def test_klein_at_its_published_shapes_on_the_meta_device():
     assert len(TEXT_LAYERS) * text.config.hidden_size == transformer.config.joint_attention_dim
     image, refs = 64 * 64, 4 * 64 * 64  # 1024² at 16 pixels a token
     with torch.device("meta"):
-        out = transformer(hidden_states=torch.empty(1, image + refs, 128), encoder_hidden_states=torch.empty(1, 512, 7680),
-                          timestep=torch.empty(1), img_ids=torch.zeros(1, image + refs, 4), txt_ids=torch.zeros(1, 512, 4),
+        tokens, text = torch.empty(1, image + refs, 128), torch.empty(1, 512, 7680)
+        out = transformer(hidden_states=tokens, encoder_hidden_states=text, timestep=torch.empty(1),
+                          img_ids=torch.zeros(1, image + refs, 4), txt_ids=torch.zeros(1, 512, 4),
                           return_dict=False)[0]  # fmt: skip
     assert out[:, :image].shape == (1, image, 128)

@@ -81,3 +81,22 @@ def test_klein_through_mcp_with_a_data_url_image(served, reference_files):
     assert not error, texts(content)
     scores = next(json.loads(t) for t in texts(content) if t.startswith("[") and "likeness" in t)
     assert [s["strength"] for s in scores] == [0, 1]
+
+
+def test_the_kv_family_draws_and_says_its_licence(families, tiny_root, reference_files):
+    import httpx
+
+    import app
+
+    demo = app.create_app(Engine(families["tiny-flux2-klein-kv"], tiny_root=tiny_root))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.launch_options())
+    try:
+        assert "non-commercial" in httpx.get(url, timeout=30).text
+        reference = [{"image": handle_file(reference_files["gold"])}]
+        path, *_ = Client(url, verbose=False).predict(prompt="a vase", reference=reference, strength=0.5, seed=1,
+                                                      api_name="/general")  # fmt: skip
+        stored = read_png_metadata(path)
+        assert stored["model_family"] == "tiny-flux2-klein-kv"
+        assert stored["adapter"] == "tiny-flux2-klein-kv/transformer"
+    finally:
+        demo.close()

@@ -190,7 +190,13 @@ def architecture(kind: str) -> Architecture:
     from .flux2 import Flux2
     from .sd import StableDiffusion
 
-    known = {"sdxl": StableDiffusion(xl=True), "sd15": StableDiffusion(xl=False), "flux": Flux(), "flux2": Flux2()}
+    known = {
+        "sdxl": StableDiffusion(xl=True),
+        "sd15": StableDiffusion(xl=False),
+        "flux": Flux(),
+        "flux2": Flux2(),
+        "flux2-kv": Flux2(kv=True),
+    }
     if kind not in known:
         raise ValueError(f"unknown architecture {kind!r}; one of {list(known)}")
     return known[kind]

@@ -32,14 +32,21 @@ TEMPLATE_TOKENS = 12  # the chat template's own tokens around the prompt (user t
 
 
 class Flux2(Architecture):
-    name = "flux2"
+    """`kv`: FLUX.2 [klein] 9B-KV (`Flux2KleinKVPipeline`): the references only attend to themselves, so their keys
+    and values are computed once, the first time a branch needs them, and reused at every later step and by every
+    sample of the pass (they do not depend on the image, the prompt or the step)."""
+
     accepts = frozenset({ReferenceLatents})
     controlnet_union = False
 
-    def pipeline_class(self) -> type:
-        from diffusers import Flux2KleinPipeline
+    def __init__(self, kv: bool = False) -> None:
+        self.kv = kv
+        self.name = "flux2-kv" if kv else "flux2"
 
-        return Flux2KleinPipeline
+    def pipeline_class(self) -> type:
+        from diffusers import Flux2KleinKVPipeline, Flux2KleinPipeline
+
+        return Flux2KleinKVPipeline if self.kv else Flux2KleinPipeline
 
     def structure_pipeline(self, controls: bool, img2img: bool) -> str:
         raise NotImplementedError("structure slots are not offered on FLUX.2 yet")
@@ -125,22 +132,34 @@ class Flux2(Architecture):
         if hasattr(pipe.scheduler, "set_begin_index"):
             pipe.scheduler.set_begin_index(0)
         tokens: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor] | None] = {}
+        caches: dict[tuple[int, ...], Any] = {}  # KV: each branch's reference keys and values, for one sample
 
         def velocity(members: tuple[int, ...], rows: list[int], t: torch.Tensor) -> torch.Tensor:
             """The transformer's velocity for `rows` of the batch with the references of prompts `members`."""
             if members not in tokens:
                 tokens[members] = self._tokens(pipe, [parts[k][0] for k in members], device)
+            n = len(rows)
+            call = {"timestep": t.expand(n).to(latents.dtype) / 1000, "guidance": None,
+                    "encoder_hidden_states": embeds[rows], "txt_ids": text_ids[rows], "joint_attention_kwargs": None,
+                    "return_dict": False}  # fmt: skip
             hidden, ids = latents[rows].to(transformer.dtype), latent_ids[rows]
-            if tokens[members] is not None:
-                refs, ref_ids = tokens[members]
-                n = len(rows)
-                hidden = torch.cat([latents[rows], refs.expand(n, -1, -1)], dim=1).to(transformer.dtype)
-                ids = torch.cat([latent_ids[rows], ref_ids.expand(n, -1, -1)], dim=1)
-            timestep = t.expand(len(rows)).to(latents.dtype) / 1000
+            if tokens[members] is None:
+                return transformer(hidden_states=hidden, img_ids=ids, **call)[0]
+            refs, ref_ids = tokens[members]
+            if self.kv and members in caches:  # the references' keys and values, without their tokens
+                cache = _kv_for_rows(caches[members], n)
+                return transformer(hidden_states=hidden, img_ids=ids, kv_cache=cache, kv_cache_mode="cached",
+                                   **call)[0]  # fmt: skip
+            if self.kv:  # Flux2KleinKVPipeline's first step: [references, image], their keys and values kept
+                hidden = torch.cat([refs.expand(n, -1, -1), latents[rows]], dim=1).to(transformer.dtype)
+                ids = torch.cat([ref_ids.expand(n, -1, -1), latent_ids[rows]], dim=1)
+                out, caches[members] = transformer(hidden_states=hidden, img_ids=ids, kv_cache_mode="extract",
+                                                   num_ref_tokens=refs.shape[1], **call)  # fmt: skip
+                return out
+            hidden = torch.cat([latents[rows], refs.expand(n, -1, -1)], dim=1).to(transformer.dtype)
+            ids = torch.cat([latent_ids[rows], ref_ids.expand(n, -1, -1)], dim=1)
             with transformer.cache_context("cond"):
-                out = transformer(hidden_states=hidden, timestep=timestep, guidance=None,
-                                  encoder_hidden_states=embeds[rows], txt_ids=text_ids[rows], img_ids=ids,
-                                  joint_attention_kwargs=None, return_dict=False)[0]  # fmt: skip
+                out = transformer(hidden_states=hidden, img_ids=ids, **call)[0]
             return out[:, : latents.size(1) :]
 
         with torch.inference_mode():
@@ -184,7 +203,7 @@ class Flux2(Architecture):
 
     def _decode(self, pipe: Any, latents: torch.Tensor, ids: torch.Tensor, h: int, w: int) -> np.ndarray:
         """Flux2KleinPipeline's decoding, one image at a time (a cell decodes as its single render does)."""
-        latents = pipe._unpack_latents_with_ids(latents, ids, h, w)
+        latents = pipe._unpack_latents_with_ids(latents, ids)  # (the KV pipeline takes no size)
         bn = pipe.vae.bn
         mean = bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
         std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps)
@@ -195,6 +214,19 @@ class Flux2(Architecture):
             image = pipe.vae.decode(row.to(pipe.vae.device), return_dict=False)[0]
             out.append(pipe.image_processor.postprocess(image, output_type="np"))
         return np.concatenate(out)
+
+
+def _kv_for_rows(cache: Any, rows: int) -> Any:
+    """A KV cache for `rows` samples, from one whose samples all hold the same references' keys and values."""
+    from diffusers.models.transformers.transformer_flux2 import Flux2KVCache
+
+    out = Flux2KVCache(len(cache.double_block_caches), len(cache.single_block_caches))
+    out.num_ref_tokens = cache.num_ref_tokens
+    for mine, theirs in zip(out.double_block_caches + out.single_block_caches,
+                            cache.double_block_caches + cache.single_block_caches, strict=True):  # fmt: skip
+        k, v = theirs.get()
+        mine.store(k[:1].expand(rows, *k.shape[1:]), v[:1].expand(rows, *v.shape[1:]))
+    return out
 
 
 def _composition(strengths: Sequence[float]) -> tuple[tuple[int, ...], list[tuple[int, float]]]:

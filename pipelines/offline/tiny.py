@@ -79,6 +79,7 @@ FLUX_INNER_DIM = 32  # heads x head dim (FLUX.1: 24 x 128)
 FLUX_DOUBLE_BLOCKS = 2  # FLUX.1: 19
 XLABS_TOKENS = 4  # image tokens of the XLabs projection (v2: 16)
 FLUX2_KLEIN_BASE = "tiny-flux2-klein"  # mirrors black-forest-labs/FLUX.2-klein-4B: Flux2KleinPipeline (Qwen3)
+FLUX2_KLEIN_KV_BASE = "tiny-flux2-klein-kv"  # mirrors black-forest-labs/FLUX.2-klein-9b-kv: Flux2KleinKVPipeline
 QWEN3_HIDDEN = 16  # width of the tiny Qwen3 text encoder (klein 4B: Qwen3-4B, 2560)
 QWEN3_LAYERS = 27  # the pipeline stacks hidden states 9, 18 and 27, as the real one (Qwen3-4B has 36 layers)
 FAST_LORA_REPO = "tiny-fast-lora"  # few-step LoRAs (as ByteDance/SDXL-Lightning and ByteDance/Hyper-SD ship them)
@@ -122,6 +123,7 @@ def ensure_tiny_models(root: Path | None = None) -> Path:
         _build_pose(staging / PERSON_REPO, staging / VITPOSE_REPO)
         _build_flux(staging, staging / "tokenizer-files")
         _build_flux2_klein(staging / FLUX2_KLEIN_BASE)
+        _build_flux2_klein(staging / FLUX2_KLEIN_KV_BASE, kv=True)
         shutil.rmtree(staging / "tokenizer-files")
         (staging / "COMPLETE").write_text(TINY_VERSION + "\n")
         try:
@@ -705,23 +707,25 @@ def _qwen_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def _build_flux2_klein(folder: Path) -> None:
+def _build_flux2_klein(folder: Path, kv: bool = False) -> None:
     """FLUX.2 [klein]'s layout at a tiny width: Flux2KleinPipeline (a Flux2 transformer without guidance
     embedding, a Qwen3 causal LM whose hidden states 9, 18 and 27 are stacked into the prompt, the 32-channel
     AutoencoderKLFlux2 with its batch-norm statistics, the flow-matching scheduler), step-distilled as the 4B.
 
     Random weights hardly read their inputs: the attention is sharpened (query/key norms x4) and its values
     amplified (x6), and the VAE's latent statistics narrowed, so that a reference moves the image by a few levels
-    and another reference moves it again (tests/pipelines/test_flux2.py checks both)."""
+    and another reference moves it again (tests/pipelines/test_flux2.py checks both). `kv`: the 9B-KV's layout
+    (Flux2KleinKVPipeline: the same folders, its pipeline class in model_index.json), other weights."""
     from diffusers import (
         AutoencoderKLFlux2,
         FlowMatchEulerDiscreteScheduler,
+        Flux2KleinKVPipeline,
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    torch.manual_seed(60)
+    torch.manual_seed(63 if kv else 60)
     tokenizer = _qwen_tokenizer(folder.parent / "qwen-tokenizer-files")
     text_encoder = Qwen3ForCausalLM(Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=QWEN3_HIDDEN, intermediate_size=32, num_hidden_layers=QWEN3_LAYERS,
@@ -747,14 +751,15 @@ def _build_flux2_klein(folder: Path) -> None:
                 weight[:, :inner].mul_(6.0)
     vae = AutoencoderKLFlux2(block_out_channels=(16, 16, 16, 16), layers_per_block=1, norm_num_groups=8,
                              latent_channels=32)  # fmt: skip
-    gen = torch.Generator().manual_seed(61)
+    gen = torch.Generator().manual_seed(64 if kv else 61)
     vae.bn.running_mean.copy_(torch.randn(vae.bn.running_mean.shape, generator=gen) * 0.1)
     vae.bn.running_var.copy_((torch.rand(vae.bn.running_var.shape, generator=gen) + 0.5) * 0.02)
     scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
                                                 max_shift=1.15, shift=3.0, use_dynamic_shifting=True,
                                                 time_shift_type="exponential")  # fmt: skip
-    pipe = Flux2KleinPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                              transformer=transformer, is_distilled=True)  # fmt: skip
+    parts = {"scheduler": scheduler, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+             "transformer": transformer}  # fmt: skip
+    pipe = Flux2KleinKVPipeline(**parts) if kv else Flux2KleinPipeline(**parts, is_distilled=True)
     pipe.save_pretrained(str(folder), safe_serialization=True)
 
 

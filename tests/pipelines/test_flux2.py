@@ -184,3 +184,56 @@ def test_a_scored_comparison_on_klein(engine, preset, gold):
     assert [s["strength"] for s in sweep.scores] == [0.0, 1.0]
     assert all(-1 <= s["likeness"] <= 1 and -1 <= s["adherence"] <= 1 for s in sweep.scores)
     assert sweep.suggested is not None
+
+
+# ---------------------------------------------------------------------------------------- 9B-KV (tiny twin)
+
+KV = "tiny-flux2-klein-kv"
+
+
+@pytest.fixture(scope="module")
+def kv_engine(families, tiny_root):
+    return Engine(families[KV], tiny_root=tiny_root, max_batch=8)
+
+
+@pytest.fixture(scope="module")
+def kv_preset(presets):
+    return presets["general"][KV]
+
+
+def extracts(engine):
+    """Counts the transformer's calls that compute the references' keys and values (`kv_cache_mode="extract"`)."""
+    seen = {"n": 0}
+
+    def hook(module, args, kwargs):
+        seen["n"] += kwargs.get("kv_cache_mode") == "extract"
+
+    engine.load()
+    engine.pipe.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_kv_at_strength_one_equals_stock_klein_kv(kv_engine, kv_preset, refs, count):
+    kv_engine.load()
+    assert type(kv_engine.pipe).__name__ == "Flux2KleinKVPipeline"
+    stock = kv_engine.arch.pipeline_class().from_pretrained(kv_engine.source.resolve(KV), local_files_only=True)
+    stock.set_progress_bar_config(disable=True)
+    req = request(kv_preset, reference=refs[:1], **slots_of(refs[1:count], [1.0] * (count - 1)))
+    ours = pixels(kv_engine.generate(req).image)
+    assert np.abs(ours - pixels(stock_call(stock, req, refs[:count]))).max() <= 1
+    assert np.abs(ours - pixels(stock_call(stock, req, refs[: count - 1] or None))).mean() > 2.0
+    zero = kv_engine.generate(request(kv_preset, reference=refs[:1], strength=0.0))
+    assert np.array_equal(pixels(zero.image), pixels(stock_call(stock, req, None)))
+
+
+def test_a_kv_sweep_computes_the_references_keys_once(kv_engine, kv_preset, refs):
+    """One extraction per reference branch for the whole sweep (every cell and step reuses it); cells = singles."""
+    seen = extracts(kv_engine)
+    strengths = [0.0, 0.5, 1.0, 2.0]
+    sweep = kv_engine.generate_sweep(request(kv_preset, reference=refs[:2]).swept(strengths))
+    assert seen["n"] == 1 and sweep.diagnostics["denoiser_calls"] == 2 * kv_preset.steps.default
+    for strength, cell in zip(strengths, sweep.images, strict=True):
+        single = kv_engine.generate(request(kv_preset, reference=refs[:2], strength=strength)).image
+        assert np.abs(pixels(single) - pixels(cell)).max() <= CELL_TOLERANCE
+    assert seen["n"] == 1 + 3  # each single render with the references extracts once (0 has none)

@@ -1,8 +1,9 @@
 """The shape of what a request records, frozen before the runner is split into stages (issue: the runner as stages).
 
-For a fixed request on `tiny`, `tiny-sd15`, `tiny-flux` and `tiny-flux2-klein`: the key paths of a single render's metadata and
-diagnostics, of a 2-strength sweep's metadata, cell metadata and diagnostics, and of the settings file. A move that
-drops, renames or adds a key fails here; an intended change regenerates the file and says so in its commit:
+For a fixed request on `tiny`, `tiny-sd15`, `tiny-flux` and `tiny-flux2-klein`: the key paths of a single render's
+metadata and diagnostics, of a 2-strength sweep's metadata, cell metadata and diagnostics, and of the settings file.
+A move that drops, renames or adds a key fails here; an intended change regenerates the file and says so in its
+commit:
 
     IMAGE_PROMPT_UPDATE_GOLDEN=1 python -m pytest tests/pipelines/test_golden.py
 """
@@ -38,7 +39,8 @@ def key_paths(value: Any, prefix: str = "") -> list[str]:
 
 @pytest.fixture(scope="module")
 def flux_engines(families, tiny_root):
-    return {name: Engine(families[name], tiny_root=tiny_root, max_batch=8) for name in ("tiny-flux", "tiny-flux2-klein")}
+    names = ("tiny-flux", "tiny-flux2-klein")
+    return {name: Engine(families[name], tiny_root=tiny_root, max_batch=8) for name in names}
 
 
 def shapes(engine: Engine, preset: Any, gold: Any) -> dict[str, list[str]]:
