@@ -34,6 +34,7 @@ from ui.endpoints import Studio
 from ui.loader import load_settings_panel
 from ui.mcp import door_middleware, install_mcp
 from ui.serving import GATE, GRADIO_CACHE_LIMITS
+from ui.stop import cancel_middleware
 from ui.tab import TabHandle
 from ui.uploads import UPLOADS
 
@@ -130,7 +131,7 @@ def launch_options(forwarded_allow_ips: str = "") -> dict:
         "show_error": True,
         "allowed_paths": [],
         "max_file_size": MAX_FILE_SIZE,
-        "app_kwargs": {"middleware": [GATE.middleware(), UPLOADS.middleware(), door_middleware()]},
+        "app_kwargs": {"middleware": [GATE.middleware(), UPLOADS.middleware(), door_middleware(), cancel_middleware()]},
     }
 
 

@@ -47,6 +47,14 @@ class GenerationError(ImagePromptError):
     """A run failed in a way the person can act on (out of memory, numerical overflow)."""
 
 
+class StoppedError(ImagePromptError):
+    """The person (or their client) stopped the job between two denoising steps: nothing of it was kept."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"Stopped after step {done} of {total}.")
+        self.done, self.total = done, total
+
+
 def shown(value: object, limit: int = 60) -> str:
     """A value quoted in a message: its repr, cut to `limit` characters (a message never echoes a whole payload)."""
     try:

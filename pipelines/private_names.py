@@ -82,6 +82,7 @@ PRIVATE_NAMES: tuple[tuple[str, str, str], ...] = (
         "ui/serving.py: the jobs each visitor holds, waiting",
     ),
     ("gradio.queueing", "Queue.active_jobs", "ui/serving.py: ... and running"),
+    ("gradio.queueing", "Event._id", "ui/stop.py: the event a cancel names, among those running"),
     ("gradio.queueing", "Queue.push", "ui/serving.py: replaced by the gate's limited push"),
     ("gradio.mcp", "GradioMCPServer.StreamableHTTPSessionManager", "ui/mcp.py: MCP sessions kept (stateful)"),
     ("gradio.mcp", "GradioMCPServer.create_mcp_server", "ui/mcp.py: the tool-call handler wrapped"),

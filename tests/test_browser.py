@@ -376,3 +376,35 @@ def test_an_error_stays_next_to_the_result_until_the_next_run(fresh, files):
     panel.get_by_role("button", name="Start drawing").click()
     page.locator("#face-seed-used").wait_for(state="visible")
     box.get_by_text("No face found").wait_for(state="detached")  # fixed: the message is gone
+
+
+def test_stop_leaves_a_running_drawing_and_says_where(fresh, files, engines):
+    """The page's Stop: the drawing leaves at its next step, the box says which, and the next drawing runs."""
+    from tests.test_stop import slow_steps
+
+    page = fresh
+    panel = page.locator("#tab-general")
+    box = page.locator("#general-error")
+    panel.get_by_role("button", name="Stop").first.click()
+    box.get_by_text("Nothing of yours is running.").wait_for()
+    panel.locator("input[type=file]").first.set_input_files(files["gold"])
+    panel.get_by_text("Settings", exact=True).click()
+    steps = page.locator("#general-steps input[type=number]")
+    steps.fill("50")
+    steps.press("Tab")
+    engine = engines["tiny"]
+    with slow_steps(engine):
+        calls = engine.counters["unet_calls"]
+        panel.get_by_role("button", name="Start drawing").click()
+        for _ in range(600):
+            if engine.counters["unet_calls"] - calls >= 4:
+                break
+            page.wait_for_timeout(50)
+        panel.get_by_role("button", name="Stop").first.click()
+        box.get_by_text("Stopped after step").wait_for()
+        assert engine.counters["unet_calls"] - calls < 2 * 50
+    steps.fill("2")
+    steps.press("Tab")
+    panel.get_by_role("button", name="Start drawing").click()
+    page.locator("#general-seed-used").wait_for(state="visible")
+    box.get_by_text("Stopped after step").wait_for(state="detached")

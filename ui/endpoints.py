@@ -31,6 +31,7 @@ from pipelines.settings import settings_of
 
 from .common import format_diagnostics, gpu_seconds, output_path, write_png
 from .serving import escape, visitor_scope
+from .stop import stopping
 
 if TYPE_CHECKING:
     from pipelines.engine import Engine
@@ -89,14 +90,15 @@ def request_from(preset: ModePreset, values: dict[str, Any]) -> GenerationReques
     return build_request(preset, **values)
 
 
-def _progress(progress: Any) -> Callable[[int, int], None] | None:
+def _progress(progress: Any) -> Callable[[int, int], None]:
+    """After each step: the progress bar (when there is one), then Stop's check (ui/stop.py)."""
     if progress is None:
-        return None
+        return stopping(None)
 
     def on_step(done: int, total: int) -> None:
         progress((done, total), desc="Drawing", unit="steps")
 
-    return on_step
+    return stopping(on_step)
 
 
 def single(studio: Studio, preset: ModePreset, values: dict[str, Any], progress: Any) -> tuple:

@@ -57,6 +57,7 @@ from .serving import (
     logged_in_user,
     mcp_caller,
 )
+from .stop import JOBS
 from .uploads import UPLOADS, UploadRefused
 
 log = logging.getLogger("image_prompt_studio")
@@ -243,12 +244,37 @@ def _wrap_tool_calls(gradio_server: Any, server: Any) -> None:
             if caller is not None:
                 SESSIONS.decoded(caller.call)
         params = req.params.model_copy(update={"arguments": arguments})
-        return await call_tool(req.model_copy(update={"params": params}))
+        return await _stoppable(call_tool(req.model_copy(update={"params": params})), caller)
 
     server.request_handlers[types.CallToolRequest] = studio_call_tool
 
 
 # ------------------------------------------------------------------------------------------- images as text
+
+
+async def _stoppable(call: Any, caller: McpCaller | None) -> Any:
+    """Run a tool call; when the client cancels it (`notifications/cancelled`: mcp cancels the call's scope), its
+    job stops at its next step. Gradio waits for the job in a worker thread, which a cancellation cannot reach, so a
+    watcher beside it, in the same scope, is what notices."""
+    import anyio
+
+    answered = False
+
+    async def watch() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:  # cancelled with the call, or because it ended
+            if not answered and caller is not None:
+                JOBS.stop(f"mcp-call:{caller.call}")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            result = await call
+            answered = True
+        finally:
+            group.cancel_scope.cancel()
+    return result
 
 
 def _file_places(arguments: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, str]]:

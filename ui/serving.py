@@ -43,6 +43,8 @@ from pipelines.errors import ImagePromptError, InvalidRequestError
 from pipelines.images import decode_cache
 from pipelines.parameters import MAX_FILES_PER_REQUEST, file_limit, max_files
 
+from .stop import JOBS
+
 log = logging.getLogger("image_prompt_studio")
 
 MAX_BYTES_PER_REQUEST = 64 * 2**20  # all files of one request together (each is also capped at upload: 25 MB)
@@ -504,7 +506,8 @@ def boundary(fn: Callable[..., Any], files: Mapping[str, str] | None = None) -> 
             for name, label in files.items():
                 if name in bound.arguments:
                     bound.arguments[name] = budget.take(bound.arguments[name], label, name)
-            with decode_cache(_SCOPE.get()):  # the same upload again is not decoded twice (per visitor)
+            stop_keys = (session, f"mcp-call:{caller.call}") if caller is not None else (session,)
+            with decode_cache(_SCOPE.get()), JOBS.running(*stop_keys):  # one decode per upload; Stop reaches it
                 return fn(*bound.args, **bound.kwargs)
         except ClientGoneError:
             log.info("dropped a job whose client went away before it started")

@@ -36,6 +36,7 @@ from .common import GPU_CONCURRENCY_ID, IO_CONCURRENCY, on_gpu
 from .endpoints import FILE_INPUTS, Studio
 from .examples import reference_path
 from .serving import as_code, boundary, uploaded_image
+from .stop import JOBS
 
 CROP_LABELS = {"center": "Centre crop", "pad": "Pad to square", "squash": "Squash to square"}
 # Each slot kind as a person reads it: data (each mode file's [default], presets/structure.toml).
@@ -115,7 +116,11 @@ def build_tab(
                 c = prompt_group(preset, text, extra)
                 c.update(slot_groups(preset))
                 c.update(speed_control(preset))
-                buttons = {"run": gr.Button("Start drawing", variant="primary")}
+                with gr.Row():
+                    buttons = {
+                        "run": gr.Button("Start drawing", variant="primary", scale=4),
+                        "stop": gr.Button("Stop", variant="stop", scale=1, elem_id=f"{preset.mode}-stop"),
+                    }
                 settings = settings_group(preset, c)
             with gr.Column():
                 out = result_panel(preset.mode)
@@ -287,7 +292,9 @@ def compare_panel(preset: ModePreset, c: dict[str, Any]) -> dict[str, Any]:
             label="Strengths of the first added image prompt (optional: a grid of every pair, one row per strength)",
             placeholder="e.g. 0, 0.5, 1 (needs 'Add an image prompt')", value="",
         )  # fmt: skip
-        out["compare"] = gr.Button("Compare strengths")
+        with gr.Row():
+            out["compare"] = gr.Button("Compare strengths", scale=4)
+            out["compare_stop"] = gr.Button("Stop", variant="stop", scale=1, elem_id=f"{mode}-compare-stop")
         out["cells"] = gr.Gallery(label="Comparison (the strength under each cell)", columns=5, height="auto",
                                   elem_classes=["fit-rows"],
                                   interactive=False, elem_id=f"{mode}-cells", object_fit="contain")  # fmt: skip
@@ -437,6 +444,8 @@ def wire_endpoints(
         ("settings", "single", endpoints.settings_file, f"{mode}_settings",
          f"{title}: a settings file for these values.", buttons["settings"], None),
     ]  # fmt: skip
+    for stop in (buttons["stop"], out["compare_stop"]):  # outside the queue: it never waits behind the job it stops
+        stop.click(stop_mine, outputs=out["error"], **PRIVATE)
     inputs = {**c, **api}
     labels = page_labels(c)
     for kind, role, fn, api_name, summary, button, images in specs:
@@ -479,6 +488,13 @@ def _bound(fn: Callable[..., Any], studio: Studio, preset: ModePreset, images: i
         return fn(studio, preset, values, progress)
 
     return body if images is None else on_gpu(body, endpoints.gpu_time(studio, preset, images))
+
+
+def stop_mine(request: gr.Request) -> Any:
+    """The page's Stop: this visitor's running jobs leave at their next step (their own run then says where)."""
+    if not JOBS.stop(getattr(request, "session_hash", None)):
+        return "Nothing of yours is running."
+    return gr.skip()
 
 
 def wire_helpers(preset: ModePreset, text: TabText, c: dict, out: dict, buttons: dict) -> None:
