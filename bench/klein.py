@@ -3,9 +3,12 @@ has no strength: at 1 it is the stock call with the references). Prints tables.
 
     python -m bench.klein                                  # tiny-flux2-klein, 128 px, 4 steps, CPU
     python -m bench.klein --family flux2-klein --size 1024 --references 1 4 --rounds 3    # a GPU, the real weights
+    python -m bench.klein --family tiny-flux2-klein-kv --references 1 2 3 4   # the KV cache's gain, 1-4 references
 
 Each strength other than 0 and 1 adds a branch without the reference (a second transformer call per step); a sweep
 runs both branches once per step for every cell together, so it costs the calls of one image at such a strength.
+On a KV family (9B-KV) one more row runs the same weights with the references' tokens in every step (no cache): the
+cache's gain (the images differ: the model is trained for the cached form).
 """
 
 from __future__ import annotations
@@ -76,6 +79,15 @@ def run(args: argparse.Namespace, count: int) -> None:
         stock(image=references, prompt="a lighthouse", num_inference_steps=args.steps, width=args.size,
               height=args.size, generator=torch.Generator("cpu").manual_seed(1))  # fmt: skip
 
+    def without_cache() -> None:
+        from pipelines.arch.flux2 import Flux2
+
+        arch, engine.arch = engine.arch, Flux2()
+        try:
+            engine.generate(at[1.0])
+        finally:
+            engine.arch = arch
+
     variants = {
         "diffusers, 1 image (strength 1)": stock_call,
         "engine, 1 image at 1": lambda: engine.generate(at[1.0]),
@@ -83,15 +95,20 @@ def run(args: argparse.Namespace, count: int) -> None:
         "5 single renders": lambda: [engine.generate(at[s]) for s in STRENGTHS],
         "5-strength sweep, one pass": lambda: engine.generate_sweep(request.swept(STRENGTHS)),
     }  # fmt: skip
+    if engine.arch.kv:
+        variants["engine, 1 image at 1, no KV cache"] = without_cache
     counted = {}
     for name, variant in variants.items():
         before_engine, before_stock = engine.counters["unet_calls"], calls["n"]
         variant()
         counted[name] = engine.counters["unet_calls"] - before_engine + calls["n"] - before_stock
     runs = interleave(variants, args.rounds, engine.device)
+    baselines = {"engine, 1 image at 1": "diffusers, 1 image (strength 1)",
+                 "5-strength sweep, one pass": "5 single renders"}  # fmt: skip
+    if engine.arch.kv:
+        baselines["engine, 1 image at 1"] = "engine, 1 image at 1, no KV cache"
     rounds_table(f"{args.family}, {count} reference(s), {args.size} px, {args.steps} steps, {engine.device}", runs,
-                 {"engine, 1 image at 1": "diffusers, 1 image (strength 1)",
-                  "5-strength sweep, one pass": "5 single renders"})  # fmt: skip
+                 baselines)  # fmt: skip
     print("\n| variant | transformer calls |\n|---|---|")
     for name, n in counted.items():
         print(f"| {name} | {n} |")

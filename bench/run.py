@@ -2,7 +2,7 @@
 
     python -m bench.run                       # tiny family on this machine (CPU here)
     python -m bench.run --full-size           # also full-size SDXL / SD1.5 UNets (bf16 on a GPU; see --help)
-    python -m bench.run --gpu-suite [--dry]   # the GPU compass rows against stock diffusers (bench/versus.py, flux.py)
+    python -m bench.run --gpu-suite [--dry]   # the GPU compass rows against stock diffusers (versus, flux, klein)
 
 Sections:
 - sweep: a 5-strength comparison as one batched pass vs 5 sequential renders (time, UNet calls, encoder calls);
@@ -252,13 +252,17 @@ def bench_unet(
 
 def main() -> None:
     if "--gpu-suite" in sys.argv:  # the GPU compass rows (bench/versus.py), with its own flags (--dry, --rounds)
-        from bench import flux, versus
+        from bench import flux, klein, versus
 
         versus.main()
         dry = "--dry" in sys.argv  # FLUX: tiny-flux on CPU, or FLUX.1-dev 1024², 28 steps, with and without true CFG
         flux.main(["--family", "tiny-flux", "--size", "64", "--steps", "2", "--rounds", "1", "--true-cfg", "1", "4"]
                   if dry else ["--family", "flux", "--size", "1024", "--steps", "28", "--rounds", "3",
                                "--true-cfg", "1", "4"])  # fmt: skip
+        for family in ("flux2-klein", "flux2-klein-kv"):  # FLUX.2 [klein]: 1 and 4 references, 4 steps
+            klein.main(["--family", f"tiny-{family}", "--size", "64", "--steps", "2", "--rounds", "1", "--references",
+                        "1", "4"] if dry else ["--family", family, "--size", "1024", "--steps", "4", "--rounds", "3",
+                                               "--references", "1", "4"])  # fmt: skip
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny", help="family for the engine sections (default: tiny)")

@@ -13,14 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_gpu_suite_runs_dry_on_cpu():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     proc = subprocess.run([sys.executable, "-m", "bench.run", "--gpu-suite", "--dry"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     for row in ("diffusers, 1 image", "engine, 1 image", "diffusers, 5 strengths (a loop of set_ip_adapter_scale)",
                 "diffusers, lower bound (one call, 5 images)", "engine, 5-strength sweep (one pass)",
                 "the lower bound", "every General and Anime adapter loaded", "TFLOP/s",
                 "XLabs, tiny-flux, 64 px, 2 steps, cpu", "XLabs, tiny-flux, 64 px, 2 steps, true CFG 4, cpu",
-                "| 5-strength sweep, one pass | 4 |", "| 5 stock calls | 20 |"):  # fmt: skip
+                "| 5-strength sweep, one pass | 4 |", "| 5 stock calls | 20 |",
+                "tiny-flux2-klein, 4 reference(s), 64 px, 2 steps, cpu",
+                "engine, 1 image at 1, no KV cache"):  # fmt: skip
         assert row in out, row
 
 

@@ -408,3 +408,30 @@ def test_stop_leaves_a_running_drawing_and_says_where(fresh, files, engines):
     panel.get_by_role("button", name="Start drawing").click()
     page.locator("#general-seed-used").wait_for(state="visible")
     box.get_by_text("Stopped after step").wait_for(state="detached")
+
+
+def test_klein_draws_and_compares_through_the_ui(browser, families, tiny_root, files):
+    """FLUX.2 [klein] on the page: its own introduction and licence, no guidance slider (the model reads none), a
+    drawing with a reference and a comparison of its strength."""
+    import app
+    from pipelines import Engine
+
+    demo = app.create_app(Engine(families["tiny-flux2-klein"], tiny_root=tiny_root))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, **app.launch_options())
+    page = open_app(browser, url)
+    try:
+        panel = page.locator("#tab-general")
+        panel.get_by_text("FLUX.2 [klein] reads the reference images themselves").wait_for()
+        panel.get_by_text("Apache-2.0").wait_for()
+        assert page.get_by_role("tab", name="Consistent face").count() == 0
+        assert page.locator("#general-guidance").is_hidden()
+        panel.locator("input[type=file]").first.set_input_files(files["gold"])
+        panel.get_by_role("button", name="Start drawing").click()
+        page.locator("#general-result img").wait_for(state="visible")
+        panel.get_by_text("Compare strengths (same seed", exact=False).click()
+        panel.get_by_role("button", name="Compare strengths", exact=True).click()
+        page.locator("#general-cells img").first.wait_for(state="visible")
+        assert page.locator("#general-cells img").count() == 5
+    finally:
+        page.close()
+        demo.close()

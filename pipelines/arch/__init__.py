@@ -6,7 +6,8 @@ encoding, its latents, and the denoising pass (`denoise`, fed the conditioning v
 `sd.py` holds Stable Diffusion's (SD1.5 and SDXL); a family's `pipeline` key in presets/models.toml names the
 architecture it runs on.
 
-Checklist: a new architecture, in order (FLUX.1 went this way; `flux.py` is the shortest example):
+Checklist: a new architecture, in order (FLUX.1 went this way; `flux.py` is the shortest example, `flux2.py` the
+one with its own denoising loop):
 1. `presets/models.toml`: a family with `pipeline = "<name>"`, the modes it offers, and its tiny twin (`source =
    "tiny"`); the tiny twin's builder writes the real checkpoint formats (the offline builders).
 2. `pipelines/arch/<name>.py`: a subclass of `Architecture` implementing, in this order, `pipeline_class` (the stock

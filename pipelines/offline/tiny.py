@@ -48,7 +48,7 @@ from transformers import (
 from .faces import build_face_pack
 
 # Bump when the layout or any config below changes, so stale caches are never reused.
-TINY_VERSION = "v16"
+TINY_VERSION = "v17"
 
 # Repository names inside the tiny root; presets/models.toml refers to these.
 SDXL_BASE = "tiny-sdxl"
