@@ -274,6 +274,9 @@ async def _stoppable(call: Any, caller: McpCaller | None) -> Any:
             answered = True
         finally:
             group.cancel_scope.cancel()
+    # A cancelled call was answered already (mcp sent the client its error): this checkpoint raises the
+    # cancellation, so mcp does not answer it a second time (which crashed the session: "Request already responded").
+    await anyio.lowlevel.checkpoint()
     return result
 
 
