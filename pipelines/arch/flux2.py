@@ -111,75 +111,20 @@ class Flux2(Architecture):
     def denoise(self, job: PassInput) -> tuple[np.ndarray, list[bool]]:
         """One batched pass: Flux2KleinPipeline's loop (same timesteps, same transformer calls, same scheduler
         steps, same decoding), with each step's velocity composed from one call per branch of references."""
-        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu, retrieve_timesteps
-
         self.check(job.conditioning)
         pipe, batch = job.pipe, job.batch
         refs = next((v for v in job.conditioning if isinstance(v, ReferenceLatents)), None)
         parts = refs.parts if refs is not None else []
-        device, transformer = pipe._execution_device, pipe.transformer
-        embeds = job.text["prompt_embeds"].repeat(batch, 1, 1)
-        text_ids = job.text["text_ids"].repeat(batch, 1, 1)
-        latents = job.latents.to(device)  # (batch, tokens, channels), packed
+        latents = job.latents.to(pipe._execution_device)  # (batch, tokens, channels), packed
         h = 2 * (int(job.height) // (pipe.vae_scale_factor * 2)) // 2
         w = 2 * (int(job.width) // (pipe.vae_scale_factor * 2)) // 2
-        latent_ids = pipe._prepare_latent_ids(torch.empty(batch, 1, h, w)).to(device)
-        sigmas = np.linspace(1.0, 1 / job.steps, job.steps)
-        if getattr(pipe.scheduler.config, "use_flow_sigmas", False):
-            sigmas = None
-        mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=job.steps)
-        timesteps, _ = retrieve_timesteps(pipe.scheduler, job.steps, device, sigmas=sigmas, mu=mu)
-        if hasattr(pipe.scheduler, "set_begin_index"):
-            pipe.scheduler.set_begin_index(0)
-        tokens: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor] | None] = {}
-        caches: dict[tuple[int, ...], Any] = {}  # KV: each branch's reference keys and values, for one sample
-
-        def velocity(members: tuple[int, ...], rows: list[int], t: torch.Tensor) -> torch.Tensor:
-            """The transformer's velocity for `rows` of the batch with the references of prompts `members`."""
-            if members not in tokens:
-                tokens[members] = self._tokens(pipe, [parts[k][0] for k in members], device)
-            n = len(rows)
-            call = {"timestep": t.expand(n).to(latents.dtype) / 1000, "guidance": None,
-                    "encoder_hidden_states": embeds[rows], "txt_ids": text_ids[rows], "joint_attention_kwargs": None,
-                    "return_dict": False}  # fmt: skip
-            hidden, ids = latents[rows].to(transformer.dtype), latent_ids[rows]
-            if tokens[members] is None:
-                return transformer(hidden_states=hidden, img_ids=ids, **call)[0]
-            refs, ref_ids = tokens[members]
-            if self.kv and members in caches:  # the references' keys and values, without their tokens
-                cache = _kv_for_rows(caches[members], n)
-                return transformer(hidden_states=hidden, img_ids=ids, kv_cache=cache, kv_cache_mode="cached",
-                                   **call)[0]  # fmt: skip
-            if self.kv:  # Flux2KleinKVPipeline's first step: [references, image], their keys and values kept
-                hidden = torch.cat([refs.expand(n, -1, -1), latents[rows]], dim=1).to(transformer.dtype)
-                ids = torch.cat([ref_ids.expand(n, -1, -1), latent_ids[rows]], dim=1)
-                out, caches[members] = transformer(hidden_states=hidden, img_ids=ids, kv_cache_mode="extract",
-                                                   num_ref_tokens=refs.shape[1], **call)  # fmt: skip
-                return out
-            hidden = torch.cat([latents[rows], refs.expand(n, -1, -1)], dim=1).to(transformer.dtype)
-            ids = torch.cat([latent_ids[rows], ref_ids.expand(n, -1, -1)], dim=1)
-            with transformer.cache_context("cond"):
-                out = transformer(hidden_states=hidden, img_ids=ids, **call)[0]
-            return out[:, : latents.size(1) :]
-
+        latent_ids = pipe._prepare_latent_ids(torch.empty(batch, 1, h, w)).to(pipe._execution_device)
+        branches = _Branches(self, job, [latents for latents, _, _ in parts], latent_ids)
         with torch.inference_mode():
-            for i, t in enumerate(timesteps):
+            for i, t in enumerate(self._timesteps(pipe, job.steps, latents.shape[1])):
                 strengths = [s if first <= i < stop else [0.0] * batch for _, s, (first, stop) in parts]
                 plan = [_composition([row[n] for row in strengths]) for n in range(batch)]
-                needed: dict[tuple[int, ...], list[int]] = {}  # each branch, and the samples that need it
-                for n, (acting, guided) in enumerate(plan):
-                    for members in (acting, *(_without(acting, k) for k, _ in guided)):
-                        needed.setdefault(members, []).append(n)
-                out = {members: velocity(members, rows, t) for members, rows in needed.items()}
-                row = {members: {n: j for j, n in enumerate(rows)} for members, rows in needed.items()}
-                samples = []
-                for n, (acting, guided) in enumerate(plan):
-                    v = full = out[acting][row[acting][n]]
-                    for k, strength in guided:
-                        rest = _without(acting, k)
-                        v = v + (strength - 1) * (full - out[rest][row[rest][n]])
-                    samples.append(v)
-                noise_pred = torch.stack(samples)
+                noise_pred = branches.velocity(plan, latents, t)
                 latents_dtype = latents.dtype
                 latents = pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
                 if latents.dtype != latents_dtype and torch.backends.mps.is_available():
@@ -188,6 +133,20 @@ class Flux2(Architecture):
                     job.on_step(i + 1)
             images = self._decode(pipe, latents, latent_ids, h, w)
         return images, [False] * batch
+
+    def _timesteps(self, pipe: Any, steps: int, tokens: int) -> torch.Tensor:
+        """The pass's timesteps, as Flux2KleinPipeline sets them (its sigmas, the empirical shift for the image's
+        token count)."""
+        from diffusers.pipelines.flux2.pipeline_flux2_klein import compute_empirical_mu, retrieve_timesteps
+
+        sigmas = np.linspace(1.0, 1 / steps, steps)
+        if getattr(pipe.scheduler.config, "use_flow_sigmas", False):
+            sigmas = None
+        mu = compute_empirical_mu(image_seq_len=tokens, num_steps=steps)
+        timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, pipe._execution_device, sigmas=sigmas, mu=mu)
+        if hasattr(pipe.scheduler, "set_begin_index"):
+            pipe.scheduler.set_begin_index(0)
+        return timesteps
 
     def _tokens(
         self, pipe: Any, groups: Sequence[list[torch.Tensor]], device: Any
@@ -214,6 +173,64 @@ class Flux2(Architecture):
             image = pipe.vae.decode(row.to(pipe.vae.device), return_dict=False)[0]
             out.append(pipe.image_processor.postprocess(image, output_type="np"))
         return np.concatenate(out)
+
+
+class _Branches:
+    """A pass's transformer calls: one per branch (a set of reference prompts) per step, on the samples that need
+    it; each branch's reference tokens laid out once, and on a KV family its references' keys and values once."""
+
+    def __init__(self, arch: Flux2, job: PassInput, parts: list[list[torch.Tensor]], latent_ids: torch.Tensor) -> None:
+        self.arch, self.pipe, self.parts, self.latent_ids = arch, job.pipe, parts, latent_ids
+        self.embeds = job.text["prompt_embeds"].repeat(job.batch, 1, 1)
+        self.text_ids = job.text["text_ids"].repeat(job.batch, 1, 1)
+        self.tokens: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor] | None] = {}
+        self.caches: dict[tuple[int, ...], Any] = {}
+
+    def velocity(self, plan: list[tuple[tuple[int, ...], list[tuple[int, float]]]], latents: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Each sample's composed velocity (`plan`: per sample, its acting prompts and the guided ones)."""
+        needed: dict[tuple[int, ...], list[int]] = {}  # each branch, and the samples that need it
+        for n, (acting, guided) in enumerate(plan):
+            for members in (acting, *(_without(acting, k) for k, _ in guided)):
+                needed.setdefault(members, []).append(n)
+        out = {members: self.call(members, rows, latents, t) for members, rows in needed.items()}
+        row = {members: {n: j for j, n in enumerate(rows)} for members, rows in needed.items()}
+        samples = []
+        for n, (acting, guided) in enumerate(plan):
+            v = full = out[acting][row[acting][n]]
+            for k, strength in guided:
+                rest = _without(acting, k)
+                v = v + (strength - 1) * (full - out[rest][row[rest][n]])
+            samples.append(v)
+        return torch.stack(samples)
+
+    def call(self, members: tuple[int, ...], rows: list[int], latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The transformer's velocity for `rows` of the batch with the references of prompts `members`."""
+        pipe, transformer = self.pipe, self.pipe.transformer
+        if members not in self.tokens:
+            self.tokens[members] = self.arch._tokens(pipe, [self.parts[k] for k in members], pipe._execution_device)
+        n = len(rows)
+        call = {"timestep": t.expand(n).to(latents.dtype) / 1000, "guidance": None,
+                "encoder_hidden_states": self.embeds[rows], "txt_ids": self.text_ids[rows],
+                "joint_attention_kwargs": None, "return_dict": False}  # fmt: skip
+        hidden, ids = latents[rows].to(transformer.dtype), self.latent_ids[rows]
+        if self.tokens[members] is None:
+            return transformer(hidden_states=hidden, img_ids=ids, **call)[0]
+        refs, ref_ids = self.tokens[members]
+        if self.arch.kv and members in self.caches:  # the references' keys and values, without their tokens
+            cache = _kv_for_rows(self.caches[members], n)
+            return transformer(hidden_states=hidden, img_ids=ids, kv_cache=cache, kv_cache_mode="cached", **call)[0]
+        if self.arch.kv:  # Flux2KleinKVPipeline's first step: [references, image], their keys and values kept
+            hidden = torch.cat([refs.expand(n, -1, -1), latents[rows]], dim=1).to(transformer.dtype)
+            ids = torch.cat([ref_ids.expand(n, -1, -1), self.latent_ids[rows]], dim=1)
+            out, self.caches[members] = transformer(hidden_states=hidden, img_ids=ids, kv_cache_mode="extract",
+                                                    num_ref_tokens=refs.shape[1], **call)  # fmt: skip
+            return out
+        hidden = torch.cat([latents[rows], refs.expand(n, -1, -1)], dim=1).to(transformer.dtype)
+        ids = torch.cat([self.latent_ids[rows], ref_ids.expand(n, -1, -1)], dim=1)
+        with transformer.cache_context("cond"):
+            out = transformer(hidden_states=hidden, img_ids=ids, **call)[0]
+        return out[:, : latents.size(1) :]
 
 
 def _kv_for_rows(cache: Any, rows: int) -> Any:
