@@ -68,6 +68,8 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
     family = engine.family.name
     studio = Studio.of(engine)  # what the tabs call: generate, sweep, preview, score
     with gr.Blocks(title="Image-prompt studio", delete_cache=GRADIO_CACHE_LIMITS) as demo:
+        # First, while the page is empty: Gradio rebuilds its whole app config for each `queue()` (0.3 s here).
+        demo.queue(max_size=QUEUE_SIZE)
         gr.Markdown(
             f"# Image-prompt studio\nA text prompt plus a reference image. Strength decides how much of the "
             f"reference carries over. Models: the **{family}** family on {engine.device}; each result says which "
@@ -85,7 +87,6 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
         for mode, title, _ in TABS:
             if family not in presets[mode]:
                 unavailable_endpoints(mode, title, engine.family, offered)
-    demo.queue(max_size=QUEUE_SIZE)
     install_mcp()  # images, sessions and logins for the MCP tools (ui/mcp.py); nothing changes while MCP is off
     GATE.install(demo)  # one client holds a few queued jobs at most; others still get in while it floods
     return demo
@@ -227,11 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     failure: list[ImagePromptError] = []
     stop_on_sigterm()
     warm = threading.Thread(target=lambda: failure.extend(warm_up(engine)), name="warm-up", daemon=True)
-    warm.start()
     app.launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth, mcp_server=mcp,
         prevent_thread_lock=True, **launch_options(args.forwarded_allow_ips),
     )  # fmt: skip
+    warm.start()  # once the page answers: the models' imports would hold the GIL the server's start needs
     try:
         warm.join()
     except KeyboardInterrupt:  # stopped while the models load

@@ -21,10 +21,12 @@ def quiet_libraries() -> None:
       pinned versions work; the fix belongs to insightface).
     """
     import diffusers.utils.logging as diffusers_logging
-    import transformers.utils.logging as transformers_logging
+    from huggingface_hub.utils import disable_progress_bars
 
     diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
+    # transformers reads this when it is first imported (as its own `disable_progress_bar` would set it): importing
+    # transformers here for it cost start-up 0.45 s, and the page needs no transformers model.
+    disable_progress_bars()
 
     class _Drop(logging.Filter):
         def __init__(self, *fragments: str) -> None:
