@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 
@@ -27,6 +28,10 @@ def quiet_libraries() -> None:
     # transformers reads this when it is first imported (as its own `disable_progress_bar` would set it): importing
     # transformers here for it cost start-up 0.45 s, and the page needs no transformers model.
     disable_progress_bars()
+    if "transformers" in sys.modules:  # imported before us (a script of the user's): tell it directly
+        import transformers.utils.logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
     class _Drop(logging.Filter):
         def __init__(self, *fragments: str) -> None:
