@@ -196,7 +196,7 @@ class Engine:
         warnings = self.prompt_warnings(request)  # outside the engine lock: it never waits for a render
         if not request.settings.prompt:
             warnings.append("The prompt is empty: the image comes from the image prompt (and the mode) alone.")
-        warnings += self.slots.warnings(request)
+        warnings += self.slots.warnings(request) + self.arch.notes(request.settings)
         with self.lock:
             self._ensure_base(request.settings.base)
             start, before = time.perf_counter(), Counter(self.counters)

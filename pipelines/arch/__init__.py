@@ -94,6 +94,10 @@ class Architecture(ABC):
         true-CFG pass, when there is one); none by default."""
         return {}
 
+    def notes(self, settings: Any) -> list[str]:
+        """What the person should know of their settings on this architecture (a value it does not read)."""
+        return []
+
     def prompt_tokenizer(self, pipe: Any) -> tuple[Any, int]:
         """The tokenizer of the text encoder that reads the most of a prompt, and how many of its tokens that encoder
         reads (the prompt-length warning counts against it); by default the first tokenizer, less its start and end

@@ -57,6 +57,11 @@ class Flux2(Architecture):
     def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
         return [pipe.text_encoder]
 
+    def notes(self, settings: Any) -> list[str]:
+        if settings.negative_prompt.strip():
+            return ["FLUX.2 [klein] reads no negative prompt (it is step-distilled): the negative prompt was left out."]
+        return []
+
     def prompt_tokenizer(self, pipe: Any) -> tuple[Any, int]:
         """Qwen3 reads the chat-templated prompt up to `MAX_SEQUENCE_LENGTH` tokens."""
         return pipe.tokenizer, MAX_SEQUENCE_LENGTH - TEMPLATE_TOKENS

@@ -168,6 +168,14 @@ def test_metadata_previews_and_settings_round_trip(engine, preset, refs):
     assert describe(build_request(preset, **keywords, reference=refs[2:3])) == describe(req)
 
 
+def test_a_negative_prompt_is_said_to_be_left_out(engine, preset):
+    plain = engine.generate(request(preset))
+    told = engine.generate(request(preset, negative_prompt="blurry"))
+    assert np.array_equal(pixels(plain.image), pixels(told.image))
+    assert any("reads no negative prompt" in w for w in told.warnings)
+    assert not any("negative prompt" in w for w in plain.warnings)
+
+
 def test_what_klein_does_not_take_is_refused_clearly(engine, preset, refs, gold):
     with pytest.raises(InvalidRequestError, match="at most 4 reference images"):
         engine.generate(request(preset, reference=[gold] * 3, **slots_of(refs[1:3], [1.0, 1.0])))
