@@ -129,10 +129,13 @@ class Engine:
             return self.bank.get(self._current, variant)
 
     def use_variant(self, name: str | Sequence[str] | None) -> None:
-        """Load (if needed) and activate a variant or combination; for warm-up and outside a request."""
+        """Load (if needed) and activate a variant or combination; for warm-up and outside a request. Variants that
+        do not act in attention (Redux, in-context references) have nothing to put on the denoiser."""
+        names = [name] if isinstance(name, str) else list(name or [])
         with self.lock:
             self._ensure_base()
-            self.bank.activate(self._current, None if name is None else name)
+            attention = [n for n in names if self.slots.in_attention(n)]
+            self.bank.activate(self._current, tuple(attention) if attention else None)
 
     def clear_embed_cache(self) -> None:
         """Forget every cached image-prompt embedding (benchmarks measure cold encodes with it)."""
@@ -284,7 +287,8 @@ class Engine:
             self.bank.activate(self._current, None, request.settings.speed == "fast")
             calls = self.counters["unet_calls"]
             try:
-                timer = step_timer(self.pipe, text, request.settings, lambda: free_memory(self.device))
+                call = self.arch.stock_call(text, request.settings.guidance)
+                timer = step_timer(self.pipe, call, request.settings, lambda: free_memory(self.device))
                 return self.planner.curve(self._plan_key(request), n, timer)
             finally:
                 self.counters["unet_calls"] = calls

@@ -102,14 +102,14 @@ def chunk_sizes(
     return planner.chunks(key, n), "measured" if known else "one pass (this size is measured when idle)"
 
 
-def step_timer(pipe: Any, text: dict, settings: Any, on_oom: Callable[[], None]) -> Callable[[int], float]:
-    """`measure(batch)`: seconds of one denoising step of `batch` text-only images at `settings`' size and guidance
-    (`math.inf` when it does not fit, after `on_oom()`); the first call warms up with one image first, so first-use
+def step_timer(pipe: Any, call: dict, settings: Any, on_oom: Callable[[], None]) -> Callable[[int], float]:
+    """`measure(batch)`: seconds of one denoising step of `batch` text-only images at `settings`' size, through the
+    stock pipeline's call with `call` (the text and guidance keywords the architecture gives: `stock_call`), or
+    `math.inf` when it does not fit, after `on_oom()`; the first call warms up with one image first, so first-use
     allocations are not the batch's."""
     import torch
 
-    run = dict(text, width=settings.width, height=settings.height, num_inference_steps=1,
-               guidance_scale=settings.guidance, output_type="latent")  # fmt: skip
+    run = dict(call, width=settings.width, height=settings.height, num_inference_steps=1, output_type="latent")
     warmed: list[int] = []
 
     def measure(batch: int) -> float:

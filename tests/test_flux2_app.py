@@ -9,7 +9,7 @@ import json
 import pytest
 from gradio_client import Client, handle_file
 
-from pipelines import Engine
+from pipelines import Engine, build_request
 from pipelines.metadata import read_png_metadata
 from tests.test_mcp import call, data_url, metadata_of, texts
 
@@ -100,3 +100,16 @@ def test_the_kv_family_draws_and_says_its_licence(families, tiny_root, reference
         assert stored["adapter"] == "tiny-flux2-klein-kv/transformer"
     finally:
         demo.close()
+
+
+@pytest.mark.parametrize("family", [FAMILY, "tiny-flux2-klein-kv"])
+def test_the_warm_up_readies_klein(families, tiny_root, family):
+    """`python app.py --models flux2-klein` warms up as every family does: the base loads, the default variant (the
+    base itself reads the references: no adapter to load) and the default comparison's batch curve."""
+    import app
+
+    engine = Engine(families[family], tiny_root=tiny_root, max_batch=None)
+    assert app.warm_up(engine) == []
+    preset = app.PRESETS["general"][family]
+    key = engine._plan_key(build_request(preset, prompt="", seed=0))
+    assert engine.loaded and engine.planner.calibrated(key, len(preset.compare))  # the default comparison's curve

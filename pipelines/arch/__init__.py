@@ -94,6 +94,11 @@ class Architecture(ABC):
         true-CFG pass, when there is one); none by default."""
         return {}
 
+    def stock_call(self, text: dict[str, torch.Tensor], guidance: float) -> dict[str, Any]:
+        """`encode_text`'s embeddings and a guidance as keywords of the stock pipeline's own call (the batch timer
+        calls it)."""
+        return {**text, "guidance_scale": guidance}
+
     def notes(self, settings: Any) -> list[str]:
         """What the person should know of their settings on this architecture (a value it does not read)."""
         return []

@@ -57,6 +57,10 @@ class Flux2(Architecture):
     def text_encoders(self, pipe: Any) -> list[torch.nn.Module]:
         return [pipe.text_encoder]
 
+    def stock_call(self, text: dict[str, torch.Tensor], guidance: float) -> dict[str, Any]:
+        """The stock call makes the text positions itself, and reads no guidance (the KV pipeline takes none)."""
+        return {"prompt_embeds": text["prompt_embeds"]}
+
     def notes(self, settings: Any) -> list[str]:
         if settings.negative_prompt.strip():
             return ["FLUX.2 [klein] reads no negative prompt (it is step-distilled): the negative prompt was left out."]

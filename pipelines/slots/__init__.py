@@ -81,11 +81,17 @@ class SlotKinds:
 
     def kind_of(self, prompt: ImagePrompt) -> str:
         """Which group prepares `prompt`: the only kind dispatch."""
-        if prompt.is_structure:
-            return STRUCTURE
-        spec = self.family.adapters.get(prompt.variant)
+        return STRUCTURE if prompt.is_structure else self.variant_kind(prompt.variant)
+
+    def variant_kind(self, variant: str) -> str:
+        """Which group prepares the prompts of an adapter variant (a look kind's; "a+b": both act in attention)."""
+        spec = self.family.adapters.get(variant.split("+")[0])
         embeds = spec.embeds if spec is not None else None
         return {"redux": REDUX, "reference": REFERENCE}.get(embeds, ATTENTION)
+
+    def in_attention(self, variant: str) -> bool:
+        """Whether a variant's prompts act in the denoiser's attention (an adapter to load and put on it)."""
+        return self.variant_kind(variant) == ATTENTION
 
     def warnings(self, request: GenerationRequest) -> list[str]:
         """What the person should know of the request's slots before it runs."""
