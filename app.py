@@ -68,7 +68,7 @@ def create_app(engine: Engine, presets: dict[str, dict[str, ModePreset]] = PRESE
     family = engine.family.name
     studio = Studio.of(engine)  # what the tabs call: generate, sweep, preview, score
     with gr.Blocks(title="Image-prompt studio", delete_cache=GRADIO_CACHE_LIMITS) as demo:
-        # First, while the page is empty: Gradio rebuilds its whole app config for each `queue()` (0.3 s here).
+        # First, while the page is empty: Gradio rebuilds its whole app config for each `queue()`.
         demo.queue(max_size=QUEUE_SIZE)
         gr.Markdown(
             f"# Image-prompt studio\nA text prompt plus a reference image. Strength decides how much of the "
