@@ -176,6 +176,7 @@ def test_size_sliders_stay_in_the_pixel_budget(fresh):
             break
         fresh.wait_for_timeout(100)
     assert int(width.input_value()) * int(height.input_value()) <= 128 * 128  # the tiny preset's budget
+    assert panel.get_by_text("width x height at most 16,384 pixels (about 128²)").count() == 2  # said where it acts
     fresh.screenshot(path=str(ARTIFACTS / "size-budget.png"), full_page=True)
 
 

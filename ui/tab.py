@@ -238,10 +238,14 @@ def settings_group(preset: ModePreset, c: dict[str, Any]) -> dict[str, Any]:
             r = getattr(preset, name)  # a fixed value (min = max: a model that reads none) is not shown
             c[name] = gr.Slider(label=label, minimum=r.min, maximum=max(r.max, r.min + r.step), step=r.step,
                                 value=d[name], elem_id=f"{mode}-{name}", visible=r.max > r.min)  # fmt: skip
+        budget = (
+            f"width x height at most {preset.max_pixels:,} pixels (about {int(preset.max_pixels**0.5)}²): "
+            "moving one lowers the other when needed"
+        )  # where the budget acts, said where it acts
         with gr.Row():
             for name, label in (("width", "Width"), ("height", "Height")):
                 r = getattr(preset, name)
-                c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=d[name])
+                c[name] = gr.Slider(label=label, minimum=r.min, maximum=r.max, step=r.step, value=d[name], info=budget)
         c["negative_reference"] = gr.Gallery(
             label="Negative images (a look that should NOT carry over)", type="filepath", interactive=True,
             columns=4, height=120, file_types=["image"], object_fit="contain", elem_classes=["strip"],
