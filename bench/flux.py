@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, true_cfg: float) -> None:
     from dataclasses import replace
 
-    from pipelines import Engine, build_request, load_families, load_mode_presets
+    from pipelines import build_request, load_families
     from pipelines.adapters import ramp_weights
     from pipelines.images import load_reference
 
@@ -50,27 +51,13 @@ def run(args: argparse.Namespace, true_cfg: float) -> None:
     family = families[args.family]
     spec = replace(family.adapters["xlabs"], true_cfg=true_cfg)
     family = replace(family, adapters={**family.adapters, "xlabs": spec})
-    preset = load_mode_presets(families)["general"][args.family]
-    preset = replace(preset, width=replace(preset.width, max=2048), height=replace(preset.height, max=2048),
-                     max_pixels=2048 * 2048)  # fmt: skip
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else None
-    engine = Engine(family, device=device, dtype=dtype, max_batch=len(STRENGTHS))
-    engine.load()
+    engine, preset, stock, calls = engine_and_stock(family, len(STRENGTHS))
     rng = np.random.default_rng(2)
     reference = Image.fromarray((rng.random((96, 96, 3)) * 255).astype(np.uint8))
     request = build_request(preset, prompt="a lighthouse", reference=[reference], seed=1, steps=args.steps,
                             width=args.size, height=args.size)  # fmt: skip
     single = replace(request, image_prompts=(replace(request.primary, strength=0.7),))
 
-    stock = (
-        engine.arch.pipeline_class()
-        .from_pretrained(
-            engine.source.resolve(family.base), torch_dtype=engine.dtype, local_files_only=engine.source.local_only
-        )
-        .to(engine.device)
-    )
-    stock.set_progress_bar_config(disable=True)
     local = engine.source.local_only
     stock.load_ip_adapter(engine.source.resolve(spec.repo), weight_name=spec.weight_name,
                           image_encoder_pretrained_model_name_or_path=engine.source.resolve(spec.image_encoder.repo),
@@ -78,8 +65,6 @@ def run(args: argparse.Namespace, true_cfg: float) -> None:
     ramp = list(ramp_weights(stock.transformer.attn_processors, spec.layer_ramp).values())
     embeds, _, _ = engine.encoder.embed(engine.adapter("xlabs").specs, [(load_reference(reference),), ()], "center", "")
     image = [embeds[0].for_pipeline(False)]
-    calls = {"n": 0}
-    stock.transformer.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
     cfg = (
         {"true_cfg_scale": true_cfg, "negative_prompt": ""}
         if true_cfg > 1
@@ -110,6 +95,28 @@ def run(args: argparse.Namespace, true_cfg: float) -> None:
     print("\n| variant | transformer calls |\n|---|---|")
     for name, n in counted.items():
         print(f"| {name} | {n} |")
+
+
+def engine_and_stock(family: Any, batch: int) -> tuple[Any, Any, Any, dict[str, int]]:
+    """A family's engine (bf16 on a GPU; passes of `batch` images), its General preset with sizes up to 2048, the
+    stock pipeline from the same files, and a count of the stock transformer's calls (`calls["n"]`)."""
+    from dataclasses import replace
+
+    from pipelines import Engine, load_families, load_mode_presets
+
+    preset = load_mode_presets(load_families())["general"][family.name]
+    preset = replace(preset, width=replace(preset.width, max=2048), height=replace(preset.height, max=2048),
+                     max_pixels=2048 * 2048)  # fmt: skip
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = Engine(family, device=device, dtype=torch.bfloat16 if device == "cuda" else None, max_batch=batch)
+    engine.load()
+    local = engine.source.local_only
+    stock = engine.arch.pipeline_class().from_pretrained(engine.source.resolve(family.base), torch_dtype=engine.dtype,
+                                                         local_files_only=local).to(engine.device)  # fmt: skip
+    stock.set_progress_bar_config(disable=True)
+    calls = {"n": 0}
+    stock.transformer.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    return engine, preset, stock, calls
 
 
 if __name__ == "__main__":

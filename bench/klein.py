@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.flux import engine_and_stock
 from bench.stack import interleave
 from bench.versus import rounds_table
 
@@ -44,17 +45,9 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, count: int) -> None:
     from dataclasses import replace
 
-    from pipelines import Engine, build_request, load_families, load_mode_presets
+    from pipelines import build_request, load_families
 
-    families = load_families()
-    family = families[args.family]
-    preset = load_mode_presets(families)["general"][args.family]
-    preset = replace(preset, width=replace(preset.width, max=2048), height=replace(preset.height, max=2048),
-                     max_pixels=2048 * 2048)  # fmt: skip
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else None
-    engine = Engine(family, device=device, dtype=dtype, max_batch=len(STRENGTHS))
-    engine.load()
+    engine, preset, stock, calls = engine_and_stock(load_families()[args.family], len(STRENGTHS))
     rng = np.random.default_rng(2)
     side = max(64, args.size)
     references = [Image.fromarray((rng.random((side, side, 3)) * 255).astype(np.uint8)) for _ in range(count)]
@@ -63,17 +56,6 @@ def run(args: argparse.Namespace, count: int) -> None:
                             width=args.size, height=args.size, **slots)  # fmt: skip
     at = {s: replace(request, image_prompts=(replace(request.primary, strength=s), *request.image_prompts[1:]))
           for s in STRENGTHS}  # fmt: skip
-
-    stock = (
-        engine.arch.pipeline_class()
-        .from_pretrained(
-            engine.source.resolve(family.base), torch_dtype=engine.dtype, local_files_only=engine.source.local_only
-        )
-        .to(engine.device)
-    )
-    stock.set_progress_bar_config(disable=True)
-    calls = {"n": 0}
-    stock.transformer.register_forward_pre_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
 
     def stock_call() -> None:
         stock(image=references, prompt="a lighthouse", num_inference_steps=args.steps, width=args.size,

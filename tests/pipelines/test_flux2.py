@@ -13,6 +13,7 @@ from pipelines import Engine, InvalidRequestError, build_request
 from pipelines.codec import describe
 from pipelines.settings import settings_of, validated_settings
 from tests.conftest import pixels
+from tests.pipelines.test_flux import stock_pipeline
 from tests.pipelines.test_sweep import CELL_TOLERANCE
 
 FAMILY = "tiny-flux2-klein"
@@ -31,11 +32,7 @@ def preset(presets):
 
 @pytest.fixture(scope="module")
 def stock(engine):
-    pipe = engine.arch.pipeline_class().from_pretrained(
-        engine.source.resolve(engine.family.base), local_files_only=True
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return stock_pipeline(engine)
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +222,7 @@ def extracts(engine):
 def test_kv_at_strength_one_equals_stock_klein_kv(kv_engine, kv_preset, refs, count):
     kv_engine.load()
     assert type(kv_engine.pipe).__name__ == "Flux2KleinKVPipeline"
-    stock = kv_engine.arch.pipeline_class().from_pretrained(kv_engine.source.resolve(KV), local_files_only=True)
-    stock.set_progress_bar_config(disable=True)
+    stock = stock_pipeline(kv_engine)
     req = request(kv_preset, reference=refs[:1], **slots_of(refs[1:count], [1.0] * (count - 1)))
     ours = pixels(kv_engine.generate(req).image)
     assert np.abs(ours - pixels(stock_call(stock, req, refs[:count]))).max() <= 1
