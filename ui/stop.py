@@ -29,7 +29,6 @@ from pipelines.errors import StoppedError
 class Job:
     keys: tuple[str, ...]
     stopped: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class Jobs:
@@ -52,7 +51,6 @@ class Jobs:
             _CURRENT.reset(token)
             with self._lock:
                 self._running.remove(job)
-            job.done.set()
 
     def stop(self, key: str | None) -> list[Job]:
         """Stop every job running under `key` now (they leave at their next step); the jobs stopped."""
